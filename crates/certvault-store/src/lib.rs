@@ -1,1 +1,14 @@
+//! certvault storage. The SQLite implementation keeps one writer thread that commits queued
+//! writes together (group commit: one durable fsync for many requests, each write isolated in
+//! its own savepoint) and a small pool of reader connections used from blocking threads.
+//!
+//! The store knows nothing of cryptography: private keys reach it already sealed.
 #![forbid(unsafe_code)]
+
+mod error;
+mod records;
+mod sqlite;
+
+pub use error::{Conflict, StoreError};
+pub use records::*;
+pub use sqlite::SqliteStore;

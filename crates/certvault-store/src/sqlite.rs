@@ -1,0 +1,1354 @@
+//! SQLite store: WAL mode, `synchronous=FULL`, one writer thread with group commit, pooled
+//! readers.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use tokio::sync::oneshot;
+
+use crate::records::{decode_chain, encode_chain};
+use crate::{
+    CertRecord, CertificateDump, Conflict, IssuerRecord, NewVersion, OperationRecord, StoreError,
+    Vault, VersionRecord, VersionUpdate,
+};
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE vaults (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL UNIQUE,
+    wrapped_key BLOB NOT NULL,
+    recoverable_days INTEGER NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE certificates (
+    id INTEGER PRIMARY KEY,
+    vault_id INTEGER NOT NULL REFERENCES vaults(id),
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    policy_created INTEGER NOT NULL,
+    policy_updated INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    deleted_at INTEGER,
+    purge_at INTEGER,
+    UNIQUE (vault_id, name_key)
+);
+CREATE INDEX certificates_purge ON certificates (purge_at) WHERE purge_at IS NOT NULL;
+CREATE TABLE versions (
+    id INTEGER PRIMARY KEY,
+    cert_id INTEGER NOT NULL REFERENCES certificates(id) ON DELETE CASCADE,
+    version TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    enabled INTEGER NOT NULL,
+    nbf INTEGER,
+    exp INTEGER,
+    tags TEXT,
+    cer BLOB,
+    chain BLOB NOT NULL,
+    key_blob BLOB,
+    key_ref TEXT,
+    spki BLOB NOT NULL,
+    content_type TEXT NOT NULL,
+    exportable INTEGER NOT NULL,
+    UNIQUE (cert_id, version),
+    UNIQUE (cert_id, seq)
+);
+CREATE TABLE operations (
+    cert_id INTEGER PRIMARY KEY REFERENCES certificates(id) ON DELETE CASCADE,
+    request_id TEXT NOT NULL,
+    version TEXT NOT NULL,
+    issuer_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    status_details TEXT NOT NULL,
+    csr BLOB,
+    error TEXT,
+    cancellation_requested INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
+);
+CREATE TABLE issuers (
+    vault_id INTEGER NOT NULL REFERENCES vaults(id),
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    body TEXT NOT NULL,
+    secret BLOB,
+    enabled INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    PRIMARY KEY (vault_id, name_key)
+);
+CREATE TABLE contacts (
+    vault_id INTEGER PRIMARY KEY REFERENCES vaults(id),
+    body TEXT NOT NULL
+);
+"#];
+
+type Job = Box<dyn WriteJob>;
+
+trait WriteJob: Send {
+    /// Runs inside the group transaction; returns whether it succeeded.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Delivers the result once the group has committed (or failed to).
+    fn finish(self: Box<Self>, committed: Result<(), String>);
+}
+
+struct Pending<F, R> {
+    f: Option<F>,
+    result: Option<Result<R, StoreError>>,
+    reply: Option<oneshot::Sender<Result<R, StoreError>>>,
+}
+
+impl<F, R> WriteJob for Pending<F, R>
+where
+    F: FnOnce(&Connection) -> Result<R, StoreError> + Send,
+    R: Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let r = match self.f.take() {
+            Some(f) => f(conn),
+            None => Err(StoreError::Closed),
+        };
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn finish(mut self: Box<Self>, committed: Result<(), String>) {
+        let result = match (self.result.take(), committed) {
+            (Some(Ok(_)), Err(e)) => Err(StoreError::Database(e)),
+            (Some(r), _) => r,
+            (None, _) => Err(StoreError::Closed),
+        };
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// The SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| StoreError::Open(e.to_string()))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "busy_timeout", 10_000)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+const MAX_GROUP: usize = 256;
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        let begun = conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| e.to_string());
+        if let Err(e) = begun {
+            for j in group {
+                j.finish(Err(e.clone()));
+            }
+            continue;
+        }
+        for j in &mut group {
+            if conn.execute_batch("SAVEPOINT job").is_err() {
+                continue;
+            }
+            let ok = j.run(&conn);
+            let end = if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            if let Err(e) = conn.execute_batch(end) {
+                tracing::error!(error = %e, "savepoint handling failed");
+            }
+        }
+        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if committed.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for j in group {
+            j.finish(committed.clone());
+        }
+    }
+}
+
+fn now_none<T>(r: Result<T, rusqlite::Error>) -> Result<Option<T>, StoreError> {
+    r.optional().map_err(StoreError::from)
+}
+
+const CERT_COLS: &str = "c.id, c.vault_id, c.name, c.policy, c.policy_created, c.policy_updated, \
+     c.created, c.updated, c.deleted_at, c.purge_at";
+const VER_COLS: &str = "v.cert_id, v.version, v.seq, v.created, v.updated, v.enabled, v.nbf, \
+     v.exp, v.tags, v.cer, v.chain, v.key_blob, v.key_ref, v.spki, v.content_type, v.exportable";
+const OP_COLS: &str = "cert_id, request_id, version, issuer_name, status, status_details, csr, \
+     error, cancellation_requested, created, updated";
+
+fn cert_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CertRecord> {
+    Ok(CertRecord {
+        id: r.get(o)?,
+        vault_id: r.get(o + 1)?,
+        name: r.get(o + 2)?,
+        policy: r.get(o + 3)?,
+        policy_created: r.get(o + 4)?,
+        policy_updated: r.get(o + 5)?,
+        created: r.get(o + 6)?,
+        updated: r.get(o + 7)?,
+        deleted_at: r.get(o + 8)?,
+        purge_at: r.get(o + 9)?,
+    })
+}
+
+fn ver_row(r: &Row<'_>, o: usize) -> rusqlite::Result<VersionRecord> {
+    let chain: Vec<u8> = r.get(o + 10)?;
+    Ok(VersionRecord {
+        cert_id: r.get(o)?,
+        version: r.get(o + 1)?,
+        seq: r.get(o + 2)?,
+        created: r.get(o + 3)?,
+        updated: r.get(o + 4)?,
+        enabled: r.get(o + 5)?,
+        nbf: r.get(o + 6)?,
+        exp: r.get(o + 7)?,
+        tags: r.get(o + 8)?,
+        cer: r.get(o + 9)?,
+        chain: decode_chain(&chain).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                o + 10,
+                rusqlite::types::Type::Blob,
+                "bad chain encoding".into(),
+            )
+        })?,
+        key_blob: r.get(o + 11)?,
+        key_ref: r.get(o + 12)?,
+        spki: r.get(o + 13)?,
+        content_type: r.get(o + 14)?,
+        exportable: r.get(o + 15)?,
+    })
+}
+
+fn op_row(r: &Row<'_>) -> rusqlite::Result<OperationRecord> {
+    Ok(OperationRecord {
+        cert_id: r.get(0)?,
+        request_id: r.get(1)?,
+        version: r.get(2)?,
+        issuer_name: r.get(3)?,
+        status: r.get(4)?,
+        status_details: r.get(5)?,
+        csr: r.get(6)?,
+        error: r.get(7)?,
+        cancellation_requested: r.get(8)?,
+        created: r.get(9)?,
+        updated: r.get(10)?,
+    })
+}
+
+fn issuer_row(r: &Row<'_>) -> rusqlite::Result<IssuerRecord> {
+    Ok(IssuerRecord {
+        vault_id: r.get(0)?,
+        name: r.get(1)?,
+        provider: r.get(2)?,
+        body: r.get(3)?,
+        secret: r.get(4)?,
+        enabled: r.get(5)?,
+        created: r.get(6)?,
+        updated: r.get(7)?,
+    })
+}
+
+fn insert_version(conn: &Connection, cert_id: i64, v: &VersionRecord) -> Result<i64, StoreError> {
+    let seq: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE cert_id = ?1",
+        [cert_id],
+        |r| r.get(0),
+    )?;
+    conn.prepare_cached(
+        "INSERT INTO versions (cert_id, version, seq, created, updated, enabled, nbf, exp, tags, \
+         cer, chain, key_blob, key_ref, spki, content_type, exportable) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?
+    .execute(params![
+        cert_id,
+        v.version,
+        seq,
+        v.created,
+        v.updated,
+        v.enabled,
+        v.nbf,
+        v.exp,
+        v.tags,
+        v.cer,
+        encode_chain(&v.chain),
+        v.key_blob,
+        v.key_ref,
+        v.spki,
+        v.content_type,
+        v.exportable
+    ])?;
+    Ok(seq)
+}
+
+fn replace_operation(conn: &Connection, op: &OperationRecord) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO operations (cert_id, request_id, version, issuer_name, status, \
+         status_details, csr, error, cancellation_requested, created, updated) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        op.cert_id,
+        op.request_id,
+        op.version,
+        op.issuer_name,
+        op.status,
+        op.status_details,
+        op.csr,
+        op.error,
+        op.cancellation_requested,
+        op.created,
+        op.updated
+    ])?;
+    Ok(())
+}
+
+fn get_cert_by_id(conn: &Connection, id: i64) -> Result<CertRecord, StoreError> {
+    now_none(conn.query_row(
+        &format!("SELECT {CERT_COLS} FROM certificates c WHERE c.id = ?1"),
+        [id],
+        |r| cert_row(r, 0),
+    ))?
+    .ok_or(StoreError::NotFound)
+}
+
+fn get_version(
+    conn: &Connection,
+    cert_id: i64,
+    version: &str,
+) -> Result<VersionRecord, StoreError> {
+    now_none(conn.query_row(
+        &format!("SELECT {VER_COLS} FROM versions v WHERE v.cert_id = ?1 AND v.version = ?2"),
+        params![cert_id, version],
+        |r| ver_row(r, 0),
+    ))?
+    .ok_or(StoreError::NotFound)
+}
+
+/// Which version a read wants.
+#[derive(Debug, Clone, Copy)]
+pub enum Which<'a> {
+    /// The newest completed version, or the pending one when nothing completed yet.
+    Latest,
+    /// The newest completed version only.
+    LatestCompleted,
+    /// A named version.
+    Version(&'a str),
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = open_conn(path)?;
+        migrate(&conn)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("certvault-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Open(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(Some(tx)),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Stops the writer thread after it has committed what is queued.
+    pub fn close(&self) {
+        if let Ok(mut w) = self.inner.writer.lock() {
+            w.take();
+        }
+    }
+
+    /// Runs `f` inside the group transaction; resolves once it is durably committed.
+    async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(Pending {
+            f: Some(f),
+            result: None,
+            reply: Some(tx),
+        });
+        {
+            let guard = self.inner.writer.lock().map_err(|_| StoreError::Closed)?;
+            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(job).map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a pooled reader connection on a blocking thread.
+    async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match inner.readers.lock().map_err(|_| StoreError::Closed)?.pop() {
+                Some(c) => c,
+                None => open_conn(&inner.path)?,
+            };
+            let r = f(&conn);
+            if let Ok(mut pool) = inner.readers.lock() {
+                if pool.len() < 16 {
+                    pool.push(conn);
+                }
+            }
+            r
+        })
+        .await
+        .map_err(|e| StoreError::Database(e.to_string()))?
+    }
+
+    // ------------------------------------------------------------------ meta
+
+    /// Reads a meta value.
+    pub async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |c| {
+            now_none(c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)))
+        })
+        .await
+    }
+
+    /// Writes a meta value, only if absent when `only_new`. Returns whether it was written.
+    pub async fn put_meta(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        only_new: bool,
+    ) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.write(move |c| {
+            let sql = if only_new {
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)"
+            } else {
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)"
+            };
+            Ok(c.execute(sql, params![key, value])? > 0)
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------------ vaults
+
+    /// Looks a vault up by name (case-insensitive key).
+    pub async fn vault(&self, name_key: &str) -> Result<Option<Vault>, StoreError> {
+        let key = name_key.to_owned();
+        self.read(move |c| {
+            now_none(c.query_row(
+                "SELECT id, name, wrapped_key, recoverable_days, created FROM vaults WHERE name_key = ?1",
+                [key],
+                |r| {
+                    Ok(Vault {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        wrapped_key: r.get(2)?,
+                        recoverable_days: r.get(3)?,
+                        created: r.get(4)?,
+                    })
+                },
+            ))
+        })
+        .await
+    }
+
+    /// Creates a vault; `Conflict::Exists` if the name is taken.
+    pub async fn create_vault(
+        &self,
+        name: &str,
+        wrapped_key: Vec<u8>,
+        recoverable_days: i64,
+        now: i64,
+    ) -> Result<Vault, StoreError> {
+        let name = name.to_owned();
+        self.write(move |c| {
+            let n = c.execute(
+                "INSERT OR IGNORE INTO vaults (name, name_key, wrapped_key, recoverable_days, created) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![name, name.to_ascii_lowercase(), wrapped_key, recoverable_days, now],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(Conflict::Exists));
+            }
+            Ok(Vault { id: c.last_insert_rowid(), name, wrapped_key, recoverable_days, created: now })
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------------ certificates: reads
+
+    /// A certificate by name, in any state.
+    pub async fn certificate(
+        &self,
+        vault_id: i64,
+        name_key: &str,
+    ) -> Result<Option<CertRecord>, StoreError> {
+        let key = name_key.to_owned();
+        self.read(move |c| {
+            now_none(c.query_row(
+                &format!("SELECT {CERT_COLS} FROM certificates c WHERE c.vault_id = ?1 AND c.name_key = ?2"),
+                params![vault_id, key],
+                |r| cert_row(r, 0),
+            ))
+        })
+        .await
+    }
+
+    /// A live (not deleted) or deleted certificate and one of its versions, in one indexed read.
+    pub async fn cert_version(
+        &self,
+        vault_id: i64,
+        name_key: &str,
+        deleted: bool,
+        which: Which<'_>,
+    ) -> Result<Option<(CertRecord, VersionRecord)>, StoreError> {
+        let key = name_key.to_owned();
+        let (cond, ver) = match which {
+            Which::Latest => ("1", None),
+            Which::LatestCompleted => ("v.cer IS NOT NULL", None),
+            Which::Version(v) => ("v.version = ?4", Some(v.to_ascii_lowercase())),
+        };
+        let del = if deleted { "IS NOT NULL" } else { "IS NULL" };
+        let sql = format!(
+            "SELECT {CERT_COLS}, {VER_COLS} FROM certificates c JOIN versions v ON v.cert_id = c.id \
+             WHERE c.vault_id = ?1 AND c.name_key = ?2 AND c.deleted_at {del} AND ?3 AND {cond} \
+             ORDER BY (v.cer IS NOT NULL) DESC, v.seq DESC LIMIT 1"
+        );
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&sql)?;
+            let r = match &ver {
+                Some(v) => st.query_row(params![vault_id, key, 1, v], |r| {
+                    Ok((cert_row(r, 0)?, ver_row(r, 10)?))
+                }),
+                None => st.query_row(params![vault_id, key, 1], |r| {
+                    Ok((cert_row(r, 0)?, ver_row(r, 10)?))
+                }),
+            };
+            now_none(r)
+        })
+        .await
+    }
+
+    /// Lists certificates by name key after `after`, with their latest version. `deleted`
+    /// selects soft-deleted ones instead of live ones.
+    pub async fn list_certificates(
+        &self,
+        vault_id: i64,
+        deleted: bool,
+        after: Option<String>,
+        limit: usize,
+        include_pending: bool,
+    ) -> Result<Vec<(CertRecord, VersionRecord)>, StoreError> {
+        let del = if deleted { "IS NOT NULL" } else { "IS NULL" };
+        let pending = if include_pending {
+            ""
+        } else {
+            "AND v.cer IS NOT NULL"
+        };
+        let sql = format!(
+            "SELECT {CERT_COLS}, {VER_COLS} FROM certificates c JOIN versions v ON v.id = ( \
+               SELECT v2.id FROM versions v2 WHERE v2.cert_id = c.id \
+               ORDER BY (v2.cer IS NOT NULL) DESC, v2.seq DESC LIMIT 1) \
+             WHERE c.vault_id = ?1 AND c.deleted_at {del} AND c.name_key > ?2 {pending} \
+             ORDER BY c.name_key LIMIT ?3"
+        );
+        let limit = i64::try_from(limit).unwrap_or(25);
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(params![vault_id, after.unwrap_or_default(), limit], |r| {
+                Ok((cert_row(r, 0)?, ver_row(r, 10)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The name key of a certificate row, for paging tokens.
+    pub fn name_key(cert: &CertRecord) -> String {
+        cert.name.to_ascii_lowercase()
+    }
+
+    /// Lists versions with `seq > after_seq`, oldest first.
+    pub async fn list_versions(
+        &self,
+        cert_id: i64,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(25);
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {VER_COLS} FROM versions v WHERE v.cert_id = ?1 AND v.seq > ?2 ORDER BY v.seq LIMIT ?3"
+            ))?;
+            let rows = st.query_map(params![cert_id, after_seq, limit], |r| ver_row(r, 0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The operation of a certificate.
+    pub async fn operation(&self, cert_id: i64) -> Result<Option<OperationRecord>, StoreError> {
+        self.read(move |c| {
+            now_none(c.query_row(
+                &format!("SELECT {OP_COLS} FROM operations WHERE cert_id = ?1"),
+                [cert_id],
+                op_row,
+            ))
+        })
+        .await
+    }
+
+    /// Everything about a certificate, for backup.
+    pub async fn dump(&self, cert_id: i64) -> Result<CertificateDump, StoreError> {
+        self.read(move |c| {
+            let cert = get_cert_by_id(c, cert_id)?;
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {VER_COLS} FROM versions v WHERE v.cert_id = ?1 AND v.cer IS NOT NULL ORDER BY v.seq"
+            ))?;
+            let versions =
+                st.query_map([cert_id], |r| ver_row(r, 0))?.collect::<Result<Vec<_>, _>>()?;
+            Ok(CertificateDump { cert, versions })
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------------ certificates: writes
+
+    /// Adds a version to the certificate `name` (creating the certificate if it does not exist)
+    /// and stores `policy` as its policy. Refused when the name is soft-deleted or an
+    /// operation is in progress.
+    pub async fn add_version(
+        &self,
+        vault_id: i64,
+        name: &str,
+        policy: String,
+        now: i64,
+        new: NewVersion,
+    ) -> Result<(CertRecord, VersionRecord), StoreError> {
+        let name = name.to_owned();
+        self.write(move |c| {
+            let key = name.to_ascii_lowercase();
+            let existing: Option<CertRecord> = now_none(c.query_row(
+                &format!("SELECT {CERT_COLS} FROM certificates c WHERE c.vault_id = ?1 AND c.name_key = ?2"),
+                params![vault_id, key],
+                |r| cert_row(r, 0),
+            ))?;
+            let cert_id = match existing {
+                Some(cert) => {
+                    if cert.deleted_at.is_some() {
+                        return Err(StoreError::Conflict(Conflict::Deleted));
+                    }
+                    let busy: Option<String> = now_none(c.query_row(
+                        "SELECT status FROM operations WHERE cert_id = ?1",
+                        [cert.id],
+                        |r| r.get(0),
+                    ))?;
+                    if busy.as_deref() == Some("inProgress") {
+                        return Err(StoreError::Conflict(Conflict::OperationInProgress));
+                    }
+                    c.execute(
+                        "UPDATE certificates SET policy = ?2, policy_updated = ?3, updated = ?3 WHERE id = ?1",
+                        params![cert.id, policy, now],
+                    )?;
+                    cert.id
+                }
+                None => {
+                    c.execute(
+                        "INSERT INTO certificates (vault_id, name, name_key, policy, policy_created, \
+                         policy_updated, created, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, ?5)",
+                        params![vault_id, name, key, policy, now],
+                    )?;
+                    c.last_insert_rowid()
+                }
+            };
+            insert_version(c, cert_id, &new.record)?;
+            match new.operation {
+                Some(mut op) => {
+                    op.cert_id = cert_id;
+                    replace_operation(c, &op)?;
+                }
+                None => {
+                    c.execute("DELETE FROM operations WHERE cert_id = ?1", [cert_id])?;
+                }
+            }
+            Ok((get_cert_by_id(c, cert_id)?, get_version(c, cert_id, &new.record.version)?))
+        })
+        .await
+    }
+
+    /// Completes a pending version with its certificate and chain (merge), and marks the
+    /// operation completed. Refused unless the version is pending and the operation in progress.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn complete_version(
+        &self,
+        cert_id: i64,
+        version: &str,
+        cer: Vec<u8>,
+        chain: Vec<Vec<u8>>,
+        update: VersionUpdate,
+        status_details: String,
+        now: i64,
+    ) -> Result<VersionRecord, StoreError> {
+        let version = version.to_owned();
+        self.write(move |c| {
+            let v = get_version(c, cert_id, &version)?;
+            let status: Option<String> = now_none(c.query_row(
+                "SELECT status FROM operations WHERE cert_id = ?1 AND version = ?2",
+                params![cert_id, version],
+                |r| r.get(0),
+            ))?;
+            if !v.is_pending() || status.as_deref() != Some("inProgress") {
+                return Err(StoreError::Conflict(Conflict::State));
+            }
+            let enabled = update.enabled.unwrap_or(true);
+            let nbf = update.nbf.unwrap_or(v.nbf);
+            let exp = update.exp.unwrap_or(v.exp);
+            let tags = update.tags.unwrap_or(v.tags);
+            c.execute(
+                "UPDATE versions SET cer = ?3, chain = ?4, enabled = ?5, nbf = ?6, exp = ?7, tags = ?8, \
+                 updated = ?9 WHERE cert_id = ?1 AND version = ?2",
+                params![cert_id, version, cer, encode_chain(&chain), enabled, nbf, exp, tags, now],
+            )?;
+            c.execute(
+                "UPDATE operations SET status = 'completed', status_details = ?2, updated = ?3 WHERE cert_id = ?1",
+                params![cert_id, status_details, now],
+            )?;
+            c.execute("UPDATE certificates SET updated = ?2 WHERE id = ?1", params![cert_id, now])?;
+            get_version(c, cert_id, &version)
+        })
+        .await
+    }
+
+    /// Updates a version's attributes and tags.
+    pub async fn update_version(
+        &self,
+        cert_id: i64,
+        version: &str,
+        update: VersionUpdate,
+        now: i64,
+    ) -> Result<VersionRecord, StoreError> {
+        let version = version.to_owned();
+        self.write(move |c| {
+            let v = get_version(c, cert_id, &version)?;
+            let enabled = update.enabled.unwrap_or(v.enabled);
+            let nbf = update.nbf.unwrap_or(v.nbf);
+            let exp = update.exp.unwrap_or(v.exp);
+            let tags = update.tags.unwrap_or(v.tags);
+            c.execute(
+                "UPDATE versions SET enabled = ?3, nbf = ?4, exp = ?5, tags = ?6, updated = ?7 \
+                 WHERE cert_id = ?1 AND version = ?2",
+                params![cert_id, version, enabled, nbf, exp, tags, now],
+            )?;
+            get_version(c, cert_id, &version)
+        })
+        .await
+    }
+
+    /// Replaces a certificate's policy.
+    pub async fn update_policy(
+        &self,
+        cert_id: i64,
+        policy: String,
+        now: i64,
+    ) -> Result<CertRecord, StoreError> {
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE certificates SET policy = ?2, policy_updated = ?3, updated = ?3 \
+                 WHERE id = ?1 AND deleted_at IS NULL",
+                params![cert_id, policy, now],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            get_cert_by_id(c, cert_id)
+        })
+        .await
+    }
+
+    /// Replaces the operation record (cancel, fail, complete).
+    pub async fn put_operation(&self, op: OperationRecord) -> Result<(), StoreError> {
+        self.write(move |c| replace_operation(c, &op)).await
+    }
+
+    /// Deletes the operation; a still-pending version it was creating is removed with it.
+    /// Returns the removed operation.
+    pub async fn delete_operation(&self, cert_id: i64) -> Result<OperationRecord, StoreError> {
+        self.write(move |c| {
+            let op = now_none(c.query_row(
+                &format!("SELECT {OP_COLS} FROM operations WHERE cert_id = ?1"),
+                [cert_id],
+                op_row,
+            ))?
+            .ok_or(StoreError::NotFound)?;
+            c.execute("DELETE FROM operations WHERE cert_id = ?1", [cert_id])?;
+            c.execute(
+                "DELETE FROM versions WHERE cert_id = ?1 AND version = ?2 AND cer IS NULL",
+                params![cert_id, op.version],
+            )?;
+            let left: i64 = c.query_row(
+                "SELECT COUNT(*) FROM versions WHERE cert_id = ?1",
+                [cert_id],
+                |r| r.get(0),
+            )?;
+            if left == 0 {
+                c.execute("DELETE FROM certificates WHERE id = ?1", [cert_id])?;
+            }
+            Ok(op)
+        })
+        .await
+    }
+
+    /// Soft-deletes a certificate (its key and secret go with it).
+    pub async fn soft_delete(
+        &self,
+        cert_id: i64,
+        now: i64,
+        purge_at: i64,
+    ) -> Result<CertRecord, StoreError> {
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE certificates SET deleted_at = ?2, purge_at = ?3, updated = ?2 \
+                 WHERE id = ?1 AND deleted_at IS NULL",
+                params![cert_id, now, purge_at],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            get_cert_by_id(c, cert_id)
+        })
+        .await
+    }
+
+    /// Recovers a soft-deleted certificate.
+    pub async fn recover(&self, cert_id: i64, now: i64) -> Result<CertRecord, StoreError> {
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE certificates SET deleted_at = NULL, purge_at = NULL, updated = ?2 \
+                 WHERE id = ?1 AND deleted_at IS NOT NULL",
+                params![cert_id, now],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            get_cert_by_id(c, cert_id)
+        })
+        .await
+    }
+
+    /// Purges a soft-deleted certificate with all its versions and key material.
+    pub async fn purge(&self, cert_id: i64) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let n = c.execute(
+                "DELETE FROM certificates WHERE id = ?1 AND deleted_at IS NOT NULL",
+                [cert_id],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Purges every soft-deleted certificate whose purge date has passed; returns how many.
+    pub async fn purge_due(&self, now: i64) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            Ok(c.execute(
+                "DELETE FROM certificates WHERE purge_at IS NOT NULL AND purge_at <= ?1",
+                [now],
+            )?)
+        })
+        .await
+    }
+
+    /// Restores a certificate from a dump; `Conflict::Exists` when the name is taken (live or
+    /// deleted).
+    pub async fn restore(
+        &self,
+        vault_id: i64,
+        dump: CertificateDump,
+        now: i64,
+    ) -> Result<CertRecord, StoreError> {
+        self.write(move |c| {
+            let key = dump.cert.name.to_ascii_lowercase();
+            let taken: Option<i64> = now_none(c.query_row(
+                "SELECT id FROM certificates WHERE vault_id = ?1 AND name_key = ?2",
+                params![vault_id, key],
+                |r| r.get(0),
+            ))?;
+            if taken.is_some() {
+                return Err(StoreError::Conflict(Conflict::Exists));
+            }
+            c.execute(
+                "INSERT INTO certificates (vault_id, name, name_key, policy, policy_created, \
+                 policy_updated, created, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    vault_id,
+                    dump.cert.name,
+                    key,
+                    dump.cert.policy,
+                    dump.cert.policy_created,
+                    dump.cert.policy_updated,
+                    dump.cert.created,
+                    now
+                ],
+            )?;
+            let id = c.last_insert_rowid();
+            for v in &dump.versions {
+                insert_version(c, id, v)?;
+            }
+            get_cert_by_id(c, id)
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------------ issuers and contacts
+
+    /// An issuer by name.
+    pub async fn issuer(
+        &self,
+        vault_id: i64,
+        name_key: &str,
+    ) -> Result<Option<IssuerRecord>, StoreError> {
+        let key = name_key.to_owned();
+        self.read(move |c| {
+            now_none(c.query_row(
+                "SELECT vault_id, name, provider, body, secret, enabled, created, updated FROM issuers \
+                 WHERE vault_id = ?1 AND name_key = ?2",
+                params![vault_id, key],
+                issuer_row,
+            ))
+        })
+        .await
+    }
+
+    /// Issuers after `after`, by name key.
+    pub async fn list_issuers(
+        &self,
+        vault_id: i64,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<IssuerRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(25);
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT vault_id, name, provider, body, secret, enabled, created, updated FROM issuers \
+                 WHERE vault_id = ?1 AND name_key > ?2 ORDER BY name_key LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![vault_id, after.unwrap_or_default(), limit], issuer_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Creates or replaces an issuer.
+    pub async fn put_issuer(&self, rec: IssuerRecord) -> Result<IssuerRecord, StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO issuers (vault_id, name, name_key, provider, body, secret, \
+                 enabled, created, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    rec.vault_id,
+                    rec.name,
+                    rec.name.to_ascii_lowercase(),
+                    rec.provider,
+                    rec.body,
+                    rec.secret,
+                    rec.enabled,
+                    rec.created,
+                    rec.updated
+                ],
+            )?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    /// Deletes an issuer, returning it.
+    pub async fn delete_issuer(
+        &self,
+        vault_id: i64,
+        name_key: &str,
+    ) -> Result<IssuerRecord, StoreError> {
+        let key = name_key.to_owned();
+        self.write(move |c| {
+            let rec = now_none(c.query_row(
+                "SELECT vault_id, name, provider, body, secret, enabled, created, updated FROM issuers \
+                 WHERE vault_id = ?1 AND name_key = ?2",
+                params![vault_id, key],
+                issuer_row,
+            ))?
+            .ok_or(StoreError::NotFound)?;
+            c.execute("DELETE FROM issuers WHERE vault_id = ?1 AND name_key = ?2", params![vault_id, key])?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    /// The vault's contacts (JSON array), if set.
+    pub async fn contacts(&self, vault_id: i64) -> Result<Option<String>, StoreError> {
+        self.read(move |c| {
+            now_none(c.query_row(
+                "SELECT body FROM contacts WHERE vault_id = ?1",
+                [vault_id],
+                |r| r.get(0),
+            ))
+        })
+        .await
+    }
+
+    /// Sets the vault's contacts.
+    pub async fn set_contacts(&self, vault_id: i64, body: String) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO contacts (vault_id, body) VALUES (?1, ?2)",
+                params![vault_id, body],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes the vault's contacts, returning them.
+    pub async fn delete_contacts(&self, vault_id: i64) -> Result<Option<String>, StoreError> {
+        self.write(move |c| {
+            let old = now_none(c.query_row(
+                "SELECT body FROM contacts WHERE vault_id = ?1",
+                [vault_id],
+                |r| r.get::<_, String>(0),
+            ))?;
+            c.execute("DELETE FROM contacts WHERE vault_id = ?1", [vault_id])?;
+            Ok(old)
+        })
+        .await
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let current =
+        usize::try_from(current).map_err(|_| StoreError::Corrupt("bad user_version".into()))?;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Open(format!(
+            "the database schema ({current}) is newer than this certvault ({}); upgrade certvault",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(i + 1).unwrap_or(i64::MAX),
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ver(v: &str, cer: Option<Vec<u8>>) -> VersionRecord {
+        VersionRecord {
+            cert_id: 0,
+            version: v.into(),
+            seq: 0,
+            created: 1,
+            updated: 1,
+            enabled: cer.is_some(),
+            nbf: Some(1),
+            exp: Some(100),
+            tags: None,
+            cer,
+            chain: vec![vec![1, 2], vec![3]],
+            key_blob: Some(vec![9; 8]),
+            key_ref: None,
+            spki: vec![7],
+            content_type: "application/x-pkcs12".into(),
+            exportable: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn versions_delete_recover_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let vault = s.create_vault("Default", vec![1], 90, 1).await.unwrap();
+        assert!(matches!(
+            s.create_vault("default", vec![1], 90, 1).await,
+            Err(StoreError::Conflict(Conflict::Exists))
+        ));
+        let (c, v1) = s
+            .add_version(
+                vault.id,
+                "Web",
+                "{}".into(),
+                5,
+                NewVersion {
+                    record: ver("a1", Some(vec![1])),
+                    operation: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(v1.seq, 1);
+        assert_eq!(v1.chain, vec![vec![1, 2], vec![3]]);
+        let (_, v2) = s
+            .add_version(
+                vault.id,
+                "web",
+                "{}".into(),
+                6,
+                NewVersion {
+                    record: ver("a2", Some(vec![2])),
+                    operation: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(v2.seq, 2);
+        let (c2, latest) = s
+            .cert_version(vault.id, "web", false, Which::Latest)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((c2.name.as_str(), latest.version.as_str()), ("Web", "a2"));
+        let vs = s.list_versions(c.id, 0, 1).await.unwrap();
+        assert_eq!(vs.len(), 1);
+        assert_eq!(s.list_versions(c.id, vs[0].seq, 10).await.unwrap().len(), 1);
+
+        s.soft_delete(c.id, 10, 20).await.unwrap();
+        assert!(
+            s.cert_version(vault.id, "web", false, Which::Latest)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.cert_version(vault.id, "web", true, Which::Latest)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(matches!(
+            s.add_version(
+                vault.id,
+                "web",
+                "{}".into(),
+                6,
+                NewVersion {
+                    record: ver("a3", None),
+                    operation: None
+                }
+            )
+            .await,
+            Err(StoreError::Conflict(Conflict::Deleted))
+        ));
+        s.recover(c.id, 11).await.unwrap();
+        assert!(
+            s.cert_version(vault.id, "web", false, Which::Version("a1"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        s.soft_delete(c.id, 12, 20).await.unwrap();
+        assert_eq!(s.purge_due(19).await.unwrap(), 0);
+        assert_eq!(s.purge_due(20).await.unwrap(), 1);
+        assert!(s.certificate(vault.id, "web").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn pending_merge_and_failed_writes_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let vault = s.create_vault("default", vec![1], 90, 1).await.unwrap();
+        let op = OperationRecord {
+            cert_id: 0,
+            request_id: "r".into(),
+            version: "p1".into(),
+            issuer_name: "Unknown".into(),
+            status: "inProgress".into(),
+            status_details: String::new(),
+            csr: Some(vec![1]),
+            error: None,
+            cancellation_requested: false,
+            created: 1,
+            updated: 1,
+        };
+        let (c, _) = s
+            .add_version(
+                vault.id,
+                "m",
+                "{}".into(),
+                1,
+                NewVersion {
+                    record: ver("p1", None),
+                    operation: Some(op),
+                },
+            )
+            .await
+            .unwrap();
+        // a second create while in progress is refused and adds nothing
+        assert!(matches!(
+            s.add_version(
+                vault.id,
+                "m",
+                "{}".into(),
+                2,
+                NewVersion {
+                    record: ver("p2", None),
+                    operation: None
+                }
+            )
+            .await,
+            Err(StoreError::Conflict(Conflict::OperationInProgress))
+        ));
+        assert_eq!(s.list_versions(c.id, 0, 10).await.unwrap().len(), 1);
+        let (_, pend) = s
+            .cert_version(vault.id, "m", false, Which::Latest)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(pend.is_pending());
+        assert!(
+            s.cert_version(vault.id, "m", false, Which::LatestCompleted)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let done = s
+            .complete_version(
+                c.id,
+                "p1",
+                vec![5],
+                vec![],
+                VersionUpdate::default(),
+                "done".into(),
+                3,
+            )
+            .await
+            .unwrap();
+        assert!(done.enabled && !done.is_pending());
+        assert_eq!(
+            s.operation(c.id).await.unwrap().unwrap().status,
+            "completed"
+        );
+        // merging twice is refused
+        assert!(
+            s.complete_version(
+                c.id,
+                "p1",
+                vec![5],
+                vec![],
+                VersionUpdate::default(),
+                "x".into(),
+                4
+            )
+            .await
+            .is_err()
+        );
+        // restore onto an existing name conflicts
+        let dump = s.dump(c.id).await.unwrap();
+        assert!(matches!(
+            s.restore(vault.id, dump, 5).await,
+            Err(StoreError::Conflict(Conflict::Exists))
+        ));
+    }
+
+    #[tokio::test]
+    async fn group_commit_under_concurrency() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let vault = s.create_vault("default", vec![1], 90, 1).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.add_version(
+                    vault.id,
+                    &format!("c{i}"),
+                    "{}".into(),
+                    1,
+                    NewVersion {
+                        record: ver(&format!("v{i}"), Some(vec![1])),
+                        operation: None,
+                    },
+                )
+                .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let mut n = 0;
+        let mut after = None;
+        loop {
+            let page = s
+                .list_certificates(vault.id, false, after.clone(), 25, false)
+                .await
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            n += page.len();
+            after = page.last().map(|(c, _)| SqliteStore::name_key(c));
+        }
+        assert_eq!(n, 200);
+        // reopen: everything is durable
+        s.close();
+        drop(s);
+        let s = SqliteStore::open(&dir.path().join("db")).unwrap();
+        assert!(s.certificate(vault.id, "c199").await.unwrap().is_some());
+    }
+}
