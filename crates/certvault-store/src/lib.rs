@@ -11,4 +11,4 @@ mod sqlite;
 
 pub use error::{Conflict, StoreError};
 pub use records::*;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, Which};

@@ -817,6 +817,47 @@ impl SqliteStore {
         self.write(move |c| replace_operation(c, &op)).await
     }
 
+    /// Ends the operation with `status` (`cancelled` or `failed`) and removes the pending
+    /// version it was creating. Refused unless the operation is in progress.
+    pub async fn finish_operation(
+        &self,
+        cert_id: i64,
+        status: &str,
+        status_details: String,
+        error: Option<String>,
+        cancellation_requested: bool,
+        now: i64,
+    ) -> Result<OperationRecord, StoreError> {
+        let status = status.to_owned();
+        self.write(move |c| {
+            let op = now_none(c.query_row(
+                &format!("SELECT {OP_COLS} FROM operations WHERE cert_id = ?1"),
+                [cert_id],
+                op_row,
+            ))?
+            .ok_or(StoreError::NotFound)?;
+            if op.status != "inProgress" {
+                return Err(StoreError::Conflict(Conflict::State));
+            }
+            c.execute(
+                "UPDATE operations SET status = ?2, status_details = ?3, error = ?4, \
+                 cancellation_requested = ?5, updated = ?6 WHERE cert_id = ?1",
+                params![cert_id, status, status_details, error, cancellation_requested, now],
+            )?;
+            c.execute(
+                "DELETE FROM versions WHERE cert_id = ?1 AND version = ?2 AND cer IS NULL",
+                params![cert_id, op.version],
+            )?;
+            now_none(c.query_row(
+                &format!("SELECT {OP_COLS} FROM operations WHERE cert_id = ?1"),
+                [cert_id],
+                op_row,
+            ))?
+            .ok_or(StoreError::NotFound)
+        })
+        .await
+    }
+
     /// Deletes the operation; a still-pending version it was creating is removed with it.
     /// Returns the removed operation.
     pub async fn delete_operation(&self, cert_id: i64) -> Result<OperationRecord, StoreError> {

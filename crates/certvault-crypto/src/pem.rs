@@ -1,0 +1,134 @@
+//! PEM containers: a private key plus certificates.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use zeroize::Zeroizing;
+
+use crate::keys::PrivateKey;
+use crate::{Bundle, CryptoError};
+
+/// Parses PEM text into a key (normalised to PKCS#8) and certificates (DER, in file order).
+///
+/// Accepted blocks: `PRIVATE KEY` (PKCS#8), `RSA PRIVATE KEY` (PKCS#1), `EC PRIVATE KEY`
+/// (SEC1), `CERTIFICATE`. `EC PARAMETERS` and other unrelated blocks (`CERTIFICATE REQUEST`,
+/// `PUBLIC KEY`, `X509 CRL`, …) are skipped. Tolerates `\r\n`, text before, between and after
+/// blocks, and trailing garbage after `END` lines.
+///
+/// Errors: `ENCRYPTED PRIVATE KEY` or a legacy `Proc-Type: 4,ENCRYPTED` key →
+/// [`CryptoError::Unsupported`]; more than one private key → [`CryptoError::BadParameter`];
+/// bad base64, a missing `END` line or no key/certificate at all → [`CryptoError::Malformed`].
+pub fn parse_pem(text: &[u8]) -> Result<Bundle, CryptoError> {
+    let text = String::from_utf8_lossy(text);
+    let mut key: Option<PrivateKey> = None;
+    let mut certs = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let line = line.trim();
+        let Some(label) = begin_label(line) else {
+            continue;
+        };
+        let end = format!("-----END {label}-----");
+        let mut body = Zeroizing::new(String::new());
+        let mut encrypted = false;
+        let mut closed = false;
+        for l in lines.by_ref() {
+            let l = l.trim();
+            if l.starts_with(&end) {
+                closed = true;
+                break;
+            }
+            if l.starts_with("-----BEGIN ") {
+                break;
+            }
+            if let Some((name, value)) = l.split_once(':') {
+                // RFC 1421 header (legacy OpenSSL encryption).
+                if name.eq_ignore_ascii_case("Proc-Type") && value.contains("ENCRYPTED") {
+                    encrypted = true;
+                }
+                continue;
+            }
+            body.push_str(l);
+        }
+        if !closed {
+            return Err(CryptoError::malformed(format!(
+                "PEM: missing END line for {label}"
+            )));
+        }
+        let is_key = matches!(label, "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY");
+        if label == "ENCRYPTED PRIVATE KEY" || (is_key && encrypted) {
+            return Err(CryptoError::unsupported(
+                "encrypted PEM private keys; supply an unencrypted PKCS#8 key",
+            ));
+        }
+        if !is_key && label != "CERTIFICATE" {
+            continue;
+        }
+        let der = Zeroizing::new(
+            STANDARD
+                .decode(body.as_bytes())
+                .map_err(|_| CryptoError::malformed(format!("PEM: bad base64 in {label}")))?,
+        );
+        if label == "CERTIFICATE" {
+            certs.push(der.to_vec());
+            continue;
+        }
+        if key.is_some() {
+            return Err(CryptoError::bad(
+                "the PEM data contains more than one private key",
+            ));
+        }
+        key = Some(match label {
+            "PRIVATE KEY" => PrivateKey::from_pkcs8_der(&der)?,
+            "RSA PRIVATE KEY" => PrivateKey::from_pkcs1_der(&der)?,
+            _ => PrivateKey::from_sec1_der(&der)?,
+        });
+    }
+    if key.is_none() && certs.is_empty() {
+        return Err(CryptoError::malformed(
+            "PEM: no private key or certificate found",
+        ));
+    }
+    Ok(Bundle { key, certs })
+}
+
+fn begin_label(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("-----BEGIN ")?;
+    let end = rest.find("-----")?;
+    Some(&rest[..end])
+}
+
+fn push_block(out: &mut String, label: &str, der: &[u8]) {
+    let b64 = Zeroizing::new(STANDARD.encode(der));
+    out.push_str("-----BEGIN ");
+    out.push_str(label);
+    out.push_str("-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        // base64 output is ASCII, so every chunk is valid UTF-8.
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END ");
+    out.push_str(label);
+    out.push_str("-----\n");
+}
+
+/// Writes the Key Vault PEM shape: the unencrypted PKCS#8 `PRIVATE KEY` block first (if any),
+/// then each certificate as a `CERTIFICATE` block in the given order. 64-column base64, `\n`
+/// line endings, trailing newline.
+///
+/// The returned `String` contains the private key when one is given; wrap it in
+/// `zeroize::Zeroizing` if it lives longer than a response.
+pub fn to_pem(key: Option<&PrivateKey>, chain: &[Vec<u8>]) -> String {
+    let est = |n: usize| n.div_ceil(3) * 4 + n / 48 + 64;
+    let capacity = key.map_or(0, |k| est(k.pkcs8_der().len()))
+        + chain.iter().map(|c| est(c.len())).sum::<usize>();
+    // Pre-sized so that the buffer holding the key is never reallocated (and left behind).
+    let mut out = String::with_capacity(capacity);
+    if let Some(k) = key {
+        push_block(&mut out, "PRIVATE KEY", k.pkcs8_der());
+    }
+    for c in chain {
+        push_block(&mut out, "CERTIFICATE", c);
+    }
+    out
+}

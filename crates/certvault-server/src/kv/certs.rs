@@ -1,0 +1,874 @@
+//! Certificate operations: create, import, get, update, versions, policy, pending operation and
+//! merge, delete / recover / purge, backup / restore.
+
+use certvault_core::policy::{
+    ISSUER_SELF, ISSUER_UNKNOWN, KeyPropsIn, Origin, Policy, PolicyIn, Sans, SecretPropsIn, X509PropsIn,
+};
+use certvault_core::{ObjectName, VersionId};
+use certvault_crypto::{CertParams, KeyAlg, PrivateKey, PublicKey};
+use certvault_store::{
+    CertRecord, CertificateDump, Conflict, NewVersion, OperationRecord, SqliteStore, StoreError, VersionRecord,
+    VersionUpdate, Which,
+};
+use http::{HeaderValue, Response, StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::Ctx;
+use super::model::{self, AttributesIn, stored_policy};
+use crate::error::{ApiError, ApiResult};
+use crate::http::{Body, empty, json as json_response};
+
+/// AAD binding a sealed private key to its version.
+pub fn key_aad(version: &str) -> Vec<u8> {
+    format!("certvault/key/v1/{version}").into_bytes()
+}
+
+fn name(seg: &str) -> ApiResult<ObjectName> {
+    Ok(ObjectName::parse(seg)?)
+}
+
+fn ok(v: &Value) -> ApiResult<Response<Body>> {
+    Ok(json_response(StatusCode::OK, v))
+}
+
+/// A live certificate and one of its versions, or the Key Vault 404.
+pub async fn live(ctx: &Ctx<'_>, n: &ObjectName, version: Option<&str>) -> ApiResult<(CertRecord, VersionRecord)> {
+    let which = match version {
+        None | Some("") => Which::Latest,
+        Some(v) => {
+            let v = VersionId::parse(v).map_err(|_| ApiError::cert_not_found(&format!("{n}/{v}")))?;
+            return ctx
+                .state
+                .store
+                .cert_version(ctx.vault_id(), &n.key(), false, Which::Version(v.as_str()))
+                .await?
+                .ok_or_else(|| ApiError::cert_not_found(&format!("{n}/{v}")));
+        }
+    };
+    ctx.state.store.cert_version(ctx.vault_id(), &n.key(), false, which).await?.ok_or_else(|| ApiError::cert_not_found(n.as_str()))
+}
+
+async fn has_pending_op(ctx: &Ctx<'_>, cert_id: i64) -> ApiResult<bool> {
+    Ok(ctx.state.store.operation(cert_id).await?.is_some_and(|o| o.status == "inProgress"))
+}
+
+/// Crypto parameters for a policy and validity window.
+pub fn cert_params(policy: &Policy, nbf: i64, exp: i64) -> ApiResult<CertParams> {
+    let sans = policy.sans();
+    let mut ips = Vec::new();
+    for ip in sans.ip_addresses.iter().flatten() {
+        ips.push(ip.parse().map_err(|_| ApiError::bad(format!("'{ip}' is not an IP address.")))?);
+    }
+    Ok(CertParams {
+        subject: policy.subject().to_owned(),
+        dns_names: sans.dns_names.unwrap_or_default(),
+        emails: sans.emails.unwrap_or_default(),
+        upns: sans.upns.unwrap_or_default(),
+        uris: sans.uris.unwrap_or_default(),
+        ip_addresses: ips,
+        ekus: policy.ekus(),
+        key_usage: policy.key_usage(),
+        is_ca: policy.is_ca(),
+        not_before: nbf,
+        not_after: exp,
+    })
+}
+
+fn key_alg(policy: &Policy) -> KeyAlg {
+    if policy.kty().is_ec() { KeyAlg::Ec(policy.curve()) } else { KeyAlg::Rsa(policy.key_size()) }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(&e))?
+}
+
+/// Opens a version's sealed private key.
+pub fn open_key(ctx: &Ctx<'_>, v: &VersionRecord) -> ApiResult<PrivateKey> {
+    let blob = v.key_blob.as_ref().ok_or_else(|| {
+        ApiError::forbidden("The private key of this certificate is not held by this server.")
+    })?;
+    let der = certvault_crypto::open_object(&ctx.vault.key, &key_aad(&v.version), blob).map_err(|e| ApiError::internal(&e))?;
+    PrivateKey::from_pkcs8_der(&der).map_err(|e| ApiError::internal(&e))
+}
+
+fn seal_key(ctx: &Ctx<'_>, version: &str, key: &PrivateKey) -> ApiResult<Vec<u8>> {
+    certvault_crypto::seal_object(&ctx.vault.key, &key_aad(version), key.pkcs8_der()).map_err(|e| ApiError::internal(&e))
+}
+
+fn deleted_conflict(n: &ObjectName) -> ApiError {
+    ApiError::conflict(format!(
+        "Certificate {n} is currently in a deleted but recoverable state, and its name cannot be reused; \
+         either recover or purge it."
+    ))
+    .inner("ObjectIsDeletedButRecoverable")
+}
+
+fn map_store(n: &ObjectName) -> impl Fn(StoreError) -> ApiError + '_ {
+    move |e| match e {
+        StoreError::Conflict(Conflict::Deleted) => deleted_conflict(n),
+        other => ApiError::from(other),
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    policy: Option<PolicyIn>,
+    attributes: Option<AttributesIn>,
+    tags: Option<Map<String, Value>>,
+}
+
+/// POST /certificates/{n}/create
+pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let body: CreateBody = ctx.json()?;
+    let store = &ctx.state.store;
+    let existing = store.certificate(ctx.vault_id(), &n.key()).await?;
+    if existing.as_ref().is_some_and(|c| c.deleted_at.is_some()) {
+        return Err(deleted_conflict(&n));
+    }
+    let policy = match (&body.policy, &existing) {
+        (Some(p), Some(c)) => {
+            let mut base = stored_policy(c)?.to_input();
+            base.merge(p);
+            Policy::resolve(&base, Origin::Created, true)?
+        }
+        (Some(p), None) => Policy::resolve(p, Origin::Created, true)?,
+        (None, Some(c)) => stored_policy(c)?,
+        (None, None) => return Err(ApiError::bad("A policy is required to create a new certificate.")),
+    };
+    if !policy.subject().is_empty() {
+        certvault_crypto::validate_subject(policy.subject())?;
+    }
+    let issuer = policy.issuer_name().to_owned();
+    if issuer != ISSUER_SELF && issuer != ISSUER_UNKNOWN {
+        let rec = store.issuer(ctx.vault_id(), &issuer.to_ascii_lowercase()).await?;
+        return Err(match rec {
+            None => ApiError::bad(format!("The issuer '{issuer}' does not exist in this vault.")),
+            Some(r) => ApiError::bad(format!(
+                "Issuer '{issuer}' uses provider '{}', which cannot issue certificates on this server yet.",
+                r.provider
+            )),
+        });
+    }
+    if let Some(c) = &existing {
+        if has_pending_op(ctx, c.id).await? {
+            return Err(ApiError::conflict("A certificate operation is already in progress for this certificate."));
+        }
+    }
+    let tags = body.tags.as_ref().map(model::tags_json).transpose()?;
+    let enabled = body.attributes.as_ref().and_then(|a| a.enabled).unwrap_or(true);
+
+    // The key: reused from the newest version when the policy says so, else a new one.
+    let mut reuse = None;
+    if policy.reuse_key() {
+        if let Some(c) = &existing {
+            if let Some((_, v)) = store.cert_version(ctx.vault_id(), &n.key(), false, Which::LatestCompleted).await? {
+                let k = open_key(ctx, &v)?;
+                if k.alg() == key_alg(&policy) {
+                    reuse = Some(k);
+                }
+                let _ = c;
+            }
+        }
+    }
+    let key = match reuse {
+        Some(k) => k,
+        None => {
+            let alg = key_alg(&policy);
+            blocking(move || PrivateKey::generate(alg).map_err(ApiError::from)).await?
+        }
+    };
+    let version = VersionId::generate();
+    let now = ctx.now;
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let sealed = seal_key(ctx, version.as_str(), &key)?;
+    let spki = key.public_key().spki_der().to_vec();
+    let content_type = policy.content_type().as_str().to_owned();
+    let exportable = policy.exportable();
+
+    let (record, op) = if issuer == ISSUER_SELF {
+        let nbf = now - 600;
+        let exp = model::add_months(now, policy.validity_months());
+        let params = cert_params(&policy, nbf, exp)?;
+        let der = blocking(move || certvault_crypto::self_signed(&key, &params).map_err(ApiError::from)).await?;
+        let rec = VersionRecord {
+            cert_id: 0,
+            version: version.as_str().to_owned(),
+            seq: 0,
+            created: now,
+            updated: now,
+            enabled,
+            nbf: Some(nbf),
+            exp: Some(exp),
+            tags,
+            cer: Some(der),
+            chain: vec![],
+            key_blob: Some(sealed),
+            key_ref: None,
+            spki,
+            content_type,
+            exportable,
+        };
+        let op = OperationRecord {
+            cert_id: 0,
+            request_id,
+            version: version.as_str().to_owned(),
+            issuer_name: issuer.clone(),
+            status: "completed".into(),
+            status_details: String::new(),
+            csr: None,
+            error: None,
+            cancellation_requested: false,
+            created: now,
+            updated: now,
+        };
+        (rec, op)
+    } else {
+        let nbf = now;
+        let exp = model::add_months(now, policy.validity_months());
+        let params = cert_params(&policy, nbf, exp)?;
+        let csr = blocking(move || certvault_crypto::csr(&key, &params).map_err(ApiError::from)).await?;
+        let rec = VersionRecord {
+            cert_id: 0,
+            version: version.as_str().to_owned(),
+            seq: 0,
+            created: now,
+            updated: now,
+            enabled: false,
+            nbf: None,
+            exp: None,
+            tags,
+            cer: None,
+            chain: vec![],
+            key_blob: Some(sealed),
+            key_ref: None,
+            spki,
+            content_type,
+            exportable,
+        };
+        let op = OperationRecord {
+            cert_id: 0,
+            request_id,
+            version: version.as_str().to_owned(),
+            issuer_name: issuer.clone(),
+            status: "inProgress".into(),
+            status_details: "Pending certificate created. Please Perform Merge to complete the request.".into(),
+            csr: Some(csr),
+            error: None,
+            cancellation_requested: false,
+            created: now,
+            updated: now,
+        };
+        (rec, op)
+    };
+    let policy_json = serde_json::to_string(&policy).map_err(|e| ApiError::internal(&e))?;
+    let (cert, _) = store
+        .add_version(ctx.vault_id(), n.as_str(), policy_json, now, NewVersion { record, operation: Some(op.clone()) })
+        .await
+        .map_err(map_store(&n))?;
+    // The 202 always says inProgress; completion shows on the next GET of the operation.
+    let mut shown = op;
+    shown.status = "inProgress".into();
+    if shown.status_details.is_empty() {
+        shown.status_details =
+            "Pending certificate created. Certificate request is in progress. This may take some time based on the issuer provider. Please check again later."
+                .into();
+    }
+    let mut resp = json_response(StatusCode::ACCEPTED, &model::operation(ctx, &cert, &shown));
+    let loc = format!(
+        "{}/certificates/{}/pending?api-version={}&request_id={}",
+        ctx.base, cert.name, ctx.api_version, shown.request_id
+    );
+    if let Ok(v) = HeaderValue::from_str(&loc) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+struct ImportBody {
+    value: String,
+    pwd: Option<String>,
+    policy: Option<PolicyIn>,
+    attributes: Option<AttributesIn>,
+    tags: Option<Map<String, Value>>,
+}
+
+fn starts_with_pem(b: &[u8]) -> bool {
+    let t = b.iter().position(|c| !c.is_ascii_whitespace()).map_or(&b[..0], |i| &b[i..]);
+    t.starts_with(b"-----BEGIN")
+}
+
+/// Decodes an import `value`: raw PEM text, base64 of PEM, or base64 of PKCS#12.
+fn decode_import(value: &str, pwd: Option<&str>) -> ApiResult<(certvault_crypto::Bundle, certvault_core::policy::ContentType)> {
+    use certvault_core::policy::ContentType;
+    if starts_with_pem(value.as_bytes()) {
+        return Ok((certvault_crypto::parse_pem(value.as_bytes())?, ContentType::Pem));
+    }
+    let raw = model::from_b64(value, "value")?;
+    if starts_with_pem(&raw) {
+        return Ok((certvault_crypto::parse_pem(&raw)?, ContentType::Pem));
+    }
+    let bundle = certvault_crypto::parse_pfx(&raw, pwd.unwrap_or("")).map_err(|e| match e {
+        certvault_crypto::CryptoError::BadPassword => {
+            ApiError::bad("The PFX password is wrong, or the PFX is password-protected and no password was given.")
+        }
+        other => ApiError::from(other),
+    })?;
+    Ok((bundle, ContentType::Pkcs12))
+}
+
+fn policy_from_cert(info: &certvault_crypto::CertInfo, key: &PublicKey, ct: certvault_core::policy::ContentType) -> PolicyIn {
+    let lifetime_days = (info.not_after - info.not_before).max(0) / 86_400;
+    let months = u32::try_from(((lifetime_days as f64) / 30.4375).round() as i64).unwrap_or(12).max(1);
+    let (kty, key_size, crv) = match key.alg() {
+        KeyAlg::Rsa(bits) => (certvault_core::policy::KeyType::Rsa, Some(bits), None),
+        KeyAlg::Ec(c) => (certvault_core::policy::KeyType::Ec, None, Some(c)),
+    };
+    PolicyIn {
+        key_props: Some(KeyPropsIn { exportable: Some(true), kty: Some(kty), key_size, reuse_key: Some(false), crv }),
+        secret_props: Some(SecretPropsIn { content_type: Some(ct) }),
+        x509_props: Some(X509PropsIn {
+            subject: Some(info.subject.clone()),
+            ekus: Some(info.ekus.clone()),
+            sans: Some(Sans {
+                dns_names: Some(info.dns_names.clone()),
+                emails: Some(info.emails.clone()),
+                upns: Some(info.upns.clone()),
+                uris: Some(info.uris.clone()),
+                ip_addresses: Some(info.ip_addresses.clone()),
+            }),
+            key_usage: Some(info.key_usage.clone()),
+            validity_months: Some(months.min(certvault_core::policy::MAX_VALIDITY_MONTHS)),
+            basic_constraints: Some(certvault_core::policy::BasicConstraints { ca: info.is_ca }),
+        }),
+        lifetime_actions: None,
+        issuer: Some(certvault_core::policy::IssuerParams { name: Some(ISSUER_UNKNOWN.into()), cty: None, cert_transparency: None }),
+        attributes: None,
+        platform_managed: None,
+    }
+}
+
+/// POST /certificates/{n}/import
+pub async fn import(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let body: ImportBody = ctx.json()?;
+    let value = body.value.clone();
+    let pwd = body.pwd.clone();
+    let (bundle, detected) = blocking(move || decode_import(&value, pwd.as_deref())).await?;
+    let key = bundle.key.ok_or_else(|| ApiError::bad("The imported content holds no private key."))?;
+    if bundle.certs.is_empty() {
+        return Err(ApiError::bad("The imported content holds no certificate."));
+    }
+    let public = key.public_key();
+    let chain = certvault_crypto::order_chain(Some(&public), bundle.certs)?;
+    let (leaf, rest) = chain.split_first().ok_or_else(|| ApiError::bad("The imported content holds no certificate."))?;
+    let info = certvault_crypto::parse_certificate(leaf)?;
+    if info.public_key.spki_der() != public.spki_der() {
+        return Err(ApiError::bad("The private key does not match any imported certificate."));
+    }
+    let store = &ctx.state.store;
+    let existing = store.certificate(ctx.vault_id(), &n.key()).await?;
+    if existing.as_ref().is_some_and(|c| c.deleted_at.is_some()) {
+        return Err(deleted_conflict(&n));
+    }
+    let mut input = policy_from_cert(&info, &public, detected);
+    if let Some(p) = &body.policy {
+        input.merge(p);
+    }
+    let policy = Policy::resolve(&input, Origin::Imported, false)?;
+    let tags = body.tags.as_ref().map(model::tags_json).transpose()?;
+    let enabled = body.attributes.as_ref().and_then(|a| a.enabled).unwrap_or(true);
+    let version = VersionId::generate();
+    let now = ctx.now;
+    let record = VersionRecord {
+        cert_id: 0,
+        version: version.as_str().to_owned(),
+        seq: 0,
+        created: now,
+        updated: now,
+        enabled,
+        nbf: Some(info.not_before),
+        exp: Some(info.not_after),
+        tags,
+        cer: Some(leaf.clone()),
+        chain: rest.to_vec(),
+        key_blob: Some(seal_key(ctx, version.as_str(), &key)?),
+        key_ref: None,
+        spki: public.spki_der().to_vec(),
+        content_type: policy.content_type().as_str().to_owned(),
+        exportable: policy.exportable(),
+    };
+    let policy_json = serde_json::to_string(&policy).map_err(|e| ApiError::internal(&e))?;
+    let (cert, v) = store
+        .add_version(ctx.vault_id(), n.as_str(), policy_json, now, NewVersion { record, operation: None })
+        .await
+        .map_err(map_store(&n))?;
+    ok(&model::bundle(ctx, &cert, &v, Some(&policy), false))
+}
+
+/// GET /certificates/{n}/{version?}
+pub async fn get(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let (cert, v) = live(ctx, &n, version).await?;
+    let policy = stored_policy(&cert)?;
+    let pending = has_pending_op(ctx, cert.id).await?;
+    ok(&model::bundle(ctx, &cert, &v, Some(&policy), pending))
+}
+
+#[derive(Deserialize)]
+struct UpdateBody {
+    attributes: Option<AttributesIn>,
+    tags: Option<Map<String, Value>>,
+    policy: Option<PolicyIn>,
+}
+
+/// PATCH /certificates/{n}/{version?}
+pub async fn update(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let body: UpdateBody = ctx.json()?;
+    let (cert, v) = live(ctx, &n, version).await?;
+    let tags = body.tags.as_ref().map(model::tags_json).transpose()?;
+    let new_policy = match &body.policy {
+        Some(p) => {
+            let mut base = stored_policy(&cert)?.to_input();
+            base.merge(p);
+            let resolved = Policy::resolve(&base, Origin::Created, false)?;
+            if !resolved.subject().is_empty() {
+                certvault_crypto::validate_subject(resolved.subject())?;
+            }
+            Some(resolved)
+        }
+        None => None,
+    };
+    let a = body.attributes.unwrap_or_default();
+    if let (Some(Some(nbf)), Some(Some(exp))) = (a.nbf, a.exp) {
+        if nbf >= exp {
+            return Err(ApiError::bad("nbf must be before exp."));
+        }
+    }
+    if v.is_pending() && a.enabled == Some(true) {
+        return Err(ApiError::bad("A pending certificate version cannot be enabled before it is merged."));
+    }
+    let store = &ctx.state.store;
+    let cert = match &new_policy {
+        Some(p) => store
+            .update_policy(cert.id, serde_json::to_string(p).map_err(|e| ApiError::internal(&e))?, ctx.now)
+            .await?,
+        None => cert,
+    };
+    let v = store
+        .update_version(cert.id, &v.version, VersionUpdate { enabled: a.enabled, nbf: a.nbf, exp: a.exp, tags: tags.map(Some) }, ctx.now)
+        .await?;
+    let policy = stored_policy(&cert)?;
+    let pending = has_pending_op(ctx, cert.id).await?;
+    ok(&model::bundle(ctx, &cert, &v, Some(&policy), pending))
+}
+
+fn page_token(s: Option<String>) -> Option<String> {
+    s.map(|t| t.to_ascii_lowercase())
+}
+
+/// GET /certificates and GET /deletedcertificates
+pub async fn list(ctx: &Ctx<'_>, deleted: bool) -> ApiResult<Response<Body>> {
+    let max = ctx.max_results()?;
+    let include_pending = ctx.param("includePending").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let after = page_token(ctx.skiptoken());
+    let rows = ctx.state.store.list_certificates(ctx.vault_id(), deleted, after, max + 1, include_pending).await?;
+    let more = rows.len() > max;
+    let mut items = Vec::with_capacity(max);
+    for (c, v) in rows.iter().take(max) {
+        let mut i = model::item(ctx, c, v, false);
+        if deleted {
+            model::add_deleted(ctx, c, &mut i);
+        }
+        items.push(i);
+    }
+    let next = if more {
+        rows.get(max - 1).map(|(c, _)| {
+            let path = if deleted { "/deletedcertificates" } else { "/certificates" };
+            let extra: &[(&str, &str)] = if include_pending { &[("includePending", "true")] } else { &[] };
+            ctx.next_link(path, &SqliteStore::name_key(c), max, extra)
+        })
+    } else {
+        None
+    };
+    ok(&json!({"value": items, "nextLink": next}))
+}
+
+/// GET /certificates/{n}/versions
+pub async fn versions(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let max = ctx.max_results()?;
+    let cert = ctx
+        .state
+        .store
+        .certificate(ctx.vault_id(), &n.key())
+        .await?
+        .filter(|c| c.deleted_at.is_none())
+        .ok_or_else(|| ApiError::cert_not_found(n.as_str()))?;
+    let after = match ctx.skiptoken() {
+        Some(t) => t.parse::<i64>().map_err(|_| ApiError::bad("Invalid $skiptoken."))?,
+        None => 0,
+    };
+    let rows = ctx.state.store.list_versions(cert.id, after, max + 1).await?;
+    let more = rows.len() > max;
+    let items: Vec<Value> = rows.iter().take(max).map(|v| model::item(ctx, &cert, v, true)).collect();
+    let next = if more {
+        rows.get(max - 1).map(|v| ctx.next_link(&format!("/certificates/{}/versions", cert.name), &v.seq.to_string(), max, &[]))
+    } else {
+        None
+    };
+    ok(&json!({"value": items, "nextLink": next}))
+}
+
+async fn live_cert(ctx: &Ctx<'_>, n: &ObjectName) -> ApiResult<CertRecord> {
+    ctx.state
+        .store
+        .certificate(ctx.vault_id(), &n.key())
+        .await?
+        .filter(|c| c.deleted_at.is_none())
+        .ok_or_else(|| ApiError::cert_not_found(n.as_str()))
+}
+
+/// GET /certificates/{n}/policy
+pub async fn get_policy(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let cert = live_cert(ctx, &n).await?;
+    ok(&model::policy_json(ctx, &cert, &stored_policy(&cert)?))
+}
+
+/// PATCH /certificates/{n}/policy
+pub async fn update_policy(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let patch: PolicyIn = ctx.json()?;
+    let cert = live_cert(ctx, &n).await?;
+    let mut base = stored_policy(&cert)?.to_input();
+    base.merge(&patch);
+    let policy = Policy::resolve(&base, Origin::Created, false)?;
+    if !policy.subject().is_empty() {
+        certvault_crypto::validate_subject(policy.subject())?;
+    }
+    let cert = ctx
+        .state
+        .store
+        .update_policy(cert.id, serde_json::to_string(&policy).map_err(|e| ApiError::internal(&e))?, ctx.now)
+        .await?;
+    ok(&model::policy_json(ctx, &cert, &policy))
+}
+
+fn pending_not_found(n: &ObjectName) -> ApiError {
+    ApiError::not_found("PendingCertificateNotFound", format!("Pending certificate not found: {n}"))
+}
+
+async fn op_of(ctx: &Ctx<'_>, n: &ObjectName) -> ApiResult<(CertRecord, OperationRecord)> {
+    let cert = live_cert(ctx, n).await?;
+    let op = ctx.state.store.operation(cert.id).await?.ok_or_else(|| pending_not_found(n))?;
+    Ok((cert, op))
+}
+
+fn op_response(ctx: &Ctx<'_>, cert: &CertRecord, op: &OperationRecord) -> ApiResult<Response<Body>> {
+    let mut r = json_response(StatusCode::OK, &model::operation(ctx, cert, op));
+    if op.status == "inProgress" {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+    }
+    Ok(r)
+}
+
+/// GET /certificates/{n}/pending
+pub async fn get_pending(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let (cert, op) = op_of(ctx, &n).await?;
+    op_response(ctx, &cert, &op)
+}
+
+#[derive(Deserialize)]
+struct CancelBody {
+    cancellation_requested: bool,
+}
+
+/// PATCH /certificates/{n}/pending
+pub async fn cancel_pending(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let body: CancelBody = ctx.json()?;
+    let (cert, op) = op_of(ctx, &n).await?;
+    if !body.cancellation_requested || op.status != "inProgress" {
+        return op_response(ctx, &cert, &op);
+    }
+    let op = ctx
+        .state
+        .store
+        .finish_operation(cert.id, "cancelled", "The certificate operation was cancelled.".into(), None, true, ctx.now)
+        .await?;
+    op_response(ctx, &cert, &op)
+}
+
+/// DELETE /certificates/{n}/pending
+pub async fn delete_pending(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let (cert, _) = op_of(ctx, &n).await?;
+    let op = ctx.state.store.delete_operation(cert.id).await?;
+    op_response(ctx, &cert, &op)
+}
+
+#[derive(Deserialize)]
+struct MergeBody {
+    x5c: Vec<String>,
+    attributes: Option<AttributesIn>,
+    tags: Option<Map<String, Value>>,
+}
+
+fn decode_x5c(items: &[String]) -> ApiResult<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for s in items {
+        if starts_with_pem(s.as_bytes()) {
+            out.extend(certvault_crypto::parse_pem(s.as_bytes())?.certs);
+            continue;
+        }
+        let raw = model::from_b64(s, "x5c")?;
+        if starts_with_pem(&raw) {
+            out.extend(certvault_crypto::parse_pem(&raw)?.certs);
+        } else {
+            out.push(raw);
+        }
+    }
+    if out.is_empty() {
+        return Err(ApiError::bad("x5c holds no certificate."));
+    }
+    Ok(out)
+}
+
+/// POST /certificates/{n}/pending/merge
+pub async fn merge(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let body: MergeBody = ctx.json()?;
+    let (cert, op) = op_of(ctx, &n).await?;
+    if op.status != "inProgress" {
+        return Err(pending_not_found(&n));
+    }
+    let (_, v) = live(ctx, &n, Some(&op.version)).await?;
+    let certs = decode_x5c(&body.x5c)?;
+    let key = PublicKey::from_spki_der(&v.spki).map_err(|e| ApiError::internal(&e))?;
+    let chain = certvault_crypto::order_chain(Some(&key), certs)?;
+    let (leaf, rest) = chain.split_first().ok_or_else(|| ApiError::bad("x5c holds no certificate."))?;
+    let info = certvault_crypto::parse_certificate(leaf)?;
+    if info.public_key.spki_der() != v.spki.as_slice() {
+        return Err(ApiError::bad("Public key from x509 certificate and key of this instance doesn't match"));
+    }
+    let a = body.attributes.unwrap_or_default();
+    let tags = body.tags.as_ref().map(model::tags_json).transpose()?;
+    let update = VersionUpdate {
+        enabled: Some(a.enabled.unwrap_or(true)),
+        nbf: Some(Some(info.not_before)),
+        exp: Some(Some(info.not_after)),
+        tags: tags.map(Some),
+    };
+    let v = ctx
+        .state
+        .store
+        .complete_version(cert.id, &v.version, leaf.clone(), rest.to_vec(), update, "Certificate merged.".into(), ctx.now)
+        .await?;
+    let policy = stored_policy(&cert)?;
+    let mut r = json_response(StatusCode::CREATED, &model::bundle(ctx, &cert, &v, Some(&policy), false));
+    if let Ok(h) = HeaderValue::from_str(&format!("{}/certificates/{}?api-version={}", ctx.base, cert.name, ctx.api_version)) {
+        r.headers_mut().insert(header::LOCATION, h);
+    }
+    Ok(r)
+}
+
+/// DELETE /certificates/{n}
+pub async fn delete(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let (cert, v) = live(ctx, &n, None).await?;
+    let purge_at = ctx.now + ctx.vault.vault.recoverable_days * 86_400;
+    let cert = ctx.state.store.soft_delete(cert.id, ctx.now, purge_at).await?;
+    let policy = stored_policy(&cert)?;
+    let mut b = model::bundle(ctx, &cert, &v, Some(&policy), false);
+    model::add_deleted(ctx, &cert, &mut b);
+    ok(&b)
+}
+
+async fn deleted(ctx: &Ctx<'_>, n: &ObjectName) -> ApiResult<(CertRecord, VersionRecord)> {
+    ctx.state
+        .store
+        .cert_version(ctx.vault_id(), &n.key(), true, Which::Latest)
+        .await?
+        .ok_or_else(|| ApiError::not_found("CertificateNotFound", format!("Deleted Certificate not found: {n}")))
+}
+
+/// GET /deletedcertificates/{n}
+pub async fn get_deleted(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let (cert, v) = deleted(ctx, &n).await?;
+    let policy = stored_policy(&cert)?;
+    let mut b = model::bundle(ctx, &cert, &v, Some(&policy), false);
+    model::add_deleted(ctx, &cert, &mut b);
+    ok(&b)
+}
+
+/// POST /deletedcertificates/{n}/recover
+pub async fn recover(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let (cert, v) = deleted(ctx, &n).await?;
+    let cert = ctx.state.store.recover(cert.id, ctx.now).await?;
+    let policy = stored_policy(&cert)?;
+    ok(&model::bundle(ctx, &cert, &v, Some(&policy), false))
+}
+
+/// DELETE /deletedcertificates/{n}
+pub async fn purge(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let cert = ctx
+        .state
+        .store
+        .certificate(ctx.vault_id(), &n.key())
+        .await?
+        .filter(|c| c.deleted_at.is_some())
+        .ok_or_else(|| ApiError::not_found("CertificateNotFound", format!("Deleted Certificate not found: {n}")))?;
+    ctx.state.store.purge(cert.id).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+const BACKUP_AAD: &[u8] = b"certvault/backup/v1";
+
+/// POST /certificates/{n}/backup
+pub async fn backup(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let cert = live_cert(ctx, &n).await?;
+    let dump = ctx.state.store.dump(cert.id).await?;
+    let mut versions = Vec::new();
+    for v in &dump.versions {
+        let key = match &v.key_blob {
+            Some(_) => {
+                let k = open_key(ctx, v)?;
+                Some(model::b64(
+                    &certvault_crypto::seal_object(&ctx.state.backup_key, &key_aad(&v.version), k.pkcs8_der())
+                        .map_err(|e| ApiError::internal(&e))?,
+                ))
+            }
+            None => None,
+        };
+        versions.push(json!({
+            "version": v.version, "created": v.created, "updated": v.updated, "enabled": v.enabled,
+            "nbf": v.nbf, "exp": v.exp, "tags": v.tags, "cer": v.cer.as_deref().map(model::b64),
+            "chain": v.chain.iter().map(|c| model::b64(c)).collect::<Vec<_>>(), "key": key,
+            "key_ref": v.key_ref, "spki": model::b64(&v.spki), "content_type": v.content_type,
+            "exportable": v.exportable,
+        }));
+    }
+    let doc = json!({
+        "format": "certvault-backup-1",
+        "name": dump.cert.name, "policy": dump.cert.policy, "policy_created": dump.cert.policy_created,
+        "policy_updated": dump.cert.policy_updated, "created": dump.cert.created, "versions": versions,
+    });
+    let plain = serde_json::to_vec(&doc).map_err(|e| ApiError::internal(&e))?;
+    let sealed = certvault_crypto::seal(&ctx.state.backup_key, BACKUP_AAD, &plain).map_err(|e| ApiError::internal(&e))?;
+    ok(&json!({"value": model::b64url(&sealed)}))
+}
+
+#[derive(Deserialize)]
+struct BackupVersion {
+    version: String,
+    created: i64,
+    updated: i64,
+    enabled: bool,
+    nbf: Option<i64>,
+    exp: Option<i64>,
+    tags: Option<String>,
+    cer: Option<String>,
+    chain: Vec<String>,
+    key: Option<String>,
+    key_ref: Option<String>,
+    spki: String,
+    content_type: String,
+    exportable: bool,
+}
+
+#[derive(Deserialize)]
+struct BackupDoc {
+    format: String,
+    name: String,
+    policy: String,
+    policy_created: i64,
+    policy_updated: i64,
+    created: i64,
+    versions: Vec<BackupVersion>,
+}
+
+#[derive(Deserialize)]
+struct RestoreBody {
+    value: String,
+}
+
+/// POST /certificates/restore
+pub async fn restore(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
+    let body: RestoreBody = ctx.json()?;
+    let bad = || ApiError::bad("The backup blob is corrupt or was not made by this certvault installation.");
+    let sealed = model::from_b64url(&body.value, "value")?;
+    let plain = certvault_crypto::open(&ctx.state.backup_key, BACKUP_AAD, &sealed).map_err(|_| bad())?;
+    let doc: BackupDoc = serde_json::from_slice(&plain).map_err(|_| bad())?;
+    if doc.format != "certvault-backup-1" {
+        return Err(bad());
+    }
+    let n = ObjectName::parse(&doc.name)?;
+    let _: Policy = serde_json::from_str(&doc.policy).map_err(|_| bad())?;
+    let mut versions = Vec::new();
+    for (i, bv) in doc.versions.iter().enumerate() {
+        let key_blob = match &bv.key {
+            Some(k) => {
+                let sealed = model::from_b64(k, "key").map_err(|_| bad())?;
+                let der = certvault_crypto::open_object(&ctx.state.backup_key, &key_aad(&bv.version), &sealed)
+                    .map_err(|_| bad())?;
+                Some(
+                    certvault_crypto::seal_object(&ctx.vault.key, &key_aad(&bv.version), &der)
+                        .map_err(|e| ApiError::internal(&e))?,
+                )
+            }
+            None => None,
+        };
+        versions.push(VersionRecord {
+            cert_id: 0,
+            version: bv.version.clone(),
+            seq: i64::try_from(i).unwrap_or(0) + 1,
+            created: bv.created,
+            updated: bv.updated,
+            enabled: bv.enabled,
+            nbf: bv.nbf,
+            exp: bv.exp,
+            tags: bv.tags.clone(),
+            cer: bv.cer.as_deref().map(|c| model::from_b64(c, "cer")).transpose().map_err(|_| bad())?,
+            chain: bv.chain.iter().map(|c| model::from_b64(c, "chain")).collect::<Result<_, _>>().map_err(|_| bad())?,
+            key_blob,
+            key_ref: bv.key_ref.clone(),
+            spki: model::from_b64(&bv.spki, "spki").map_err(|_| bad())?,
+            content_type: bv.content_type.clone(),
+            exportable: bv.exportable,
+        });
+    }
+    let cert = CertRecord {
+        id: 0,
+        vault_id: ctx.vault_id(),
+        name: n.as_str().to_owned(),
+        policy: doc.policy,
+        policy_created: doc.policy_created,
+        policy_updated: doc.policy_updated,
+        created: doc.created,
+        updated: ctx.now,
+        deleted_at: None,
+        purge_at: None,
+    };
+    let cert = ctx
+        .state
+        .store
+        .restore(ctx.vault_id(), CertificateDump { cert, versions }, ctx.now)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => ApiError::conflict(format!("A certificate named {n} already exists in this vault.")),
+            other => ApiError::from(other),
+        })?;
+    let (cert, v) = live(ctx, &n, None).await.map(|(_, v)| (cert, v))?;
+    let policy = stored_policy(&cert)?;
+    ok(&model::bundle(ctx, &cert, &v, Some(&policy), false))
+}

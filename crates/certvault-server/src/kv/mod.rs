@@ -1,0 +1,342 @@
+//! The Key Vault data-plane wire API: certificates, and the managed key and secret of each
+//! certificate version. Routes are matched on path segments, ignoring the case of route words.
+
+mod certs;
+mod issuers;
+mod keys;
+mod model;
+mod secrets;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode, header, request::Parts};
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, ApiResult};
+use crate::http::Body;
+use crate::state::{AppState, VaultCtx};
+
+/// The newest API version this server knows; unknown newer versions are served as this one.
+pub const NEWEST_API_VERSION: &str = "2026-04-01";
+
+/// Everything a handler needs about the request.
+pub struct Ctx<'a> {
+    /// Server state.
+    pub state: &'a Arc<AppState>,
+    /// The addressed vault.
+    pub vault: Arc<VaultCtx>,
+    /// `https://host[:port]` as the client addressed us.
+    pub base: String,
+    /// The requested API version.
+    pub api_version: String,
+    /// Decoded query parameters.
+    pub query: Vec<(String, String)>,
+    /// The request body.
+    pub body: Bytes,
+    /// Request time.
+    pub now: i64,
+    /// Request id.
+    pub request_id: &'a str,
+}
+
+impl Ctx<'_> {
+    /// A query parameter (names compared case-insensitively).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Parses the JSON body.
+    pub fn json<T: DeserializeOwned>(&self) -> ApiResult<T> {
+        if self.body.is_empty() {
+            return Err(ApiError::bad("The request body is empty; a JSON object is required."));
+        }
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ApiError::bad(format!("The request body is not valid: {}", sanitize_serde(&e.to_string())))
+        })
+    }
+
+    /// The vault's row id.
+    pub fn vault_id(&self) -> i64 {
+        self.vault.vault.id
+    }
+
+    /// `maxresults`, 1 to 25 (default 25).
+    pub fn max_results(&self) -> ApiResult<usize> {
+        match self.param("maxresults") {
+            None | Some("") => Ok(25),
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=25).contains(&n) => Ok(n),
+                _ => Err(ApiError::bad(format!(
+                    "maxresults must be an integer from 1 to 25, got '{}'.",
+                    certvault_core::names::truncate(v, 20)
+                ))),
+            },
+        }
+    }
+
+    /// The `$skiptoken` paging cursor.
+    pub fn skiptoken(&self) -> Option<String> {
+        self.param("$skiptoken").filter(|s| !s.is_empty()).map(str::to_owned)
+    }
+
+    /// The absolute `nextLink` for a collection path (starting with `/`).
+    pub fn next_link(&self, path: &str, token: &str, max: usize, extra: &[(&str, &str)]) -> String {
+        let mut link = format!(
+            "{}{}?api-version={}&$skiptoken={}&maxresults={}",
+            self.base,
+            path,
+            self.api_version,
+            percent_encode(token),
+            max
+        );
+        for (k, v) in extra {
+            link.push('&');
+            link.push_str(k);
+            link.push('=');
+            link.push_str(&percent_encode(v));
+        }
+        link
+    }
+}
+
+/// Serde messages can quote input; keep them short and on one line.
+fn sanitize_serde(msg: &str) -> String {
+    certvault_core::names::truncate(&msg.replace(['\n', '\r'], " "), 200)
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// `7.4`, `7.6-preview.2`, `2016-10-01`, `2025-06-01-preview`.
+fn api_version_ok(v: &str) -> bool {
+    let (core, pre) = match v.split_once("-preview") {
+        Some((c, rest)) => (c, Some(rest)),
+        None => (v, None),
+    };
+    if let Some(rest) = pre {
+        if !(rest.is_empty() || (rest.starts_with('.') && rest.len() > 1 && rest[1..].bytes().all(|b| b.is_ascii_digit()))) {
+            return false;
+        }
+    }
+    let dotted = core.split_once('.').is_some_and(|(a, b)| {
+        !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
+    });
+    let date = {
+        let p: Vec<&str> = core.split('-').collect();
+        p.len() == 3
+            && p.first().is_some_and(|y| y.len() == 4)
+            && p.get(1).is_some_and(|m| m.len() == 2)
+            && p.get(2).is_some_and(|d| d.len() == 2)
+            && p.iter().all(|x| x.bytes().all(|c| c.is_ascii_digit()))
+    };
+    dotted || date
+}
+
+/// Resolves the vault from the host name: `<vault>.<base-domain>` names a vault; any other
+/// host reaches `default`.
+fn vault_from_host(host: &str, base_domain: &str) -> String {
+    let name = host_without_port(host);
+    let suffix_len = base_domain.len() + 1;
+    if name.len() > suffix_len
+        && name.is_char_boundary(name.len() - suffix_len)
+        && name[name.len() - suffix_len..].eq_ignore_ascii_case(&format!(".{base_domain}"))
+    {
+        let label = &name[..name.len() - suffix_len];
+        if !label.contains('.') {
+            return label.to_ascii_lowercase();
+        }
+    }
+    "default".to_owned()
+}
+
+fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// Routes one authenticated request.
+pub async fn dispatch(
+    state: &Arc<AppState>,
+    parts: &Parts,
+    body: Bytes,
+    request_id: &str,
+) -> ApiResult<Response<Body>> {
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .ok_or_else(|| ApiError::bad("The request has no Host header."))?;
+    let host = host.strip_suffix(":443").unwrap_or(&host).to_owned();
+    if host.is_empty() || host.contains(['/', ' ', '@']) {
+        return Err(ApiError::bad("The Host header is not valid."));
+    }
+    let query = parse_query(parts.uri.query());
+    let api_version = query
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("api-version"))
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| ApiError::bad("The api-version query parameter is missing."))?;
+    if !api_version_ok(&api_version) {
+        return Err(ApiError::bad(format!(
+            "The api-version '{}' is not valid.",
+            certvault_core::names::truncate(&api_version, 40)
+        )));
+    }
+    let vault_name = vault_from_host(&host, &state.http.base_domain);
+    let vault = state.vault(&vault_name).await?;
+    let ctx = Ctx {
+        state,
+        vault,
+        base: format!("https://{host}"),
+        api_version,
+        query,
+        body,
+        now: state.clock.now(),
+        request_id,
+    };
+    let path = parts.uri.path();
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let lower: Vec<String> = segs.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let l: Vec<&str> = lower.iter().map(String::as_str).collect();
+    let m = &parts.method;
+    let seg = |i: usize| segs.get(i).copied().unwrap_or("");
+
+    use Method as M;
+    match (l.as_slice(), m) {
+        // certificates collection and route words
+        (["certificates"] | ["certificates", ""], &M::GET) => certs::list(&ctx, false).await,
+        (["certificates", "issuers"] | ["certificates", "issuers", ""], &M::GET) => issuers::list(&ctx).await,
+        (["certificates", "issuers", _], &M::GET) => issuers::get(&ctx, seg(2)).await,
+        (["certificates", "issuers", _], &M::PUT) => issuers::set(&ctx, seg(2)).await,
+        (["certificates", "issuers", _], &M::PATCH) => issuers::update(&ctx, seg(2)).await,
+        (["certificates", "issuers", _], &M::DELETE) => issuers::delete(&ctx, seg(2)).await,
+        (["certificates", "contacts"], &M::GET) => issuers::get_contacts(&ctx).await,
+        (["certificates", "contacts"], &M::PUT) => issuers::set_contacts(&ctx).await,
+        (["certificates", "contacts"], &M::DELETE) => issuers::delete_contacts(&ctx).await,
+        (["certificates", "restore"], &M::POST) => certs::restore(&ctx).await,
+        // one certificate
+        (["certificates", _] | ["certificates", _, ""], &M::GET) => certs::get(&ctx, seg(1), None).await,
+        (["certificates", _] | ["certificates", _, ""], &M::PATCH) => certs::update(&ctx, seg(1), None).await,
+        (["certificates", _], &M::DELETE) => certs::delete(&ctx, seg(1)).await,
+        (["certificates", _, "versions"], &M::GET) => certs::versions(&ctx, seg(1)).await,
+        (["certificates", _, "policy"], &M::GET) => certs::get_policy(&ctx, seg(1)).await,
+        (["certificates", _, "policy"], &M::PATCH) => certs::update_policy(&ctx, seg(1)).await,
+        (["certificates", _, "pending"], &M::GET) => certs::get_pending(&ctx, seg(1)).await,
+        (["certificates", _, "pending"], &M::PATCH) => certs::cancel_pending(&ctx, seg(1)).await,
+        (["certificates", _, "pending"], &M::DELETE) => certs::delete_pending(&ctx, seg(1)).await,
+        (["certificates", _, "pending", "merge"], &M::POST) => certs::merge(&ctx, seg(1)).await,
+        (["certificates", _, "create"], &M::POST) => certs::create(&ctx, seg(1)).await,
+        (["certificates", _, "import"], &M::POST) => certs::import(&ctx, seg(1)).await,
+        (["certificates", _, "backup"], &M::POST) => certs::backup(&ctx, seg(1)).await,
+        (["certificates", _, _], &M::GET) => certs::get(&ctx, seg(1), Some(seg(2))).await,
+        (["certificates", _, _], &M::PATCH) => certs::update(&ctx, seg(1), Some(seg(2))).await,
+        // deleted certificates
+        (["deletedcertificates"] | ["deletedcertificates", ""], &M::GET) => certs::list(&ctx, true).await,
+        (["deletedcertificates", _], &M::GET) => certs::get_deleted(&ctx, seg(1)).await,
+        (["deletedcertificates", _], &M::DELETE) => certs::purge(&ctx, seg(1)).await,
+        (["deletedcertificates", _, "recover"], &M::POST) => certs::recover(&ctx, seg(1)).await,
+        // managed secrets
+        (["secrets"] | ["secrets", ""], &M::GET) => secrets::list(&ctx).await,
+        (["secrets", _, "versions"], &M::GET) => secrets::versions(&ctx, seg(1)).await,
+        (["secrets", _] | ["secrets", _, ""], &M::GET) => secrets::get(&ctx, seg(1), None).await,
+        (["secrets", _, _], &M::GET) => secrets::get(&ctx, seg(1), Some(seg(2))).await,
+        (["secrets", _], &M::PUT | &M::DELETE) | (["secrets", _, _], &M::PATCH) => secrets::refuse(&ctx, seg(1)).await,
+        // managed keys
+        (["keys"] | ["keys", ""], &M::GET) => keys::list(&ctx).await,
+        (["keys", _, "versions"], &M::GET) => keys::versions(&ctx, seg(1)).await,
+        (["keys", _] | ["keys", _, ""], &M::GET) => keys::get(&ctx, seg(1), None).await,
+        (["keys", _, _], &M::GET) => keys::get(&ctx, seg(1), Some(seg(2))).await,
+        (["keys", _, _, op], &M::POST) => keys::operation(&ctx, seg(1), seg(2), op).await,
+        (["keys", _], &M::DELETE) | (["keys", _, _], &M::PATCH) => keys::refuse(&ctx, seg(1)).await,
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("No operation {m} {} exists in this API.", certvault_core::names::truncate(path, 120)),
+        )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_versions() {
+        for ok in ["7.0", "7.4", "7.6-preview.2", "2016-10-01", "2025-07-01", "2026-04-01", "2025-06-01-preview", "2099-01-01"] {
+            assert!(api_version_ok(ok), "{ok}");
+        }
+        for bad in ["", "abc", "7", "7.x", "2025-7-01", "2025-07-01-beta", "1.2.3"] {
+            assert!(!api_version_ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(vault_from_host("prod.kv.test:8443", "kv.test"), "prod");
+        assert_eq!(vault_from_host("PROD.KV.TEST", "kv.test"), "prod");
+        assert_eq!(vault_from_host("127.0.0.1:8443", "kv.test"), "default");
+        assert_eq!(vault_from_host("[::1]:8443", "kv.test"), "default");
+        assert_eq!(vault_from_host("a.b.kv.test", "kv.test"), "default");
+        assert_eq!(vault_from_host("kv.test", "kv.test"), "default");
+    }
+
+    #[test]
+    fn query() {
+        let q = parse_query(Some("api-version=7.4&$skiptoken=a%2Fb&maxresults=5&x"));
+        assert_eq!(q[1], ("$skiptoken".to_owned(), "a/b".to_owned()));
+        assert_eq!(q[3], ("x".to_owned(), String::new()));
+        assert_eq!(percent_encode("a/b c"), "a%2Fb%20c");
+    }
+}

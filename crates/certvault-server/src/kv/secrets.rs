@@ -1,0 +1,188 @@
+//! The managed secret of each certificate version: PKCS#12 with an empty password or PEM with
+//! the PKCS#8 key first; the key only when the policy makes it exportable.
+
+use base64::Engine;
+use certvault_core::ObjectName;
+use certvault_core::policy::ContentType;
+use certvault_store::{CertRecord, VersionRecord, Which};
+use http::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::Ctx;
+use super::certs::open_key;
+use super::model;
+use crate::error::{ApiError, ApiResult};
+use crate::http::{Body, json as json_response};
+
+fn secret_not_found(what: &str) -> ApiError {
+    ApiError::not_found("SecretNotFound", format!("A secret with (name/id) {what} was not found in this key vault."))
+}
+
+/// A live certificate's version for the secret and key endpoints.
+pub async fn version_for(
+    ctx: &Ctx<'_>,
+    seg: &str,
+    version: Option<&str>,
+    not_found: fn(&str) -> ApiError,
+) -> ApiResult<(CertRecord, VersionRecord)> {
+    let n = ObjectName::parse(seg).map_err(|_| not_found(seg))?;
+    let which = match version {
+        None | Some("") => Which::LatestCompleted,
+        Some(v) => {
+            let v = certvault_core::VersionId::parse(v).map_err(|_| not_found(&format!("{n}/{v}")))?;
+            let r = ctx.state.store.cert_version(ctx.vault_id(), &n.key(), false, Which::Version(v.as_str())).await?;
+            return r.filter(|(_, v)| !v.is_pending()).ok_or_else(|| not_found(&format!("{n}/{v}")));
+        }
+    };
+    ctx.state.store.cert_version(ctx.vault_id(), &n.key(), false, which).await?.ok_or_else(|| not_found(n.as_str()))
+}
+
+/// Refuses use of a disabled or out-of-window version.
+pub fn check_usable(ctx: &Ctx<'_>, v: &VersionRecord, kind: &str, op: &str) -> ApiResult<()> {
+    if !v.enabled {
+        return Err(ApiError::forbidden(format!("Operation {op} is not allowed on a disabled {kind}.")));
+    }
+    if v.nbf.is_some_and(|nbf| ctx.now < nbf) {
+        return Err(ApiError::forbidden(format!("Operation {op} is not allowed on a {kind} that is not yet valid.")));
+    }
+    if v.exp.is_some_and(|exp| ctx.now > exp) {
+        return Err(ApiError::forbidden(format!("Operation {op} is not allowed on an expired {kind}.")));
+    }
+    Ok(())
+}
+
+fn secret_attributes(ctx: &Ctx<'_>, v: &VersionRecord) -> Value {
+    model::attributes(ctx, v)
+}
+
+/// GET /secrets/{n}/{version?}
+pub async fn get(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResult<Response<Body>> {
+    let (cert, v) = version_for(ctx, seg, version, secret_not_found).await?;
+    check_usable(ctx, &v, "secret", "get")?;
+    let stored = ContentType::parse(&v.content_type).unwrap_or_default();
+    let out = match ctx.param("outContentType") {
+        None | Some("") => stored,
+        Some(s) => match ContentType::parse(s) {
+            Some(ContentType::Pem) => ContentType::Pem,
+            Some(ContentType::Pkcs12) if stored == ContentType::Pkcs12 => ContentType::Pkcs12,
+            _ => {
+                return Err(ApiError::bad(format!(
+                    "Converting the secret from {} to '{}' is not supported.",
+                    stored.as_str(),
+                    certvault_core::names::truncate(s, 60)
+                )));
+            }
+        },
+    };
+    let mut chain = Vec::with_capacity(v.chain.len() + 1);
+    if let Some(cer) = &v.cer {
+        chain.push(cer.clone());
+    }
+    chain.extend(v.chain.iter().cloned());
+    let key = if v.exportable { Some(open_key(ctx, &v)?) } else { None };
+    let value = match out {
+        ContentType::Pem => certvault_crypto::to_pem(key.as_ref(), &chain),
+        ContentType::Pkcs12 => {
+            let pfx = tokio::task::spawn_blocking(move || certvault_crypto::write_pfx(key.as_ref(), &chain, ""))
+                .await
+                .map_err(|e| ApiError::internal(&e))?
+                .map_err(|e| ApiError::internal(&e))?;
+            base64::engine::general_purpose::STANDARD.encode(pfx)
+        }
+    };
+    let mut b = json!({
+        "value": value,
+        "contentType": out.as_str(),
+        "id": format!("{}/secrets/{}/{}", ctx.base, cert.name, v.version),
+        "managed": true,
+        "kid": format!("{}/keys/{}/{}", ctx.base, cert.name, v.version),
+        "attributes": secret_attributes(ctx, &v),
+    });
+    if let Some(t) = v.tags.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()) {
+        b["tags"] = t;
+    }
+    Ok(json_response(StatusCode::OK, &b))
+}
+
+fn secret_item(ctx: &Ctx<'_>, cert: &CertRecord, v: &VersionRecord, versioned: bool) -> Value {
+    let id = if versioned {
+        format!("{}/secrets/{}/{}", ctx.base, cert.name, v.version)
+    } else {
+        format!("{}/secrets/{}", ctx.base, cert.name)
+    };
+    let mut i = json!({"id": id, "attributes": secret_attributes(ctx, v), "contentType": v.content_type, "managed": true});
+    if let Some(t) = v.tags.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()) {
+        i["tags"] = t;
+    }
+    i
+}
+
+/// GET /secrets
+pub async fn list(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
+    list_objects(ctx, "secrets", secret_item).await
+}
+
+/// Lists the managed objects (keys or secrets) of completed certificates.
+pub async fn list_objects(
+    ctx: &Ctx<'_>,
+    kind: &str,
+    render: fn(&Ctx<'_>, &CertRecord, &VersionRecord, bool) -> Value,
+) -> ApiResult<Response<Body>> {
+    let max = ctx.max_results()?;
+    let after = ctx.skiptoken().map(|t| t.to_ascii_lowercase());
+    let rows = ctx.state.store.list_certificates(ctx.vault_id(), false, after, max + 1, false).await?;
+    let more = rows.len() > max;
+    let items: Vec<Value> = rows.iter().take(max).map(|(c, v)| render(ctx, c, v, false)).collect();
+    let next = if more {
+        rows.get(max - 1).map(|(c, _)| ctx.next_link(&format!("/{kind}"), &c.name.to_ascii_lowercase(), max, &[]))
+    } else {
+        None
+    };
+    Ok(json_response(StatusCode::OK, &json!({"value": items, "nextLink": next})))
+}
+
+/// Lists the versions of a managed object.
+pub async fn list_object_versions(
+    ctx: &Ctx<'_>,
+    kind: &str,
+    seg: &str,
+    not_found: fn(&str) -> ApiError,
+    render: fn(&Ctx<'_>, &CertRecord, &VersionRecord, bool) -> Value,
+) -> ApiResult<Response<Body>> {
+    let max = ctx.max_results()?;
+    let n = ObjectName::parse(seg).map_err(|_| not_found(seg))?;
+    let cert = ctx
+        .state
+        .store
+        .certificate(ctx.vault_id(), &n.key())
+        .await?
+        .filter(|c| c.deleted_at.is_none())
+        .ok_or_else(|| not_found(n.as_str()))?;
+    let after = match ctx.skiptoken() {
+        Some(t) => t.parse::<i64>().map_err(|_| ApiError::bad("Invalid $skiptoken."))?,
+        None => 0,
+    };
+    let rows = ctx.state.store.list_versions(cert.id, after, max + 1).await?;
+    let more = rows.len() > max;
+    let items: Vec<Value> =
+        rows.iter().take(max).filter(|v| !v.is_pending()).map(|v| render(ctx, &cert, v, true)).collect();
+    let next = if more {
+        rows.get(max - 1).map(|v| ctx.next_link(&format!("/{kind}/{}/versions", cert.name), &v.seq.to_string(), max, &[]))
+    } else {
+        None
+    };
+    Ok(json_response(StatusCode::OK, &json!({"value": items, "nextLink": next})))
+}
+
+/// GET /secrets/{n}/versions
+pub async fn versions(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    list_object_versions(ctx, "secrets", seg, secret_not_found, secret_item).await
+}
+
+/// PUT, PATCH or DELETE on a managed secret.
+pub async fn refuse(_ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    Err(ApiError::forbidden(format!(
+        "The secret '{}' is managed by its certificate; change or delete the certificate instead.",
+        certvault_core::names::truncate(seg, 127)
+    )))
+}

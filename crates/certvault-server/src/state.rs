@@ -1,0 +1,131 @@
+//! Shared server state: the store, the master key, vault keys, configuration and the clock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use certvault_core::clock::SharedClock;
+use certvault_crypto::SymKey;
+use certvault_store::{SqliteStore, Vault};
+
+use crate::error::{ApiError, ApiResult};
+
+/// Settings the request handlers need.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Vault host names are `<vault>.<base_domain>`.
+    pub base_domain: String,
+    /// The port clients use (left out of URLs when 443).
+    pub public_port: u16,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Soft-delete retention for new vaults, in days.
+    pub recoverable_days: i64,
+}
+
+impl HttpSettings {
+    /// `https://<base-domain>[:port]`, the challenge `resource`.
+    pub fn resource(&self) -> String {
+        if self.public_port == 443 {
+            format!("https://{}", self.base_domain)
+        } else {
+            format!("https://{}:{}", self.base_domain, self.public_port)
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge value.
+    pub fn challenge(&self) -> String {
+        format!(
+            "Bearer authorization=\"{}/certvault\", resource=\"{}\"",
+            self.resource(),
+            self.resource()
+        )
+    }
+}
+
+/// A vault with its unwrapped key.
+#[derive(Debug)]
+pub struct VaultCtx {
+    /// The vault row.
+    pub vault: Vault,
+    /// The vault key.
+    pub key: SymKey,
+}
+
+/// Server state shared by all requests.
+#[derive(Debug)]
+pub struct AppState {
+    /// The store.
+    pub store: SqliteStore,
+    /// The master key.
+    pub master: SymKey,
+    /// The key backups are sealed with.
+    pub backup_key: SymKey,
+    /// HTTP settings.
+    pub http: HttpSettings,
+    /// The clock.
+    pub clock: SharedClock,
+    /// SHA-256 hashes of the accepted bearer tokens.
+    pub token_hashes: Vec<[u8; 32]>,
+    vaults: RwLock<HashMap<String, Arc<VaultCtx>>>,
+}
+
+/// AAD binding a sealed vault key to its vault.
+pub fn vault_key_aad(name_key: &str) -> Vec<u8> {
+    format!("certvault/vault-key/v1/{name_key}").into_bytes()
+}
+
+impl AppState {
+    /// Builds the state.
+    pub fn new(
+        store: SqliteStore,
+        master: SymKey,
+        backup_key: SymKey,
+        http: HttpSettings,
+        clock: SharedClock,
+        token_hashes: Vec<[u8; 32]>,
+    ) -> Self {
+        Self { store, master, backup_key, http, clock, token_hashes, vaults: RwLock::new(HashMap::new()) }
+    }
+
+    /// Checks a bearer token in constant time against the accepted hashes.
+    pub fn token_ok(&self, token: &str) -> bool {
+        let h = certvault_crypto::sha256(token.as_bytes());
+        let mut ok = false;
+        for known in &self.token_hashes {
+            let mut diff = 0u8;
+            for (a, b) in known.iter().zip(h.iter()) {
+                diff |= a ^ b;
+            }
+            ok |= diff == 0;
+        }
+        ok
+    }
+
+    /// The vault named `name_key`, with its key, cached after the first load.
+    pub async fn vault(&self, name_key: &str) -> ApiResult<Arc<VaultCtx>> {
+        if let Ok(cache) = self.vaults.read() {
+            if let Some(v) = cache.get(name_key) {
+                return Ok(v.clone());
+            }
+        }
+        let vault = self.store.vault(name_key).await?.ok_or_else(|| {
+            ApiError::not_found("VaultNotFound", format!("The vault '{name_key}' does not exist."))
+        })?;
+        let key_bytes = certvault_crypto::open(&self.master, &vault_key_aad(name_key), &vault.wrapped_key)
+            .map_err(|e| ApiError::internal(&e))?;
+        let key = SymKey::from_slice(&key_bytes).map_err(|e| ApiError::internal(&e))?;
+        let ctx = Arc::new(VaultCtx { vault, key });
+        if let Ok(mut cache) = self.vaults.write() {
+            cache.insert(name_key.to_owned(), ctx.clone());
+        }
+        Ok(ctx)
+    }
+
+    /// Creates a vault with a fresh vault key sealed under the master key.
+    pub async fn create_vault(&self, name: &str) -> ApiResult<Vault> {
+        let key = SymKey::generate().map_err(|e| ApiError::internal(&e))?;
+        let wrapped = certvault_crypto::seal(&self.master, &vault_key_aad(&name.to_ascii_lowercase()), key.as_bytes())
+            .map_err(|e| ApiError::internal(&e))?;
+        Ok(self.store.create_vault(name, wrapped, self.http.recoverable_days, self.clock.now()).await?)
+    }
+}

@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# certvault: the single "run all tests" command.
+#
+# Works on a fresh Debian 12 machine where it runs as root (CI runs it as
+# `bash .ci/run` with CI=true and no stdin, from a fresh clone). It installs
+# whatever the tests need, then runs, stopping at the first failure:
+#
+#   1. cargo fmt --check
+#   2. cargo clippy (all targets, -D warnings)
+#   3. cargo test
+#   4. cargo build -p certvault
+#   5. the Azure SDK conformance suite (tests/sdk, pytest) against that binary
+#
+# Nothing is ever skipped because it is missing: it is installed, or the
+# script fails loudly.
+#
+# Adding a Debian package: one line in APT_PACKAGES below.
+# Adding a service the tests need: one `start_service` line in start_services
+# (stopped by PID when the script exits).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+# ------------------------------------------------------------------ settings
+# Debian packages the tests need, one per line: "package" or
+# "package:command" (the command is checked as well, so a package that is
+# "installed" but whose binary is gone is reinstalled).
+APT_PACKAGES=(
+  "python3:/usr/bin/python3"
+  "python3-venv"
+  "python3-pip"
+  "openssl:openssl"
+  "ca-certificates"
+  "curl:curl"
+  "pkg-config:pkg-config"
+  "gcc:gcc"
+  # later: "pebble:pebble", "bind9:named", "softhsm2:softhsm2-util",
+  #        "postgresql", "chromium:chromium"
+)
+
+# The Python interpreter the venv is made from: Debian's, which the list
+# above installs (a pyenv or other python on PATH is deliberately not used).
+SYSTEM_PYTHON=/usr/bin/python3
+VENV="$ROOT/.venv"
+REQUIREMENTS="$ROOT/tests/sdk/requirements.txt"
+VENV_STAMP="$VENV/.certvault-requirements.sha256"
+PY="$VENV/bin/python"
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_NO_INPUT=1
+export PYTHONDONTWRITEBYTECODE=1
+# rustup's cargo lives here; CI's environment may not have it on PATH.
+if [[ -d "${CARGO_HOME:-$HOME/.cargo}/bin" ]]; then
+  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+
+# ------------------------------------------------------------------ output
+STAGES_PASSED=0
+STAGES_FAILED=0
+CURRENT_STAGE=""
+SCRIPT_START=$SECONDS
+
+section() {
+  printf '\n==================================================================\n'
+  printf '== %s\n' "$*"
+  printf '==================================================================\n'
+}
+
+die() {
+  printf '\ntest-all: ERROR: %s\n' "$*" >&2
+  exit 1
+}
+
+summary() {
+  local rc=$?
+  set +e
+  stop_services
+  local elapsed=$((SECONDS - SCRIPT_START))
+  printf '\n==================================================================\n'
+  if [[ $rc -eq 0 && $STAGES_FAILED -eq 0 ]]; then
+    printf 'test-all: OK, all stages passed in %ss\n' "$elapsed"
+  else
+    if [[ -n "$CURRENT_STAGE" && $STAGES_FAILED -eq 0 ]]; then
+      printf 'test-all: FAILED during: %s\n' "$CURRENT_STAGE"
+      STAGES_FAILED=1
+    fi
+    printf 'test-all: FAILED after %ss (exit code %s)\n' "$elapsed" "$rc"
+    [[ $rc -eq 0 ]] && rc=1
+  fi
+  printf 'stages: %d passed, %d failed\n' "$STAGES_PASSED" "$STAGES_FAILED"
+  exit "$rc"
+}
+trap summary EXIT
+
+# run_stage "title" cmd args...: runs one stage, stops the script on failure.
+run_stage() {
+  local title="$1"
+  shift
+  section "$title"
+  printf '$ %s\n' "$*"
+  CURRENT_STAGE="$title"
+  local start=$SECONDS rc=0
+  "$@" || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    STAGES_FAILED=$((STAGES_FAILED + 1))
+    CURRENT_STAGE=""
+    printf '\n-- FAILED: %s (exit code %d, %ss)\n' "$title" "$rc" "$((SECONDS - start))"
+    exit "$rc"
+  fi
+  STAGES_PASSED=$((STAGES_PASSED + 1))
+  CURRENT_STAGE=""
+  printf -- '-- passed: %s (%ss)\n' "$title" "$((SECONDS - start))"
+}
+
+# ------------------------------------------------------------------ packages
+APT_UPDATED=0
+apt_install() {
+  [[ $# -gt 0 ]] || return 0
+  command -v apt-get >/dev/null || die "apt-get not found; install by hand: $*"
+  [[ $(id -u) -eq 0 ]] || die "not root; cannot install missing packages: $*"
+  if [[ $APT_UPDATED -eq 0 ]]; then
+    echo "apt-get update"
+    apt-get update -q || die "apt-get update failed"
+    APT_UPDATED=1
+  fi
+  echo "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" \
+    || die "apt-get install failed: $*"
+}
+
+pkg_installed() {
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
+}
+
+ensure_packages() {
+  local missing=() entry pkg cmd
+  for entry in "${APT_PACKAGES[@]}"; do
+    pkg="${entry%%:*}"
+    cmd=""
+    [[ "$entry" == *:* ]] && cmd="${entry#*:}"
+    if ! pkg_installed "$pkg"; then
+      missing+=("$pkg")
+    elif [[ -n "$cmd" ]] && ! command -v "$cmd" >/dev/null; then
+      missing+=("$pkg")
+    fi
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "all Debian packages present: ${APT_PACKAGES[*]%%:*}"
+  else
+    apt_install "${missing[@]}"
+  fi
+  # Verify after installing: fail loudly rather than run with something missing.
+  for entry in "${APT_PACKAGES[@]}"; do
+    pkg="${entry%%:*}"
+    pkg_installed "$pkg" || die "package $pkg is still not installed"
+    if [[ "$entry" == *:* ]]; then
+      command -v "${entry#*:}" >/dev/null || die "package $pkg installed but ${entry#*:} not found"
+    fi
+  done
+}
+
+ensure_rust() {
+  command -v cargo >/dev/null || die "cargo not found (the machine's rustup toolchain is required)"
+  cargo fmt --version >/dev/null 2>&1 || die "rustfmt is missing from the Rust toolchain"
+  cargo clippy --version >/dev/null 2>&1 || die "clippy is missing from the Rust toolchain"
+  cargo --version
+  rustc --version
+}
+
+# ------------------------------------------------------------------ python venv
+requirements_hash() {
+  # The interpreter version is part of the stamp: a new python means a new venv.
+  { sha256sum "$REQUIREMENTS" | cut -d' ' -f1; "$SYSTEM_PYTHON" -c 'import sys; print(sys.version)'; } \
+    | sha256sum | cut -d' ' -f1
+}
+
+ensure_venv() {
+  [[ -f "$REQUIREMENTS" ]] || die "missing $REQUIREMENTS"
+  local want
+  want="$(requirements_hash)"
+  if [[ -x "$PY" && -f "$VENV_STAMP" && "$(cat "$VENV_STAMP")" == "$want" ]]; then
+    echo "venv up to date: $VENV"
+  else
+    echo "(re)creating venv $VENV from $REQUIREMENTS"
+    rm -rf "$VENV"
+    "$SYSTEM_PYTHON" -m venv "$VENV" || die "python3 -m venv failed"
+    "$PY" -m pip install -q -r "$REQUIREMENTS" || die "pip install -r $REQUIREMENTS failed"
+    "$PY" -m pip check || die "pip check failed"
+    echo "$want" >"$VENV_STAMP"
+  fi
+  "$PY" -c 'import azure.keyvault.certificates, azure.keyvault.secrets, azure.keyvault.keys, cryptography, requests, pytest' \
+    || die "venv is broken (imports fail); delete $VENV and rerun"
+  "$PY" -m pip freeze | grep -iE '^(azure-|cryptography|pytest|requests)' | sed 's/^/  /'
+}
+
+# ------------------------------------------------------------------ services
+# PIDs of background services this script started; stopped on exit.
+SERVICE_PIDS=()
+
+# start_service NAME CMD...: start CMD in the background and remember its PID.
+start_service() {
+  local name="$1"
+  shift
+  echo "starting $name: $*"
+  "$@" &
+  SERVICE_PIDS+=("$!")
+}
+
+start_services() {
+  # None yet: the SDK suite starts certvault itself (tests/sdk/conftest.py).
+  # later, e.g.: start_service pebble pebble -config "$ROOT/tests/pebble.json"
+  :
+}
+
+stop_services() {
+  local pid
+  for pid in "${SERVICE_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${SERVICE_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  SERVICE_PIDS=()
+}
+
+# ------------------------------------------------------------------ stages
+run_sdk_suite() {
+  local rc=0
+  export CERTVAULT_BIN="$ROOT/target/debug/certvault"
+  [[ -x "$CERTVAULT_BIN" ]] || { echo "CERTVAULT_BIN=$CERTVAULT_BIN is missing"; return 1; }
+  "$PY" -m pytest tests/sdk -v -ra || rc=$?
+  if [[ $rc -eq 5 ]]; then
+    echo "pytest collected no tests (exit code 5): counted as a failure"
+  fi
+  return "$rc"
+}
+
+setup_stage() {
+  CURRENT_STAGE="$1"
+  section "$1"
+  shift
+  "$@"
+  CURRENT_STAGE=""
+}
+setup_stage "setup: Debian packages" ensure_packages
+setup_stage "setup: Rust toolchain" ensure_rust
+setup_stage "setup: Python venv (.venv)" ensure_venv
+setup_stage "setup: services" start_services
+
+run_stage "cargo fmt" cargo fmt --all -- --check
+run_stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+run_stage "cargo test" cargo test --workspace --locked
+run_stage "cargo build (certvault)" cargo build --locked -p certvault
+run_stage "SDK conformance suite (tests/sdk)" run_sdk_suite
