@@ -39,11 +39,11 @@ from support import (
 )
 
 CREATE_CASES = [
-    pytest.param("RSA", 2048, None, id="rsa-2048"),
-    pytest.param("RSA", 3072, None, id="rsa-3072"),
-    pytest.param("EC", None, "P-256", id="ec-p256"),
-    pytest.param("EC", None, "P-384", id="ec-p384"),
-    pytest.param("EC", None, "P-521", id="ec-p521"),
+    pytest.param(("RSA", 2048, None), id="rsa-2048"),
+    pytest.param(("RSA", 3072, None), id="rsa-3072"),
+    pytest.param(("EC", None, "P-256"), id="ec-p256"),
+    pytest.param(("EC", None, "P-384"), id="ec-p384"),
+    pytest.param(("EC", None, "P-521"), id="ec-p521"),
 ]
 EC_CURVE_CLASSES = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}
 

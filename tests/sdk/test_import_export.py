@@ -12,7 +12,6 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.keyvault.certificates import (
     CertificateContentType,
     CertificatePolicy,
-    CertificatePolicyAction,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization

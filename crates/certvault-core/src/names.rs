@@ -12,7 +12,10 @@ pub struct ObjectName(String);
 impl ObjectName {
     /// Parses and validates a name.
     pub fn parse(s: &str) -> Result<Self, CoreError> {
-        if s.is_empty() || s.len() > 127 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if s.is_empty()
+            || s.len() > 127
+            || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(CoreError::bad(format!(
                 "The name '{}' is invalid: names are 1 to 127 characters of 0-9, a-z, A-Z and '-'.",
                 truncate(s, 140)
@@ -54,7 +57,10 @@ impl VersionId {
         if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
             Ok(Self(s.to_ascii_lowercase()))
         } else {
-            Err(CoreError::bad(format!("Invalid version '{}'.", truncate(s, 64))))
+            Err(CoreError::bad(format!(
+                "Invalid version '{}'.",
+                truncate(s, 64)
+            )))
         }
     }
 
@@ -88,7 +94,10 @@ mod tests {
     #[test]
     fn names() {
         assert!(ObjectName::parse("web-1").is_ok());
-        assert_eq!(ObjectName::parse("Web-1").map(|n| n.key()), Ok("web-1".to_owned()));
+        assert_eq!(
+            ObjectName::parse("Web-1").map(|n| n.key()),
+            Ok("web-1".to_owned())
+        );
         for bad in ["", "a_b", "a.b", "é", &"a".repeat(128)] {
             assert!(ObjectName::parse(bad).is_err(), "{bad}");
         }

@@ -229,7 +229,11 @@ pub struct KeyPropsIn {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SecretPropsIn {
     /// Content type of the managed secret.
-    #[serde(rename = "contentType", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "contentType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub content_type: Option<ContentType>,
 }
 
@@ -249,16 +253,26 @@ pub struct Sans {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uris: Option<Vec<String>>,
     /// IP addresses.
-    #[serde(rename = "ipAddresses", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ipAddresses",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ip_addresses: Option<Vec<String>>,
 }
 
 impl Sans {
     /// True when no SAN of any kind is present.
     pub fn is_empty(&self) -> bool {
-        [&self.dns_names, &self.emails, &self.upns, &self.uris, &self.ip_addresses]
-            .iter()
-            .all(|v| v.as_ref().is_none_or(Vec::is_empty))
+        [
+            &self.dns_names,
+            &self.emails,
+            &self.upns,
+            &self.uris,
+            &self.ip_addresses,
+        ]
+        .iter()
+        .all(|v| v.as_ref().is_none_or(Vec::is_empty))
     }
 }
 
@@ -364,7 +378,11 @@ pub struct PolicyIn {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attributes: Option<PolicyAttributesIn>,
     /// Internal member of 2026-04-01, documented as failing: refused.
-    #[serde(rename = "platformManaged", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "platformManaged",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub platform_managed: Option<serde_json::Value>,
 }
 
@@ -416,7 +434,9 @@ impl PolicyIn {
             merge_opt(&mut i.cert_transparency, &p.cert_transparency);
         }
         if let Some(p) = &patch.attributes {
-            let a = self.attributes.get_or_insert_with(PolicyAttributesIn::default);
+            let a = self
+                .attributes
+                .get_or_insert_with(PolicyAttributesIn::default);
             merge_opt(&mut a.enabled, &p.enabled);
         }
         merge_opt(&mut self.platform_managed, &patch.platform_managed);
@@ -464,7 +484,11 @@ pub const MAX_VALIDITY_MONTHS: u32 = 1200;
 impl Policy {
     /// Resolves a policy as sent into a complete one, filling in the service's defaults and
     /// validating every member. `require_issuer` is set for `create`.
-    pub fn resolve(input: &PolicyIn, origin: Origin, require_name: bool) -> Result<Self, CoreError> {
+    pub fn resolve(
+        input: &PolicyIn,
+        origin: Origin,
+        require_name: bool,
+    ) -> Result<Self, CoreError> {
         if input.platform_managed.is_some() {
             return Err(CoreError::bad(
                 "platformManaged is an internal policy member and is not supported.",
@@ -495,7 +519,9 @@ impl Policy {
                 (None, Some(384)) => Curve::P384,
                 (None, Some(521)) => Curve::P521,
                 (None, Some(s)) => {
-                    return Err(CoreError::bad(format!("key_size {s} is not valid for an EC key.")));
+                    return Err(CoreError::bad(format!(
+                        "key_size {s} is not valid for an EC key."
+                    )));
                 }
             };
             if crv == Curve::P256K {
@@ -526,7 +552,11 @@ impl Policy {
         // secret props
         let secret_props = SecretPropsIn {
             content_type: Some(
-                input.secret_props.as_ref().and_then(|s| s.content_type).unwrap_or_default(),
+                input
+                    .secret_props
+                    .as_ref()
+                    .and_then(|s| s.content_type)
+                    .unwrap_or_default(),
             ),
         };
 
@@ -547,11 +577,17 @@ impl Policy {
         }
         let ekus = match xin.ekus {
             Some(e) => e,
-            None => vec!["1.3.6.1.5.5.7.3.1".to_owned(), "1.3.6.1.5.5.7.3.2".to_owned()],
+            None => vec![
+                "1.3.6.1.5.5.7.3.1".to_owned(),
+                "1.3.6.1.5.5.7.3.2".to_owned(),
+            ],
         };
         for oid in &ekus {
             if !is_oid(oid) {
-                return Err(CoreError::bad(format!("'{}' is not an OID.", crate::names::truncate(oid, 80))));
+                return Err(CoreError::bad(format!(
+                    "'{}' is not an OID.",
+                    crate::names::truncate(oid, 80)
+                )));
             }
         }
         let key_usage = match xin.key_usage {
@@ -601,7 +637,10 @@ impl Policy {
                 list.clone()
             }
             None => vec![LifetimeAction {
-                trigger: Trigger { lifetime_percentage: Some(80), days_before_expiry: None },
+                trigger: Trigger {
+                    lifetime_percentage: Some(80),
+                    days_before_expiry: None,
+                },
                 action: Action {
                     action_type: if origin == Origin::Imported || issuer_name == ISSUER_UNKNOWN {
                         ActionType::EmailContacts
@@ -730,11 +769,17 @@ fn dedup(mut v: Vec<KeyUsage>) -> Vec<KeyUsage> {
 
 fn is_oid(s: &str) -> bool {
     let parts: Vec<&str> = s.split('.').collect();
-    parts.len() >= 2 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    parts.len() >= 2
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn validate_action(la: &LifetimeAction, validity_months: u32) -> Result<(), CoreError> {
-    match (la.trigger.lifetime_percentage, la.trigger.days_before_expiry) {
+    match (
+        la.trigger.lifetime_percentage,
+        la.trigger.days_before_expiry,
+    ) {
         (Some(p), None) => {
             if !(1..=99).contains(&p) {
                 return Err(CoreError::bad(format!(
@@ -784,11 +829,16 @@ fn validate_sans(s: &Sans) -> Result<(), CoreError> {
     for u in s.uris.iter().flatten() {
         let ok = u.split_once(':').is_some_and(|(scheme, rest)| {
             !scheme.is_empty()
-                && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
                 && !rest.is_empty()
         }) && !u.chars().any(char::is_whitespace);
         if !ok {
-            return Err(CoreError::bad(format!("'{}' is not a valid URI.", crate::names::truncate(u, 80))));
+            return Err(CoreError::bad(format!(
+                "'{}' is not a valid URI.",
+                crate::names::truncate(u, 80)
+            )));
         }
     }
     for ip in s.ip_addresses.iter().flatten() {
@@ -812,7 +862,8 @@ pub fn is_dns_name(d: &str) -> bool {
     body.split('.').all(|l| {
         !l.is_empty()
             && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && !l.starts_with('-')
             && !l.ends_with('-')
     })
@@ -842,14 +893,23 @@ mod tests {
         assert_eq!(p.subject(), "cn=MyCert");
         assert_eq!(p.issuer_name(), "Self");
         assert_eq!(p.validity_months(), 12);
-        assert_eq!(p.key_usage(), vec![KeyUsage::DigitalSignature, KeyUsage::KeyEncipherment]);
+        assert_eq!(
+            p.key_usage(),
+            vec![KeyUsage::DigitalSignature, KeyUsage::KeyEncipherment]
+        );
         assert_eq!(p.ekus().len(), 2);
-        assert_eq!(p.lifetime_actions[0].action.action_type, ActionType::AutoRenew);
+        assert_eq!(
+            p.lifetime_actions[0].action.action_type,
+            ActionType::AutoRenew
+        );
         assert_eq!(p.lifetime_actions[0].trigger.lifetime_percentage, Some(80));
         let json = serde_json::to_value(&p).unwrap();
         assert_eq!(json["key_props"]["kty"], "RSA");
         assert_eq!(json["secret_props"]["contentType"], "application/x-pkcs12");
-        assert_eq!(json["lifetime_actions"][0]["action"]["action_type"], "AutoRenew");
+        assert_eq!(
+            json["lifetime_actions"][0]["action"]["action_type"],
+            "AutoRenew"
+        );
         assert!(json["x509_props"]["sans"]["ipAddresses"].is_array());
     }
 
@@ -861,11 +921,21 @@ mod tests {
             true,
         )
         .unwrap();
-        assert_eq!(p.lifetime_actions[0].action.action_type, ActionType::EmailContacts);
-        let p = Policy::resolve(&parse(r#"{"x509_props":{"subject":"CN=a"}}"#), Origin::Imported, false)
-            .unwrap();
+        assert_eq!(
+            p.lifetime_actions[0].action.action_type,
+            ActionType::EmailContacts
+        );
+        let p = Policy::resolve(
+            &parse(r#"{"x509_props":{"subject":"CN=a"}}"#),
+            Origin::Imported,
+            false,
+        )
+        .unwrap();
         assert_eq!(p.issuer_name(), "Unknown");
-        assert_eq!(p.lifetime_actions[0].action.action_type, ActionType::EmailContacts);
+        assert_eq!(
+            p.lifetime_actions[0].action.action_type,
+            ActionType::EmailContacts
+        );
     }
 
     #[test]
@@ -886,7 +956,10 @@ mod tests {
             r#"{"x509_props":{"subject":"CN=a"},"issuer":{"name":"bad_issuer"}}"#,
             r#"{"x509_props":{"subject":"CN=a"},"issuer":{"name":"Self"},"platformManaged":{}}"#,
         ] {
-            assert!(Policy::resolve(&parse(j), Origin::Created, true).is_err(), "{j}");
+            assert!(
+                Policy::resolve(&parse(j), Origin::Created, true).is_err(),
+                "{j}"
+            );
         }
         // case-sensitive enums are refused at parse time
         assert!(serde_json::from_str::<PolicyIn>(r#"{"key_props":{"kty":"rsa"}}"#).is_err());
@@ -910,7 +983,9 @@ mod tests {
         assert_eq!(p.key_props.key_size, None);
         assert_eq!(p.key_ops(), vec![KeyOp::Sign, KeyOp::Verify]);
         let mut input = p.to_input();
-        input.merge(&parse(r#"{"x509_props":{"validity_months":24},"key_props":{"kty":"RSA"}}"#));
+        input.merge(&parse(
+            r#"{"x509_props":{"validity_months":24},"key_props":{"kty":"RSA"}}"#,
+        ));
         p = Policy::resolve(&input, Origin::Created, true).unwrap();
         assert_eq!(p.validity_months(), 24);
         assert_eq!(p.kty(), KeyType::Rsa);
@@ -921,13 +996,22 @@ mod tests {
     #[test]
     fn key_ops_table() {
         use KeyUsage::*;
-        assert_eq!(key_ops_for(&[DataEncipherment], false), vec![KeyOp::Encrypt, KeyOp::Decrypt]);
+        assert_eq!(
+            key_ops_for(&[DataEncipherment], false),
+            vec![KeyOp::Encrypt, KeyOp::Decrypt]
+        );
         assert_eq!(key_ops_for(&[DecipherOnly], false), vec![KeyOp::Decrypt]);
         assert_eq!(key_ops_for(&[EncipherOnly], false), vec![KeyOp::Encrypt]);
-        assert_eq!(key_ops_for(&[KeyEncipherment], false), vec![KeyOp::WrapKey, KeyOp::UnwrapKey]);
+        assert_eq!(
+            key_ops_for(&[KeyEncipherment], false),
+            vec![KeyOp::WrapKey, KeyOp::UnwrapKey]
+        );
         for u in [DigitalSignature, KeyCertSign, NonRepudiation, CrlSign] {
             assert_eq!(key_ops_for(&[u], false), vec![KeyOp::Sign, KeyOp::Verify]);
         }
-        assert_eq!(key_ops_for(&[KeyEncipherment, DigitalSignature], true), vec![KeyOp::Sign, KeyOp::Verify]);
+        assert_eq!(
+            key_ops_for(&[KeyEncipherment, DigitalSignature], true),
+            vec![KeyOp::Sign, KeyOp::Verify]
+        );
     }
 }

@@ -411,7 +411,7 @@ fn decode_string(tag: u8, data: &[u8]) -> Option<String> {
         }
         0x14 => Some(data.iter().map(|b| char::from(*b)).collect()),
         asn1::BMP_STRING => {
-            if data.len() % 2 != 0 {
+            if !data.len().is_multiple_of(2) {
                 return None;
             }
             let units: Vec<u16> = data
@@ -421,7 +421,7 @@ fn decode_string(tag: u8, data: &[u8]) -> Option<String> {
             String::from_utf16(&units).ok()
         }
         0x1c => {
-            if data.len() % 4 != 0 {
+            if !data.len().is_multiple_of(4) {
                 return None;
             }
             data.chunks_exact(4)

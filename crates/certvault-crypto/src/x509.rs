@@ -494,7 +494,7 @@ pub struct CertInfo {
 
 fn parse_x509(der: &[u8]) -> Result<X509Certificate<'_>, CryptoError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         _ => Err(CryptoError::malformed("X.509 certificate")),
     }
 }
@@ -606,10 +606,10 @@ pub fn parse_certificate(der: &[u8]) -> Result<CertInfo, CryptoError> {
         for item in asn1::children(seq.content)
             .ok_or_else(|| CryptoError::malformed("extended key usage extension"))?
         {
-            if item.tag == asn1::OID {
-                if let Some(s) = asn1::oid_to_string(item.content) {
-                    info.ekus.push(s);
-                }
+            if item.tag == asn1::OID
+                && let Some(s) = asn1::oid_to_string(item.content)
+            {
+                info.ekus.push(s);
             }
         }
     }

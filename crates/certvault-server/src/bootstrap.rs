@@ -72,7 +72,11 @@ fn random_token() -> Result<String, ServerError> {
 }
 
 /// Opens or initialises the data directory.
-pub async fn open_data_dir(dir: &Path, base_domain: &str, now: i64) -> Result<DataDir, ServerError> {
+pub async fn open_data_dir(
+    dir: &Path,
+    base_domain: &str,
+    now: i64,
+) -> Result<DataDir, ServerError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     let db_path = dir.join("certvault.db");
@@ -84,10 +88,16 @@ pub async fn open_data_dir(dir: &Path, base_domain: &str, now: i64) -> Result<Da
         let text = read_private(&master_path)?;
         let text = String::from_utf8_lossy(&text);
         let bytes = hex::decode(text.trim()).map_err(|_| {
-            ServerError::MasterKey(format!("{} is not a hex-encoded key", master_path.display()))
+            ServerError::MasterKey(format!(
+                "{} is not a hex-encoded key",
+                master_path.display()
+            ))
         })?;
         SymKey::from_slice(&bytes).map_err(|_| {
-            ServerError::MasterKey(format!("{} does not hold a 256-bit key", master_path.display()))
+            ServerError::MasterKey(format!(
+                "{} does not hold a 256-bit key",
+                master_path.display()
+            ))
         })?
     } else {
         if db_existed {
@@ -99,14 +109,21 @@ pub async fn open_data_dir(dir: &Path, base_domain: &str, now: i64) -> Result<Da
             )));
         }
         let key = SymKey::generate().map_err(ServerError::crypto)?;
-        write_private(&master_path, format!("{}\n", hex::encode(key.as_bytes())).as_bytes())?;
+        write_private(
+            &master_path,
+            format!("{}\n", hex::encode(key.as_bytes())).as_bytes(),
+        )?;
         key
     };
 
     let store = SqliteStore::open(&db_path).map_err(|e| ServerError::Store(e.to_string()))?;
 
     // master key check: the database remembers a value sealed under its master key
-    match store.meta("master_check").await.map_err(|e| ServerError::Store(e.to_string()))? {
+    match store
+        .meta("master_check")
+        .await
+        .map_err(|e| ServerError::Store(e.to_string()))?
+    {
         Some(sealed) => {
             if certvault_crypto::open(&master, MASTER_CHECK_AAD, &sealed).is_err() {
                 store.close();
@@ -118,21 +135,34 @@ pub async fn open_data_dir(dir: &Path, base_domain: &str, now: i64) -> Result<Da
             }
         }
         None => {
-            let sealed = certvault_crypto::seal(&master, MASTER_CHECK_AAD, b"certvault").map_err(ServerError::crypto)?;
-            store.put_meta("master_check", sealed, true).await.map_err(|e| ServerError::Store(e.to_string()))?;
+            let sealed = certvault_crypto::seal(&master, MASTER_CHECK_AAD, b"certvault")
+                .map_err(ServerError::crypto)?;
+            store
+                .put_meta("master_check", sealed, true)
+                .await
+                .map_err(|e| ServerError::Store(e.to_string()))?;
         }
     }
 
     // backup key
-    let backup_key = match store.meta("backup_key").await.map_err(|e| ServerError::Store(e.to_string()))? {
+    let backup_key = match store
+        .meta("backup_key")
+        .await
+        .map_err(|e| ServerError::Store(e.to_string()))?
+    {
         Some(sealed) => {
-            let raw = certvault_crypto::open(&master, BACKUP_KEY_AAD, &sealed).map_err(ServerError::crypto)?;
+            let raw = certvault_crypto::open(&master, BACKUP_KEY_AAD, &sealed)
+                .map_err(ServerError::crypto)?;
             SymKey::from_slice(&raw).map_err(ServerError::crypto)?
         }
         None => {
             let k = SymKey::generate().map_err(ServerError::crypto)?;
-            let sealed = certvault_crypto::seal(&master, BACKUP_KEY_AAD, k.as_bytes()).map_err(ServerError::crypto)?;
-            store.put_meta("backup_key", sealed, false).await.map_err(|e| ServerError::Store(e.to_string()))?;
+            let sealed = certvault_crypto::seal(&master, BACKUP_KEY_AAD, k.as_bytes())
+                .map_err(ServerError::crypto)?;
+            store
+                .put_meta("backup_key", sealed, false)
+                .await
+                .map_err(|e| ServerError::Store(e.to_string()))?;
             k
         }
     };
@@ -141,7 +171,9 @@ pub async fn open_data_dir(dir: &Path, base_domain: &str, now: i64) -> Result<Da
     let token_path = dir.join("admin.token");
     let mut new_admin_token = None;
     let token = if token_path.exists() {
-        String::from_utf8_lossy(&read_private(&token_path)?).trim().to_owned()
+        String::from_utf8_lossy(&read_private(&token_path)?)
+            .trim()
+            .to_owned()
     } else {
         let t = random_token()?;
         write_private(&token_path, format!("{t}\n").as_bytes())?;
@@ -149,7 +181,10 @@ pub async fn open_data_dir(dir: &Path, base_domain: &str, now: i64) -> Result<Da
         t
     };
     if token.is_empty() {
-        return Err(ServerError::DataDir(format!("{} is empty", token_path.display())));
+        return Err(ServerError::DataDir(format!(
+            "{} is empty",
+            token_path.display()
+        )));
     }
     let admin_token_hash = certvault_crypto::sha256(token.as_bytes());
 
@@ -173,7 +208,11 @@ pub async fn open_data_dir(dir: &Path, base_domain: &str, now: i64) -> Result<Da
 
 const DAY: i64 = 86_400;
 
-fn ensure_tls(tls_dir: &Path, base_domain: &str, now: i64) -> Result<(PathBuf, PathBuf, PathBuf), ServerError> {
+fn ensure_tls(
+    tls_dir: &Path,
+    base_domain: &str,
+    now: i64,
+) -> Result<(PathBuf, PathBuf, PathBuf), ServerError> {
     let ca_path = tls_dir.join("ca.pem");
     let ca_key_path = tls_dir.join("ca.key");
     let cert_path = tls_dir.join("server.pem");
@@ -184,17 +223,20 @@ fn ensure_tls(tls_dir: &Path, base_domain: &str, now: i64) -> Result<(PathBuf, P
         let key = certvault_crypto::parse_pem(&read_private(&ca_key_path)?)
             .map_err(ServerError::crypto)?
             .key
-            .ok_or_else(|| ServerError::DataDir(format!("{} holds no key", ca_key_path.display())))?;
-        let certs = certvault_crypto::parse_pem(&std::fs::read(&ca_path).map_err(|e| io_err(&ca_path, e))?)
-            .map_err(ServerError::crypto)?
-            .certs;
-        let der = certs
-            .into_iter()
-            .next()
-            .ok_or_else(|| ServerError::DataDir(format!("{} holds no certificate", ca_path.display())))?;
+            .ok_or_else(|| {
+                ServerError::DataDir(format!("{} holds no key", ca_key_path.display()))
+            })?;
+        let certs =
+            certvault_crypto::parse_pem(&std::fs::read(&ca_path).map_err(|e| io_err(&ca_path, e))?)
+                .map_err(ServerError::crypto)?
+                .certs;
+        let der = certs.into_iter().next().ok_or_else(|| {
+            ServerError::DataDir(format!("{} holds no certificate", ca_path.display()))
+        })?;
         (key, der)
     } else {
-        let key = PrivateKey::generate(KeyAlg::Ec(certvault_core::policy::Curve::P256)).map_err(ServerError::crypto)?;
+        let key = PrivateKey::generate(KeyAlg::Ec(certvault_core::policy::Curve::P256))
+            .map_err(ServerError::crypto)?;
         let params = CertParams {
             subject: "CN=certvault local CA, O=certvault".into(),
             key_usage: vec![
@@ -209,8 +251,14 @@ fn ensure_tls(tls_dir: &Path, base_domain: &str, now: i64) -> Result<(PathBuf, P
         };
         let der = certvault_crypto::self_signed(&key, &params).map_err(ServerError::crypto)?;
         let _ = std::fs::remove_file(&ca_key_path);
-        write_private(&ca_key_path, certvault_crypto::to_pem(Some(&key), &[]).as_bytes())?;
-        write_public(&ca_path, certvault_crypto::to_pem(None, std::slice::from_ref(&der)).as_bytes())?;
+        write_private(
+            &ca_key_path,
+            certvault_crypto::to_pem(Some(&key), &[]).as_bytes(),
+        )?;
+        write_public(
+            &ca_path,
+            certvault_crypto::to_pem(None, std::slice::from_ref(&der)).as_bytes(),
+        )?;
         let _ = std::fs::remove_file(&cert_path);
         (key, der)
     };
@@ -221,13 +269,22 @@ fn ensure_tls(tls_dir: &Path, base_domain: &str, now: i64) -> Result<(PathBuf, P
         && std::fs::read(&cert_path)
             .ok()
             .and_then(|pem| certvault_crypto::parse_pem(&pem).ok())
-            .and_then(|b| b.certs.first().and_then(|c| certvault_crypto::parse_certificate(c).ok()))
+            .and_then(|b| {
+                b.certs
+                    .first()
+                    .and_then(|c| certvault_crypto::parse_certificate(c).ok())
+            })
             .is_some_and(|info| info.not_after > now + 30 * DAY);
     if !(domain_ok && fresh) {
-        let key = PrivateKey::generate(KeyAlg::Ec(certvault_core::policy::Curve::P256)).map_err(ServerError::crypto)?;
+        let key = PrivateKey::generate(KeyAlg::Ec(certvault_core::policy::Curve::P256))
+            .map_err(ServerError::crypto)?;
         let params = CertParams {
             subject: "CN=certvault".into(),
-            dns_names: vec!["localhost".into(), base_domain.to_owned(), format!("*.{base_domain}")],
+            dns_names: vec![
+                "localhost".into(),
+                base_domain.to_owned(),
+                format!("*.{base_domain}"),
+            ],
             ip_addresses: vec![
                 std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
                 std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
@@ -238,10 +295,17 @@ fn ensure_tls(tls_dir: &Path, base_domain: &str, now: i64) -> Result<(PathBuf, P
             not_after: now + 397 * DAY,
             ..CertParams::default()
         };
-        let der = certvault_crypto::issue(&ca_key, &ca_der, &key.public_key(), &params).map_err(ServerError::crypto)?;
+        let der = certvault_crypto::issue(&ca_key, &ca_der, &key.public_key(), &params)
+            .map_err(ServerError::crypto)?;
         let _ = std::fs::remove_file(&key_path);
-        write_private(&key_path, certvault_crypto::to_pem(Some(&key), &[]).as_bytes())?;
-        write_public(&cert_path, certvault_crypto::to_pem(None, &[der, ca_der]).as_bytes())?;
+        write_private(
+            &key_path,
+            certvault_crypto::to_pem(Some(&key), &[]).as_bytes(),
+        )?;
+        write_public(
+            &cert_path,
+            certvault_crypto::to_pem(None, &[der, ca_der]).as_bytes(),
+        )?;
         write_public(&domain_path, format!("{base_domain}\n").as_bytes())?;
     }
     Ok((ca_path, cert_path, key_path))
@@ -249,12 +313,13 @@ fn ensure_tls(tls_dir: &Path, base_domain: &str, now: i64) -> Result<(PathBuf, P
 
 /// Loads the rustls server configuration from the PEM files.
 pub fn tls_config(cert_path: &Path, key_path: &Path) -> Result<rustls::ServerConfig, ServerError> {
-    let chain = certvault_crypto::parse_pem(&std::fs::read(cert_path).map_err(|e| io_err(cert_path, e))?)
-        .map_err(ServerError::crypto)?
-        .certs
-        .into_iter()
-        .map(rustls::pki_types::CertificateDer::from)
-        .collect::<Vec<_>>();
+    let chain =
+        certvault_crypto::parse_pem(&std::fs::read(cert_path).map_err(|e| io_err(cert_path, e))?)
+            .map_err(ServerError::crypto)?
+            .certs
+            .into_iter()
+            .map(rustls::pki_types::CertificateDer::from)
+            .collect::<Vec<_>>();
     let key = certvault_crypto::parse_pem(&read_private(key_path)?)
         .map_err(ServerError::crypto)?
         .key

@@ -20,7 +20,12 @@ pub struct ApiError {
 impl ApiError {
     /// A new error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, inner: None, message: message.into() }
+        Self {
+            status,
+            code,
+            inner: None,
+            message: message.into(),
+        }
     }
 
     /// With an inner error code.
@@ -52,7 +57,11 @@ impl ApiError {
     /// 500, with a message that hides the cause (which is logged instead).
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "An internal error occurred.")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "An internal error occurred.",
+        )
     }
 
     /// The `CertificateNotFound` 404.

@@ -25,8 +25,10 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     r
 }
 
@@ -43,7 +45,11 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
 }
 
 fn unauthorized(state: &AppState, message: &str) -> Response<Body> {
-    let mut r = error_response(&ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message));
+    let mut r = error_response(&ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        message,
+    ));
     if let Ok(v) = HeaderValue::from_str(&state.http.challenge()) {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
@@ -79,14 +85,15 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(state, peer, req).await) }
@@ -106,7 +113,11 @@ pub async fn serve(
     }
 }
 
-async fn handle(state: Arc<AppState>, peer: std::net::SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    state: Arc<AppState>,
+    peer: std::net::SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -122,7 +133,8 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>, request_id: &str) 
     let path = req.uri().path();
     if path == "/healthz" && req.method() == http::Method::GET {
         let mut r = Response::new(Full::new(Bytes::from_static(b"ok\n")));
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return r;
     }
     // Authentication comes before routing and before the body is read.
@@ -130,7 +142,10 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>, request_id: &str) 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     match token {
         None => return unauthorized(state, "AKV10000: Request is missing a Bearer or PoP token."),
@@ -140,15 +155,24 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>, request_id: &str) 
         Some(_) => {}
     }
     let (parts, body) = req.into_parts();
-    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
-        if len.parse::<usize>().map_or(true, |n| n > state.http.max_body) {
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if len
+            .parse::<usize>()
+            .map_or(true, |n| n > state.http.max_body)
+        {
             return error_response(&too_large(state.http.max_body));
         }
     }
     let body = match Limited::new(body, state.http.max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 return error_response(&too_large(state.http.max_body));
             }
             return error_response(&ApiError::bad("The request body could not be read."));

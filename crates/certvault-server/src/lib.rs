@@ -84,11 +84,16 @@ pub struct Started {
 pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, ServerError> {
     let now = clock.now();
     let dd = bootstrap::open_data_dir(&opts.data_dir, &opts.base_domain, now).await?;
-    let tls = Arc::new(bootstrap::tls_config(&dd.server_cert_path, &dd.server_key_path)?);
+    let tls = Arc::new(bootstrap::tls_config(
+        &dd.server_cert_path,
+        &dd.server_key_path,
+    )?);
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| ServerError::Io(format!("cannot listen on {}: {e}", opts.listen)))?;
-    let addr = listener.local_addr().map_err(|e| ServerError::Io(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Io(e.to_string()))?;
     let http = HttpSettings {
         base_domain: opts.base_domain.clone(),
         public_port: opts.public_port.unwrap_or(addr.port()),
@@ -103,8 +108,17 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         clock,
         vec![dd.admin_token_hash],
     ));
-    if state.store.vault("default").await.map_err(|e| ServerError::Store(e.to_string()))?.is_none() {
-        state.create_vault("default").await.map_err(|e| ServerError::Store(e.message))?;
+    if state
+        .store
+        .vault("default")
+        .await
+        .map_err(|e| ServerError::Store(e.to_string()))?
+        .is_none()
+    {
+        state
+            .create_vault("default")
+            .await
+            .map_err(|e| ServerError::Store(e.message))?;
     }
     Ok(Started {
         addr,

@@ -84,7 +84,15 @@ impl AppState {
         clock: SharedClock,
         token_hashes: Vec<[u8; 32]>,
     ) -> Self {
-        Self { store, master, backup_key, http, clock, token_hashes, vaults: RwLock::new(HashMap::new()) }
+        Self {
+            store,
+            master,
+            backup_key,
+            http,
+            clock,
+            token_hashes,
+            vaults: RwLock::new(HashMap::new()),
+        }
     }
 
     /// Checks a bearer token in constant time against the accepted hashes.
@@ -109,10 +117,14 @@ impl AppState {
             }
         }
         let vault = self.store.vault(name_key).await?.ok_or_else(|| {
-            ApiError::not_found("VaultNotFound", format!("The vault '{name_key}' does not exist."))
+            ApiError::not_found(
+                "VaultNotFound",
+                format!("The vault '{name_key}' does not exist."),
+            )
         })?;
-        let key_bytes = certvault_crypto::open(&self.master, &vault_key_aad(name_key), &vault.wrapped_key)
-            .map_err(|e| ApiError::internal(&e))?;
+        let key_bytes =
+            certvault_crypto::open(&self.master, &vault_key_aad(name_key), &vault.wrapped_key)
+                .map_err(|e| ApiError::internal(&e))?;
         let key = SymKey::from_slice(&key_bytes).map_err(|e| ApiError::internal(&e))?;
         let ctx = Arc::new(VaultCtx { vault, key });
         if let Ok(mut cache) = self.vaults.write() {
@@ -124,8 +136,15 @@ impl AppState {
     /// Creates a vault with a fresh vault key sealed under the master key.
     pub async fn create_vault(&self, name: &str) -> ApiResult<Vault> {
         let key = SymKey::generate().map_err(|e| ApiError::internal(&e))?;
-        let wrapped = certvault_crypto::seal(&self.master, &vault_key_aad(&name.to_ascii_lowercase()), key.as_bytes())
-            .map_err(|e| ApiError::internal(&e))?;
-        Ok(self.store.create_vault(name, wrapped, self.http.recoverable_days, self.clock.now()).await?)
+        let wrapped = certvault_crypto::seal(
+            &self.master,
+            &vault_key_aad(&name.to_ascii_lowercase()),
+            key.as_bytes(),
+        )
+        .map_err(|e| ApiError::internal(&e))?;
+        Ok(self
+            .store
+            .create_vault(name, wrapped, self.http.recoverable_days, self.clock.now())
+            .await?)
     }
 }

@@ -842,7 +842,14 @@ impl SqliteStore {
             c.execute(
                 "UPDATE operations SET status = ?2, status_details = ?3, error = ?4, \
                  cancellation_requested = ?5, updated = ?6 WHERE cert_id = ?1",
-                params![cert_id, status, status_details, error, cancellation_requested, now],
+                params![
+                    cert_id,
+                    status,
+                    status_details,
+                    error,
+                    cancellation_requested,
+                    now
+                ],
             )?;
             c.execute(
                 "DELETE FROM versions WHERE cert_id = ?1 AND version = ?2 AND cer IS NULL",

@@ -1,3 +1,687 @@
-pub(crate) async fn run_cert(_c: CertCommand) -> anyhow::Result<()> { Ok(()) }
+//! The client side of the binary: `certvault cert …` talks to a server over HTTPS with the same
+//! Key Vault wire API the Azure SDKs use.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+
+const API_VERSION: &str = "2025-07-01";
+
+/// How to reach the server. Without flags or variables, a `./certvault-data` directory next to
+/// the current one supplies the token and CA certificate.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct Conn {
+    /// Server (vault) URL.
+    #[arg(
+        long,
+        env = "CERTVAULT_URL",
+        default_value = "https://127.0.0.1:8443",
+        global = true
+    )]
+    url: String,
+    /// Bearer token (prefer CERTVAULT_TOKEN or --token-file: flags show in `ps`).
+    #[arg(long, env = "CERTVAULT_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long, env = "CERTVAULT_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the server's certificate.
+    #[arg(long, env = "CERTVAULT_CACERT", global = true)]
+    cacert: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// Certificate commands.
 #[derive(clap::Subcommand, Debug)]
-pub(crate) enum CertCommand { List }
+pub(crate) enum CertCommand {
+    /// Create a certificate (issuer Self signs at once; Unknown returns a CSR to merge).
+    Create(CreateArgs),
+    /// Import a certificate with its private key from a PEM or PFX file.
+    Import(ImportArgs),
+    /// Show a certificate (latest version unless --version).
+    Get(NameVersion),
+    /// List certificates.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Include certificates whose creation is still pending.
+        #[arg(long)]
+        include_pending: bool,
+    },
+    /// List the versions of a certificate.
+    Versions {
+        #[command(flatten)]
+        conn: Conn,
+        /// Certificate name.
+        name: String,
+    },
+    /// Download a certificate (cer), or the certificate with its key (pem, pfx).
+    Download(DownloadArgs),
+    /// Delete a certificate (soft delete; --purge removes it for good).
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        /// Certificate name.
+        name: String,
+        /// Purge after deleting (destroys the key material).
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct NameVersion {
+    #[command(flatten)]
+    conn: Conn,
+    /// Certificate name.
+    name: String,
+    /// Version (32 hex characters).
+    #[arg(long)]
+    version: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct CreateArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Certificate name.
+    name: String,
+    /// Subject, e.g. "CN=web.example.com, O=Example".
+    #[arg(long)]
+    subject: Option<String>,
+    /// DNS subject alternative name (repeatable).
+    #[arg(long = "dns")]
+    dns: Vec<String>,
+    /// IP address subject alternative name (repeatable).
+    #[arg(long = "ip")]
+    ips: Vec<String>,
+    /// E-mail subject alternative name (repeatable).
+    #[arg(long = "email")]
+    emails: Vec<String>,
+    /// Issuer: Self, Unknown, or an issuer object's name.
+    #[arg(long, default_value = "Self")]
+    issuer: String,
+    /// Key type: RSA or EC.
+    #[arg(long, default_value = "RSA")]
+    key_type: String,
+    /// RSA key size: 2048, 3072 or 4096.
+    #[arg(long)]
+    key_size: Option<u32>,
+    /// EC curve: P-256, P-384 or P-521.
+    #[arg(long)]
+    curve: Option<String>,
+    /// Validity in months.
+    #[arg(long)]
+    validity_months: Option<u32>,
+    /// Managed secret format: pkcs12 or pem.
+    #[arg(long)]
+    content_type: Option<String>,
+    /// Keep the private key inside certvault (never exportable).
+    #[arg(long)]
+    not_exportable: bool,
+    /// Reuse the key when renewing.
+    #[arg(long)]
+    reuse_key: bool,
+    /// Tag as key=value (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Return at once instead of waiting for the operation to finish.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ImportArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Certificate name.
+    name: String,
+    /// PEM (key and certificates) or PFX file.
+    #[arg(long)]
+    file: PathBuf,
+    /// Environment variable holding the PFX password.
+    #[arg(long, default_value = "CERTVAULT_PFX_PASSWORD")]
+    password_env: String,
+    /// File holding the PFX password.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Keep the private key inside certvault (never exportable).
+    #[arg(long)]
+    not_exportable: bool,
+    /// Tag as key=value (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct DownloadArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Certificate name.
+    name: String,
+    /// Version (default latest).
+    #[arg(long)]
+    version: Option<String>,
+    /// cer (certificate only, PEM), pem (key and chain), pfx (PKCS#12, empty password).
+    #[arg(long, default_value = "pem")]
+    format: String,
+    /// Output file (default: standard output; pfx needs --out).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+fn default_data_file(rel: &str) -> Option<PathBuf> {
+    let p = Path::new("certvault-data").join(rel);
+    p.exists().then_some(p)
+}
+
+impl Client {
+    fn new(conn: &Conn) -> Result<Self> {
+        let token = match (&conn.token, &conn.token_file) {
+            (Some(t), _) => t.trim().to_owned(),
+            (None, Some(f)) => read_trim(f)?,
+            (None, None) => match default_data_file("admin.token") {
+                Some(f) => read_trim(&f)?,
+                None => bail!("no token: set CERTVAULT_TOKEN or --token-file"),
+            },
+        };
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        let ca = conn
+            .cacert
+            .clone()
+            .or_else(|| default_data_file("tls/ca.pem"));
+        if let Some(ca) = ca {
+            let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("parsing {}", ca.display()))?;
+            builder = builder.tls_certs_only([cert]);
+        }
+        let url = conn.url.trim_end_matches('/').to_owned();
+        if !url.starts_with("https://") {
+            bail!("the server URL must start with https://");
+        }
+        Ok(Self {
+            http: builder.build()?,
+            base: url,
+            token,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("{}{path}{sep}api-version={API_VERSION}", self.base)
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
+        let mut req = self.http.request(method, url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status >= 400 {
+            let code = value["error"]["code"].as_str().unwrap_or("Error");
+            let msg = value["error"]["message"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            bail!("{status} {code}: {msg}");
+        }
+        Ok((status, value))
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        Ok(self
+            .send(reqwest::Method::GET, &self.url(path), None)
+            .await?
+            .1)
+    }
+
+    async fn list_all(&self, path: &str) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut url = self.url(path);
+        loop {
+            let (_, page) = self.send(reqwest::Method::GET, &url, None).await?;
+            if let Some(items) = page["value"].as_array() {
+                out.extend(items.iter().cloned());
+            }
+            match page["nextLink"].as_str() {
+                Some(next) if !next.is_empty() => url = next.to_owned(),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn read_trim(p: &Path) -> Result<String> {
+    Ok(std::fs::read_to_string(p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .trim()
+        .to_owned())
+}
+
+fn tags(list: &[String]) -> Result<Option<Value>> {
+    if list.is_empty() {
+        return Ok(None);
+    }
+    let mut m = serde_json::Map::new();
+    for t in list {
+        let (k, v) = t
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--tag takes key=value, got '{t}'"))?;
+        m.insert(k.to_owned(), json!(v));
+    }
+    Ok(Some(Value::Object(m)))
+}
+
+fn content_type(s: &str) -> Result<&'static str> {
+    match s.to_ascii_lowercase().as_str() {
+        "pem" | "application/x-pem-file" => Ok("application/x-pem-file"),
+        "pkcs12" | "pfx" | "p12" | "application/x-pkcs12" => Ok("application/x-pkcs12"),
+        _ => bail!("content type must be pem or pkcs12"),
+    }
+}
+
+fn fmt_time(ts: Option<i64>) -> String {
+    ts.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+fn name_of(id: &str) -> &str {
+    id.split('/').nth(4).unwrap_or(id)
+}
+
+fn version_of(id: &str) -> &str {
+    id.split('/').nth(5).unwrap_or("")
+}
+
+fn print_table(rows: &[Vec<String>], header: &[&str]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+fn item_row(v: &Value) -> Vec<String> {
+    let id = v["id"].as_str().unwrap_or("");
+    vec![
+        name_of(id).to_owned(),
+        version_of(id).to_owned(),
+        v["attributes"]["enabled"]
+            .as_bool()
+            .map_or("-".into(), |b| b.to_string()),
+        fmt_time(v["attributes"]["nbf"].as_i64()),
+        fmt_time(v["attributes"]["exp"].as_i64()),
+        v["x5t"].as_str().unwrap_or("-").to_owned(),
+    ]
+}
+
+fn print_bundle(v: &Value, json_out: bool) {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    let id = v["id"].as_str().unwrap_or("");
+    println!("name:        {}", name_of(id));
+    println!("version:     {}", version_of(id));
+    println!("id:          {id}");
+    println!("enabled:     {}", v["attributes"]["enabled"]);
+    println!("not before:  {}", fmt_time(v["attributes"]["nbf"].as_i64()));
+    println!("expires:     {}", fmt_time(v["attributes"]["exp"].as_i64()));
+    if let Some(p) = v.get("policy") {
+        println!(
+            "subject:     {}",
+            p["x509_props"]["subject"].as_str().unwrap_or("")
+        );
+        let dns = p["x509_props"]["sans"]["dns_names"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let dns: Vec<&str> = dns.iter().filter_map(Value::as_str).collect();
+        if !dns.is_empty() {
+            println!("dns names:   {}", dns.join(", "));
+        }
+        println!(
+            "issuer:      {}",
+            p["issuer"]["name"].as_str().unwrap_or("")
+        );
+        let kp = &p["key_props"];
+        println!(
+            "key:         {} {}{} exportable={}",
+            kp["kty"].as_str().unwrap_or(""),
+            kp["key_size"]
+                .as_u64()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            kp["crv"].as_str().unwrap_or(""),
+            kp["exportable"]
+        );
+    }
+    if let Some(x) = v["x5t"].as_str() {
+        println!("thumbprint:  {x}");
+    }
+    if let Some(t) = v.get("tags").and_then(Value::as_object) {
+        let t: Vec<String> = t
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        println!("tags:        {}", t.join(", "));
+    }
+}
+
+pub(crate) async fn run_cert(cmd: CertCommand) -> Result<()> {
+    match cmd {
+        CertCommand::Create(a) => create(a).await,
+        CertCommand::Import(a) => import(a).await,
+        CertCommand::Get(a) => {
+            let c = Client::new(&a.conn)?;
+            let v = c
+                .get(&format!(
+                    "/certificates/{}/{}",
+                    a.name,
+                    a.version.as_deref().unwrap_or("")
+                ))
+                .await?;
+            print_bundle(&v, a.conn.json);
+            Ok(())
+        }
+        CertCommand::List {
+            conn,
+            include_pending,
+        } => {
+            let c = Client::new(&conn)?;
+            let path = if include_pending {
+                "/certificates?includePending=true"
+            } else {
+                "/certificates"
+            };
+            let items = c.list_all(path).await?;
+            if conn.json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                let rows: Vec<Vec<String>> = items
+                    .iter()
+                    .map(|i| {
+                        let mut r = item_row(i);
+                        r.remove(1);
+                        r
+                    })
+                    .collect();
+                print_table(
+                    &rows,
+                    &["NAME", "ENABLED", "NOT BEFORE", "EXPIRES", "THUMBPRINT"],
+                );
+            }
+            Ok(())
+        }
+        CertCommand::Versions { conn, name } => {
+            let c = Client::new(&conn)?;
+            let items = c
+                .list_all(&format!("/certificates/{name}/versions"))
+                .await?;
+            if conn.json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                let rows: Vec<Vec<String>> = items.iter().map(item_row).collect();
+                print_table(
+                    &rows,
+                    &[
+                        "NAME",
+                        "VERSION",
+                        "ENABLED",
+                        "NOT BEFORE",
+                        "EXPIRES",
+                        "THUMBPRINT",
+                    ],
+                );
+            }
+            Ok(())
+        }
+        CertCommand::Download(a) => download(a).await,
+        CertCommand::Delete { conn, name, purge } => {
+            let c = Client::new(&conn)?;
+            let (_, v) = c
+                .send(
+                    reqwest::Method::DELETE,
+                    &c.url(&format!("/certificates/{name}")),
+                    None,
+                )
+                .await?;
+            if purge {
+                c.send(
+                    reqwest::Method::DELETE,
+                    &c.url(&format!("/deletedcertificates/{name}")),
+                    None,
+                )
+                .await?;
+            }
+            if conn.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if purge {
+                println!("deleted and purged {name}");
+            } else {
+                println!(
+                    "deleted {name}; recoverable until {}",
+                    fmt_time(v["scheduledPurgeDate"].as_i64())
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn create(a: CreateArgs) -> Result<()> {
+    let c = Client::new(&a.conn)?;
+    let mut key_props = json!({"kty": a.key_type.to_ascii_uppercase(), "exportable": !a.not_exportable, "reuse_key": a.reuse_key});
+    if let Some(s) = a.key_size {
+        key_props["key_size"] = json!(s);
+    }
+    if let Some(crv) = &a.curve {
+        key_props["crv"] = json!(crv.to_ascii_uppercase());
+    }
+    let mut x509 = json!({"sans": {"dns_names": a.dns, "ipAddresses": a.ips, "emails": a.emails}});
+    if let Some(s) = &a.subject {
+        x509["subject"] = json!(s);
+    }
+    if let Some(m) = a.validity_months {
+        x509["validity_months"] = json!(m);
+    }
+    let mut policy =
+        json!({"key_props": key_props, "x509_props": x509, "issuer": {"name": a.issuer}});
+    if let Some(ct) = &a.content_type {
+        policy["secret_props"] = json!({"contentType": content_type(ct)?});
+    }
+    let mut body = json!({"policy": policy});
+    if let Some(t) = tags(&a.tags)? {
+        body["tags"] = t;
+    }
+    let (_, mut op) = c
+        .send(
+            reqwest::Method::POST,
+            &c.url(&format!("/certificates/{}/create", a.name)),
+            Some(&body),
+        )
+        .await?;
+    let is_unknown = a.issuer.eq_ignore_ascii_case("unknown");
+    if !a.no_wait && !is_unknown {
+        for _ in 0..600 {
+            op = c.get(&format!("/certificates/{}/pending", a.name)).await?;
+            if op["status"].as_str() != Some("inProgress") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        match op["status"].as_str() {
+            Some("completed") => {
+                let v = c.get(&format!("/certificates/{}/", a.name)).await?;
+                print_bundle(&v, a.conn.json);
+                return Ok(());
+            }
+            Some(s) => bail!(
+                "the operation ended {s}: {}",
+                op["error"]["message"].as_str().unwrap_or("")
+            ),
+            None => bail!("unexpected operation: {op}"),
+        }
+    }
+    if a.conn.json {
+        println!("{}", serde_json::to_string_pretty(&op)?);
+    } else {
+        println!("operation: {}", op["status"].as_str().unwrap_or(""));
+        if let Some(csr) = op["csr"].as_str() {
+            let der = STANDARD.decode(csr)?;
+            println!("-----BEGIN CERTIFICATE REQUEST-----");
+            for chunk in STANDARD.encode(der).as_bytes().chunks(64) {
+                println!("{}", String::from_utf8_lossy(chunk));
+            }
+            println!("-----END CERTIFICATE REQUEST-----");
+        }
+    }
+    Ok(())
+}
+
+async fn import(a: ImportArgs) -> Result<()> {
+    let c = Client::new(&a.conn)?;
+    let data = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let is_pem = data.windows(10).any(|w| w == b"-----BEGIN");
+    let mut body = json!({"value": STANDARD.encode(&data)});
+    if !is_pem {
+        let pwd = match &a.password_file {
+            Some(f) => Some(read_trim(f)?),
+            None => std::env::var(&a.password_env).ok(),
+        };
+        if let Some(p) = pwd {
+            body["pwd"] = json!(p);
+        }
+    }
+    let ct = if is_pem {
+        "application/x-pem-file"
+    } else {
+        "application/x-pkcs12"
+    };
+    body["policy"] = json!({"secret_props": {"contentType": ct}, "key_props": {"exportable": !a.not_exportable}});
+    if let Some(t) = tags(&a.tags)? {
+        body["tags"] = t;
+    }
+    let (_, v) = c
+        .send(
+            reqwest::Method::POST,
+            &c.url(&format!("/certificates/{}/import", a.name)),
+            Some(&body),
+        )
+        .await?;
+    print_bundle(&v, a.conn.json);
+    Ok(())
+}
+
+async fn download(a: DownloadArgs) -> Result<()> {
+    let c = Client::new(&a.conn)?;
+    let ver = a.version.as_deref().unwrap_or("");
+    let bytes: Vec<u8> = match a.format.to_ascii_lowercase().as_str() {
+        "cer" | "crt" => {
+            let v = c.get(&format!("/certificates/{}/{ver}", a.name)).await?;
+            let der = STANDARD.decode(
+                v["cer"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("the certificate is still pending"))?,
+            )?;
+            certvault_crypto::to_pem(None, &[der]).into_bytes()
+        }
+        "pem" => {
+            let v = c
+                .get(&format!(
+                    "/secrets/{}/{ver}?outContentType=application/x-pem-file",
+                    a.name
+                ))
+                .await?;
+            v["value"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no secret value"))?
+                .as_bytes()
+                .to_vec()
+        }
+        "pfx" | "p12" | "pkcs12" => {
+            let v = c.get(&format!("/secrets/{}/{ver}", a.name)).await?;
+            let value = v["value"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no secret value"))?;
+            if v["contentType"].as_str() == Some("application/x-pkcs12") {
+                STANDARD.decode(value)?
+            } else {
+                let b = certvault_crypto::parse_pem(value.as_bytes())?;
+                certvault_crypto::write_pfx(b.key.as_ref(), &b.certs, "")?
+            }
+        }
+        other => bail!("unknown format '{other}': use cer, pem or pfx"),
+    };
+    match &a.out {
+        Some(p) => {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut f = opts
+                .open(p)
+                .with_context(|| format!("writing {}", p.display()))?;
+            f.write_all(&bytes)?;
+            eprintln!("wrote {} ({} bytes)", p.display(), bytes.len());
+        }
+        None => {
+            if a.format.eq_ignore_ascii_case("pfx") {
+                bail!("--out is required for pfx");
+            }
+            std::io::stdout().write_all(&bytes)?;
+        }
+    }
+    Ok(())
+}

@@ -77,7 +77,8 @@ struct FileConfig {
 }
 
 fn load_config(path: &Path) -> Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -85,7 +86,9 @@ fn valid_domain(d: &str) -> bool {
     !d.is_empty()
         && d.len() <= 253
         && d.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -94,20 +97,36 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Some(p) => load_config(p)?,
         None => FileConfig::default(),
     };
-    let log = args.log.clone().or(file.log.clone()).unwrap_or_else(|| "info".into());
+    let log = args
+        .log
+        .clone()
+        .or(file.log.clone())
+        .unwrap_or_else(|| "info".into());
     init_logging(&log, args.log_json);
-    let base_domain =
-        args.base_domain.or(file.base_domain).unwrap_or_else(|| "certvault.localhost".into()).to_ascii_lowercase();
+    let base_domain = args
+        .base_domain
+        .or(file.base_domain)
+        .unwrap_or_else(|| "certvault.localhost".into())
+        .to_ascii_lowercase();
     if !valid_domain(&base_domain) {
         bail!("--base-domain '{base_domain}' is not a valid DNS name");
     }
-    let recoverable_days = args.recoverable_days.or(file.recoverable_days).unwrap_or(90);
+    let recoverable_days = args
+        .recoverable_days
+        .or(file.recoverable_days)
+        .unwrap_or(90);
     if !(7..=90).contains(&recoverable_days) {
         bail!("--recoverable-days must be from 7 to 90");
     }
     let opts = certvault_server::ServeOptions {
-        data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("certvault-data")),
-        listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("certvault-data")),
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
         base_domain,
         public_port: args.public_port.or(file.public_port),
         max_body: args.max_body.or(file.max_body).unwrap_or(1024 * 1024),
@@ -118,11 +137,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let port = started.addr.port();
     eprintln!("certvault listening on https://{}", started.addr);
     eprintln!("  data directory: {}", opts.data_dir.display());
-    eprintln!("  CA certificate for clients: {}", started.ca_path.display());
-    eprintln!("  vault URLs: https://<vault>.{}:{port} (any other host name reaches the vault 'default')", opts.base_domain);
+    eprintln!(
+        "  CA certificate for clients: {}",
+        started.ca_path.display()
+    );
+    eprintln!(
+        "  vault URLs: https://<vault>.{}:{port} (any other host name reaches the vault 'default')",
+        opts.base_domain
+    );
     match &started.new_admin_token {
         Some(t) => {
-            eprintln!("  bootstrap admin token (shown once; stored in {}):", started.token_path.display());
+            eprintln!(
+                "  bootstrap admin token (shown once; stored in {}):",
+                started.token_path.display()
+            );
             eprintln!("    {t}");
         }
         None => eprintln!("  admin token: stored in {}", started.token_path.display()),
@@ -137,13 +165,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -158,7 +187,9 @@ async fn shutdown_signal() {
 fn init_logging(filter: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -168,7 +199,10 @@ fn init_logging(filter: &str, json: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -2,13 +2,14 @@
 //! merge, delete / recover / purge, backup / restore.
 
 use certvault_core::policy::{
-    ISSUER_SELF, ISSUER_UNKNOWN, KeyPropsIn, Origin, Policy, PolicyIn, Sans, SecretPropsIn, X509PropsIn,
+    ISSUER_SELF, ISSUER_UNKNOWN, KeyPropsIn, Origin, Policy, PolicyIn, Sans, SecretPropsIn,
+    X509PropsIn,
 };
 use certvault_core::{ObjectName, VersionId};
 use certvault_crypto::{CertParams, KeyAlg, PrivateKey, PublicKey};
 use certvault_store::{
-    CertRecord, CertificateDump, Conflict, NewVersion, OperationRecord, SqliteStore, StoreError, VersionRecord,
-    VersionUpdate, Which,
+    CertRecord, CertificateDump, Conflict, NewVersion, OperationRecord, SqliteStore, StoreError,
+    VersionRecord, VersionUpdate, Which,
 };
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::Deserialize;
@@ -33,11 +34,16 @@ fn ok(v: &Value) -> ApiResult<Response<Body>> {
 }
 
 /// A live certificate and one of its versions, or the Key Vault 404.
-pub async fn live(ctx: &Ctx<'_>, n: &ObjectName, version: Option<&str>) -> ApiResult<(CertRecord, VersionRecord)> {
+pub async fn live(
+    ctx: &Ctx<'_>,
+    n: &ObjectName,
+    version: Option<&str>,
+) -> ApiResult<(CertRecord, VersionRecord)> {
     let which = match version {
         None | Some("") => Which::Latest,
         Some(v) => {
-            let v = VersionId::parse(v).map_err(|_| ApiError::cert_not_found(&format!("{n}/{v}")))?;
+            let v =
+                VersionId::parse(v).map_err(|_| ApiError::cert_not_found(&format!("{n}/{v}")))?;
             return ctx
                 .state
                 .store
@@ -46,11 +52,20 @@ pub async fn live(ctx: &Ctx<'_>, n: &ObjectName, version: Option<&str>) -> ApiRe
                 .ok_or_else(|| ApiError::cert_not_found(&format!("{n}/{v}")));
         }
     };
-    ctx.state.store.cert_version(ctx.vault_id(), &n.key(), false, which).await?.ok_or_else(|| ApiError::cert_not_found(n.as_str()))
+    ctx.state
+        .store
+        .cert_version(ctx.vault_id(), &n.key(), false, which)
+        .await?
+        .ok_or_else(|| ApiError::cert_not_found(n.as_str()))
 }
 
 async fn has_pending_op(ctx: &Ctx<'_>, cert_id: i64) -> ApiResult<bool> {
-    Ok(ctx.state.store.operation(cert_id).await?.is_some_and(|o| o.status == "inProgress"))
+    Ok(ctx
+        .state
+        .store
+        .operation(cert_id)
+        .await?
+        .is_some_and(|o| o.status == "inProgress"))
 }
 
 /// Crypto parameters for a policy and validity window.
@@ -58,7 +73,10 @@ pub fn cert_params(policy: &Policy, nbf: i64, exp: i64) -> ApiResult<CertParams>
     let sans = policy.sans();
     let mut ips = Vec::new();
     for ip in sans.ip_addresses.iter().flatten() {
-        ips.push(ip.parse().map_err(|_| ApiError::bad(format!("'{ip}' is not an IP address.")))?);
+        ips.push(
+            ip.parse()
+                .map_err(|_| ApiError::bad(format!("'{ip}' is not an IP address.")))?,
+        );
     }
     Ok(CertParams {
         subject: policy.subject().to_owned(),
@@ -76,11 +94,19 @@ pub fn cert_params(policy: &Policy, nbf: i64, exp: i64) -> ApiResult<CertParams>
 }
 
 fn key_alg(policy: &Policy) -> KeyAlg {
-    if policy.kty().is_ec() { KeyAlg::Ec(policy.curve()) } else { KeyAlg::Rsa(policy.key_size()) }
+    if policy.kty().is_ec() {
+        KeyAlg::Ec(policy.curve())
+    } else {
+        KeyAlg::Rsa(policy.key_size())
+    }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(&e))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
 }
 
 /// Opens a version's sealed private key.
@@ -88,12 +114,14 @@ pub fn open_key(ctx: &Ctx<'_>, v: &VersionRecord) -> ApiResult<PrivateKey> {
     let blob = v.key_blob.as_ref().ok_or_else(|| {
         ApiError::forbidden("The private key of this certificate is not held by this server.")
     })?;
-    let der = certvault_crypto::open_object(&ctx.vault.key, &key_aad(&v.version), blob).map_err(|e| ApiError::internal(&e))?;
+    let der = certvault_crypto::open_object(&ctx.vault.key, &key_aad(&v.version), blob)
+        .map_err(|e| ApiError::internal(&e))?;
     PrivateKey::from_pkcs8_der(&der).map_err(|e| ApiError::internal(&e))
 }
 
 fn seal_key(ctx: &Ctx<'_>, version: &str, key: &PrivateKey) -> ApiResult<Vec<u8>> {
-    certvault_crypto::seal_object(&ctx.vault.key, &key_aad(version), key.pkcs8_der()).map_err(|e| ApiError::internal(&e))
+    certvault_crypto::seal_object(&ctx.vault.key, &key_aad(version), key.pkcs8_der())
+        .map_err(|e| ApiError::internal(&e))
 }
 
 fn deleted_conflict(n: &ObjectName) -> ApiError {
@@ -135,16 +163,24 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         }
         (Some(p), None) => Policy::resolve(p, Origin::Created, true)?,
         (None, Some(c)) => stored_policy(c)?,
-        (None, None) => return Err(ApiError::bad("A policy is required to create a new certificate.")),
+        (None, None) => {
+            return Err(ApiError::bad(
+                "A policy is required to create a new certificate.",
+            ));
+        }
     };
     if !policy.subject().is_empty() {
         certvault_crypto::validate_subject(policy.subject())?;
     }
     let issuer = policy.issuer_name().to_owned();
     if issuer != ISSUER_SELF && issuer != ISSUER_UNKNOWN {
-        let rec = store.issuer(ctx.vault_id(), &issuer.to_ascii_lowercase()).await?;
+        let rec = store
+            .issuer(ctx.vault_id(), &issuer.to_ascii_lowercase())
+            .await?;
         return Err(match rec {
-            None => ApiError::bad(format!("The issuer '{issuer}' does not exist in this vault.")),
+            None => ApiError::bad(format!(
+                "The issuer '{issuer}' does not exist in this vault."
+            )),
             Some(r) => ApiError::bad(format!(
                 "Issuer '{issuer}' uses provider '{}', which cannot issue certificates on this server yet.",
                 r.provider
@@ -153,17 +189,26 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     }
     if let Some(c) = &existing {
         if has_pending_op(ctx, c.id).await? {
-            return Err(ApiError::conflict("A certificate operation is already in progress for this certificate."));
+            return Err(ApiError::conflict(
+                "A certificate operation is already in progress for this certificate.",
+            ));
         }
     }
     let tags = body.tags.as_ref().map(model::tags_json).transpose()?;
-    let enabled = body.attributes.as_ref().and_then(|a| a.enabled).unwrap_or(true);
+    let enabled = body
+        .attributes
+        .as_ref()
+        .and_then(|a| a.enabled)
+        .unwrap_or(true);
 
     // The key: reused from the newest version when the policy says so, else a new one.
     let mut reuse = None;
     if policy.reuse_key() {
         if let Some(c) = &existing {
-            if let Some((_, v)) = store.cert_version(ctx.vault_id(), &n.key(), false, Which::LatestCompleted).await? {
+            if let Some((_, v)) = store
+                .cert_version(ctx.vault_id(), &n.key(), false, Which::LatestCompleted)
+                .await?
+            {
                 let k = open_key(ctx, &v)?;
                 if k.alg() == key_alg(&policy) {
                     reuse = Some(k);
@@ -191,7 +236,9 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         let nbf = now - 600;
         let exp = model::add_months(now, policy.validity_months());
         let params = cert_params(&policy, nbf, exp)?;
-        let der = blocking(move || certvault_crypto::self_signed(&key, &params).map_err(ApiError::from)).await?;
+        let der =
+            blocking(move || certvault_crypto::self_signed(&key, &params).map_err(ApiError::from))
+                .await?;
         let rec = VersionRecord {
             cert_id: 0,
             version: version.as_str().to_owned(),
@@ -228,7 +275,8 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         let nbf = now;
         let exp = model::add_months(now, policy.validity_months());
         let params = cert_params(&policy, nbf, exp)?;
-        let csr = blocking(move || certvault_crypto::csr(&key, &params).map_err(ApiError::from)).await?;
+        let csr =
+            blocking(move || certvault_crypto::csr(&key, &params).map_err(ApiError::from)).await?;
         let rec = VersionRecord {
             cert_id: 0,
             version: version.as_str().to_owned(),
@@ -253,7 +301,8 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
             version: version.as_str().to_owned(),
             issuer_name: issuer.clone(),
             status: "inProgress".into(),
-            status_details: "Pending certificate created. Please Perform Merge to complete the request.".into(),
+            status_details:
+                "Pending certificate created. Please Perform Merge to complete the request.".into(),
             csr: Some(csr),
             error: None,
             cancellation_requested: false,
@@ -264,7 +313,16 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     };
     let policy_json = serde_json::to_string(&policy).map_err(|e| ApiError::internal(&e))?;
     let (cert, _) = store
-        .add_version(ctx.vault_id(), n.as_str(), policy_json, now, NewVersion { record, operation: Some(op.clone()) })
+        .add_version(
+            ctx.vault_id(),
+            n.as_str(),
+            policy_json,
+            now,
+            NewVersion {
+                record,
+                operation: Some(op.clone()),
+            },
+        )
         .await
         .map_err(map_store(&n))?;
     // The 202 always says inProgress; completion shows on the next GET of the operation.
@@ -283,7 +341,8 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     if let Ok(v) = HeaderValue::from_str(&loc) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
     Ok(resp)
 }
 
@@ -297,15 +356,27 @@ struct ImportBody {
 }
 
 fn starts_with_pem(b: &[u8]) -> bool {
-    let t = b.iter().position(|c| !c.is_ascii_whitespace()).map_or(&b[..0], |i| &b[i..]);
+    let t = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .map_or(&b[..0], |i| &b[i..]);
     t.starts_with(b"-----BEGIN")
 }
 
 /// Decodes an import `value`: raw PEM text, base64 of PEM, or base64 of PKCS#12.
-fn decode_import(value: &str, pwd: Option<&str>) -> ApiResult<(certvault_crypto::Bundle, certvault_core::policy::ContentType)> {
+fn decode_import(
+    value: &str,
+    pwd: Option<&str>,
+) -> ApiResult<(
+    certvault_crypto::Bundle,
+    certvault_core::policy::ContentType,
+)> {
     use certvault_core::policy::ContentType;
     if starts_with_pem(value.as_bytes()) {
-        return Ok((certvault_crypto::parse_pem(value.as_bytes())?, ContentType::Pem));
+        return Ok((
+            certvault_crypto::parse_pem(value.as_bytes())?,
+            ContentType::Pem,
+        ));
     }
     let raw = model::from_b64(value, "value")?;
     if starts_with_pem(&raw) {
@@ -320,16 +391,30 @@ fn decode_import(value: &str, pwd: Option<&str>) -> ApiResult<(certvault_crypto:
     Ok((bundle, ContentType::Pkcs12))
 }
 
-fn policy_from_cert(info: &certvault_crypto::CertInfo, key: &PublicKey, ct: certvault_core::policy::ContentType) -> PolicyIn {
+fn policy_from_cert(
+    info: &certvault_crypto::CertInfo,
+    key: &PublicKey,
+    ct: certvault_core::policy::ContentType,
+) -> PolicyIn {
     let lifetime_days = (info.not_after - info.not_before).max(0) / 86_400;
-    let months = u32::try_from(((lifetime_days as f64) / 30.4375).round() as i64).unwrap_or(12).max(1);
+    let months = u32::try_from(((lifetime_days as f64) / 30.4375).round() as i64)
+        .unwrap_or(12)
+        .max(1);
     let (kty, key_size, crv) = match key.alg() {
         KeyAlg::Rsa(bits) => (certvault_core::policy::KeyType::Rsa, Some(bits), None),
         KeyAlg::Ec(c) => (certvault_core::policy::KeyType::Ec, None, Some(c)),
     };
     PolicyIn {
-        key_props: Some(KeyPropsIn { exportable: Some(true), kty: Some(kty), key_size, reuse_key: Some(false), crv }),
-        secret_props: Some(SecretPropsIn { content_type: Some(ct) }),
+        key_props: Some(KeyPropsIn {
+            exportable: Some(true),
+            kty: Some(kty),
+            key_size,
+            reuse_key: Some(false),
+            crv,
+        }),
+        secret_props: Some(SecretPropsIn {
+            content_type: Some(ct),
+        }),
         x509_props: Some(X509PropsIn {
             subject: Some(info.subject.clone()),
             ekus: Some(info.ekus.clone()),
@@ -345,7 +430,11 @@ fn policy_from_cert(info: &certvault_crypto::CertInfo, key: &PublicKey, ct: cert
             basic_constraints: Some(certvault_core::policy::BasicConstraints { ca: info.is_ca }),
         }),
         lifetime_actions: None,
-        issuer: Some(certvault_core::policy::IssuerParams { name: Some(ISSUER_UNKNOWN.into()), cty: None, cert_transparency: None }),
+        issuer: Some(certvault_core::policy::IssuerParams {
+            name: Some(ISSUER_UNKNOWN.into()),
+            cty: None,
+            cert_transparency: None,
+        }),
         attributes: None,
         platform_managed: None,
     }
@@ -358,16 +447,22 @@ pub async fn import(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     let value = body.value.clone();
     let pwd = body.pwd.clone();
     let (bundle, detected) = blocking(move || decode_import(&value, pwd.as_deref())).await?;
-    let key = bundle.key.ok_or_else(|| ApiError::bad("The imported content holds no private key."))?;
+    let key = bundle
+        .key
+        .ok_or_else(|| ApiError::bad("The imported content holds no private key."))?;
     if bundle.certs.is_empty() {
         return Err(ApiError::bad("The imported content holds no certificate."));
     }
     let public = key.public_key();
     let chain = certvault_crypto::order_chain(Some(&public), bundle.certs)?;
-    let (leaf, rest) = chain.split_first().ok_or_else(|| ApiError::bad("The imported content holds no certificate."))?;
+    let (leaf, rest) = chain
+        .split_first()
+        .ok_or_else(|| ApiError::bad("The imported content holds no certificate."))?;
     let info = certvault_crypto::parse_certificate(leaf)?;
     if info.public_key.spki_der() != public.spki_der() {
-        return Err(ApiError::bad("The private key does not match any imported certificate."));
+        return Err(ApiError::bad(
+            "The private key does not match any imported certificate.",
+        ));
     }
     let store = &ctx.state.store;
     let existing = store.certificate(ctx.vault_id(), &n.key()).await?;
@@ -380,7 +475,11 @@ pub async fn import(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     }
     let policy = Policy::resolve(&input, Origin::Imported, false)?;
     let tags = body.tags.as_ref().map(model::tags_json).transpose()?;
-    let enabled = body.attributes.as_ref().and_then(|a| a.enabled).unwrap_or(true);
+    let enabled = body
+        .attributes
+        .as_ref()
+        .and_then(|a| a.enabled)
+        .unwrap_or(true);
     let version = VersionId::generate();
     let now = ctx.now;
     let record = VersionRecord {
@@ -403,7 +502,16 @@ pub async fn import(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     };
     let policy_json = serde_json::to_string(&policy).map_err(|e| ApiError::internal(&e))?;
     let (cert, v) = store
-        .add_version(ctx.vault_id(), n.as_str(), policy_json, now, NewVersion { record, operation: None })
+        .add_version(
+            ctx.vault_id(),
+            n.as_str(),
+            policy_json,
+            now,
+            NewVersion {
+                record,
+                operation: None,
+            },
+        )
         .await
         .map_err(map_store(&n))?;
     ok(&model::bundle(ctx, &cert, &v, Some(&policy), false))
@@ -450,17 +558,35 @@ pub async fn update(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResul
         }
     }
     if v.is_pending() && a.enabled == Some(true) {
-        return Err(ApiError::bad("A pending certificate version cannot be enabled before it is merged."));
+        return Err(ApiError::bad(
+            "A pending certificate version cannot be enabled before it is merged.",
+        ));
     }
     let store = &ctx.state.store;
     let cert = match &new_policy {
-        Some(p) => store
-            .update_policy(cert.id, serde_json::to_string(p).map_err(|e| ApiError::internal(&e))?, ctx.now)
-            .await?,
+        Some(p) => {
+            store
+                .update_policy(
+                    cert.id,
+                    serde_json::to_string(p).map_err(|e| ApiError::internal(&e))?,
+                    ctx.now,
+                )
+                .await?
+        }
         None => cert,
     };
     let v = store
-        .update_version(cert.id, &v.version, VersionUpdate { enabled: a.enabled, nbf: a.nbf, exp: a.exp, tags: tags.map(Some) }, ctx.now)
+        .update_version(
+            cert.id,
+            &v.version,
+            VersionUpdate {
+                enabled: a.enabled,
+                nbf: a.nbf,
+                exp: a.exp,
+                tags: tags.map(Some),
+            },
+            ctx.now,
+        )
         .await?;
     let policy = stored_policy(&cert)?;
     let pending = has_pending_op(ctx, cert.id).await?;
@@ -474,9 +600,15 @@ fn page_token(s: Option<String>) -> Option<String> {
 /// GET /certificates and GET /deletedcertificates
 pub async fn list(ctx: &Ctx<'_>, deleted: bool) -> ApiResult<Response<Body>> {
     let max = ctx.max_results()?;
-    let include_pending = ctx.param("includePending").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let include_pending = ctx
+        .param("includePending")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let after = page_token(ctx.skiptoken());
-    let rows = ctx.state.store.list_certificates(ctx.vault_id(), deleted, after, max + 1, include_pending).await?;
+    let rows = ctx
+        .state
+        .store
+        .list_certificates(ctx.vault_id(), deleted, after, max + 1, include_pending)
+        .await?;
     let more = rows.len() > max;
     let mut items = Vec::with_capacity(max);
     for (c, v) in rows.iter().take(max) {
@@ -488,8 +620,16 @@ pub async fn list(ctx: &Ctx<'_>, deleted: bool) -> ApiResult<Response<Body>> {
     }
     let next = if more {
         rows.get(max - 1).map(|(c, _)| {
-            let path = if deleted { "/deletedcertificates" } else { "/certificates" };
-            let extra: &[(&str, &str)] = if include_pending { &[("includePending", "true")] } else { &[] };
+            let path = if deleted {
+                "/deletedcertificates"
+            } else {
+                "/certificates"
+            };
+            let extra: &[(&str, &str)] = if include_pending {
+                &[("includePending", "true")]
+            } else {
+                &[]
+            };
             ctx.next_link(path, &SqliteStore::name_key(c), max, extra)
         })
     } else {
@@ -510,14 +650,31 @@ pub async fn versions(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         .filter(|c| c.deleted_at.is_none())
         .ok_or_else(|| ApiError::cert_not_found(n.as_str()))?;
     let after = match ctx.skiptoken() {
-        Some(t) => t.parse::<i64>().map_err(|_| ApiError::bad("Invalid $skiptoken."))?,
+        Some(t) => t
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad("Invalid $skiptoken."))?,
         None => 0,
     };
-    let rows = ctx.state.store.list_versions(cert.id, after, max + 1).await?;
+    let rows = ctx
+        .state
+        .store
+        .list_versions(cert.id, after, max + 1)
+        .await?;
     let more = rows.len() > max;
-    let items: Vec<Value> = rows.iter().take(max).map(|v| model::item(ctx, &cert, v, true)).collect();
+    let items: Vec<Value> = rows
+        .iter()
+        .take(max)
+        .map(|v| model::item(ctx, &cert, v, true))
+        .collect();
     let next = if more {
-        rows.get(max - 1).map(|v| ctx.next_link(&format!("/certificates/{}/versions", cert.name), &v.seq.to_string(), max, &[]))
+        rows.get(max - 1).map(|v| {
+            ctx.next_link(
+                &format!("/certificates/{}/versions", cert.name),
+                &v.seq.to_string(),
+                max,
+                &[],
+            )
+        })
     } else {
         None
     };
@@ -554,25 +711,42 @@ pub async fn update_policy(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>
     let cert = ctx
         .state
         .store
-        .update_policy(cert.id, serde_json::to_string(&policy).map_err(|e| ApiError::internal(&e))?, ctx.now)
+        .update_policy(
+            cert.id,
+            serde_json::to_string(&policy).map_err(|e| ApiError::internal(&e))?,
+            ctx.now,
+        )
         .await?;
     ok(&model::policy_json(ctx, &cert, &policy))
 }
 
 fn pending_not_found(n: &ObjectName) -> ApiError {
-    ApiError::not_found("PendingCertificateNotFound", format!("Pending certificate not found: {n}"))
+    ApiError::not_found(
+        "PendingCertificateNotFound",
+        format!("Pending certificate not found: {n}"),
+    )
 }
 
 async fn op_of(ctx: &Ctx<'_>, n: &ObjectName) -> ApiResult<(CertRecord, OperationRecord)> {
     let cert = live_cert(ctx, n).await?;
-    let op = ctx.state.store.operation(cert.id).await?.ok_or_else(|| pending_not_found(n))?;
+    let op = ctx
+        .state
+        .store
+        .operation(cert.id)
+        .await?
+        .ok_or_else(|| pending_not_found(n))?;
     Ok((cert, op))
 }
 
-fn op_response(ctx: &Ctx<'_>, cert: &CertRecord, op: &OperationRecord) -> ApiResult<Response<Body>> {
+fn op_response(
+    ctx: &Ctx<'_>,
+    cert: &CertRecord,
+    op: &OperationRecord,
+) -> ApiResult<Response<Body>> {
     let mut r = json_response(StatusCode::OK, &model::operation(ctx, cert, op));
     if op.status == "inProgress" {
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
     }
     Ok(r)
 }
@@ -600,7 +774,14 @@ pub async fn cancel_pending(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body
     let op = ctx
         .state
         .store
-        .finish_operation(cert.id, "cancelled", "The certificate operation was cancelled.".into(), None, true, ctx.now)
+        .finish_operation(
+            cert.id,
+            "cancelled",
+            "The certificate operation was cancelled.".into(),
+            None,
+            true,
+            ctx.now,
+        )
         .await?;
     op_response(ctx, &cert, &op)
 }
@@ -652,10 +833,14 @@ pub async fn merge(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     let certs = decode_x5c(&body.x5c)?;
     let key = PublicKey::from_spki_der(&v.spki).map_err(|e| ApiError::internal(&e))?;
     let chain = certvault_crypto::order_chain(Some(&key), certs)?;
-    let (leaf, rest) = chain.split_first().ok_or_else(|| ApiError::bad("x5c holds no certificate."))?;
+    let (leaf, rest) = chain
+        .split_first()
+        .ok_or_else(|| ApiError::bad("x5c holds no certificate."))?;
     let info = certvault_crypto::parse_certificate(leaf)?;
     if info.public_key.spki_der() != v.spki.as_slice() {
-        return Err(ApiError::bad("Public key from x509 certificate and key of this instance doesn't match"));
+        return Err(ApiError::bad(
+            "Public key from x509 certificate and key of this instance doesn't match",
+        ));
     }
     let a = body.attributes.unwrap_or_default();
     let tags = body.tags.as_ref().map(model::tags_json).transpose()?;
@@ -668,11 +853,25 @@ pub async fn merge(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     let v = ctx
         .state
         .store
-        .complete_version(cert.id, &v.version, leaf.clone(), rest.to_vec(), update, "Certificate merged.".into(), ctx.now)
+        .complete_version(
+            cert.id,
+            &v.version,
+            leaf.clone(),
+            rest.to_vec(),
+            update,
+            "Certificate merged.".into(),
+            ctx.now,
+        )
         .await?;
     let policy = stored_policy(&cert)?;
-    let mut r = json_response(StatusCode::CREATED, &model::bundle(ctx, &cert, &v, Some(&policy), false));
-    if let Ok(h) = HeaderValue::from_str(&format!("{}/certificates/{}?api-version={}", ctx.base, cert.name, ctx.api_version)) {
+    let mut r = json_response(
+        StatusCode::CREATED,
+        &model::bundle(ctx, &cert, &v, Some(&policy), false),
+    );
+    if let Ok(h) = HeaderValue::from_str(&format!(
+        "{}/certificates/{}?api-version={}",
+        ctx.base, cert.name, ctx.api_version
+    )) {
         r.headers_mut().insert(header::LOCATION, h);
     }
     Ok(r)
@@ -683,7 +882,11 @@ pub async fn delete(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     let n = name(seg)?;
     let (cert, v) = live(ctx, &n, None).await?;
     let purge_at = ctx.now + ctx.vault.vault.recoverable_days * 86_400;
-    let cert = ctx.state.store.soft_delete(cert.id, ctx.now, purge_at).await?;
+    let cert = ctx
+        .state
+        .store
+        .soft_delete(cert.id, ctx.now, purge_at)
+        .await?;
     let policy = stored_policy(&cert)?;
     let mut b = model::bundle(ctx, &cert, &v, Some(&policy), false);
     model::add_deleted(ctx, &cert, &mut b);
@@ -695,7 +898,12 @@ async fn deleted(ctx: &Ctx<'_>, n: &ObjectName) -> ApiResult<(CertRecord, Versio
         .store
         .cert_version(ctx.vault_id(), &n.key(), true, Which::Latest)
         .await?
-        .ok_or_else(|| ApiError::not_found("CertificateNotFound", format!("Deleted Certificate not found: {n}")))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "CertificateNotFound",
+                format!("Deleted Certificate not found: {n}"),
+            )
+        })
 }
 
 /// GET /deletedcertificates/{n}
@@ -726,7 +934,12 @@ pub async fn purge(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         .certificate(ctx.vault_id(), &n.key())
         .await?
         .filter(|c| c.deleted_at.is_some())
-        .ok_or_else(|| ApiError::not_found("CertificateNotFound", format!("Deleted Certificate not found: {n}")))?;
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "CertificateNotFound",
+                format!("Deleted Certificate not found: {n}"),
+            )
+        })?;
     ctx.state.store.purge(cert.id).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
@@ -744,8 +957,12 @@ pub async fn backup(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
             Some(_) => {
                 let k = open_key(ctx, v)?;
                 Some(model::b64(
-                    &certvault_crypto::seal_object(&ctx.state.backup_key, &key_aad(&v.version), k.pkcs8_der())
-                        .map_err(|e| ApiError::internal(&e))?,
+                    &certvault_crypto::seal_object(
+                        &ctx.state.backup_key,
+                        &key_aad(&v.version),
+                        k.pkcs8_der(),
+                    )
+                    .map_err(|e| ApiError::internal(&e))?,
                 ))
             }
             None => None,
@@ -764,7 +981,8 @@ pub async fn backup(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         "policy_updated": dump.cert.policy_updated, "created": dump.cert.created, "versions": versions,
     });
     let plain = serde_json::to_vec(&doc).map_err(|e| ApiError::internal(&e))?;
-    let sealed = certvault_crypto::seal(&ctx.state.backup_key, BACKUP_AAD, &plain).map_err(|e| ApiError::internal(&e))?;
+    let sealed = certvault_crypto::seal(&ctx.state.backup_key, BACKUP_AAD, &plain)
+        .map_err(|e| ApiError::internal(&e))?;
     ok(&json!({"value": model::b64url(&sealed)}))
 }
 
@@ -805,9 +1023,12 @@ struct RestoreBody {
 /// POST /certificates/restore
 pub async fn restore(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
     let body: RestoreBody = ctx.json()?;
-    let bad = || ApiError::bad("The backup blob is corrupt or was not made by this certvault installation.");
+    let bad = || {
+        ApiError::bad("The backup blob is corrupt or was not made by this certvault installation.")
+    };
     let sealed = model::from_b64url(&body.value, "value")?;
-    let plain = certvault_crypto::open(&ctx.state.backup_key, BACKUP_AAD, &sealed).map_err(|_| bad())?;
+    let plain =
+        certvault_crypto::open(&ctx.state.backup_key, BACKUP_AAD, &sealed).map_err(|_| bad())?;
     let doc: BackupDoc = serde_json::from_slice(&plain).map_err(|_| bad())?;
     if doc.format != "certvault-backup-1" {
         return Err(bad());
@@ -819,8 +1040,12 @@ pub async fn restore(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
         let key_blob = match &bv.key {
             Some(k) => {
                 let sealed = model::from_b64(k, "key").map_err(|_| bad())?;
-                let der = certvault_crypto::open_object(&ctx.state.backup_key, &key_aad(&bv.version), &sealed)
-                    .map_err(|_| bad())?;
+                let der = certvault_crypto::open_object(
+                    &ctx.state.backup_key,
+                    &key_aad(&bv.version),
+                    &sealed,
+                )
+                .map_err(|_| bad())?;
                 Some(
                     certvault_crypto::seal_object(&ctx.vault.key, &key_aad(&bv.version), &der)
                         .map_err(|e| ApiError::internal(&e))?,
@@ -838,8 +1063,18 @@ pub async fn restore(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
             nbf: bv.nbf,
             exp: bv.exp,
             tags: bv.tags.clone(),
-            cer: bv.cer.as_deref().map(|c| model::from_b64(c, "cer")).transpose().map_err(|_| bad())?,
-            chain: bv.chain.iter().map(|c| model::from_b64(c, "chain")).collect::<Result<_, _>>().map_err(|_| bad())?,
+            cer: bv
+                .cer
+                .as_deref()
+                .map(|c| model::from_b64(c, "cer"))
+                .transpose()
+                .map_err(|_| bad())?,
+            chain: bv
+                .chain
+                .iter()
+                .map(|c| model::from_b64(c, "chain"))
+                .collect::<Result<_, _>>()
+                .map_err(|_| bad())?,
             key_blob,
             key_ref: bv.key_ref.clone(),
             spki: model::from_b64(&bv.spki, "spki").map_err(|_| bad())?,
@@ -865,7 +1100,9 @@ pub async fn restore(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
         .restore(ctx.vault_id(), CertificateDump { cert, versions }, ctx.now)
         .await
         .map_err(|e| match e {
-            StoreError::Conflict(_) => ApiError::conflict(format!("A certificate named {n} already exists in this vault.")),
+            StoreError::Conflict(_) => ApiError::conflict(format!(
+                "A certificate named {n} already exists in this vault."
+            )),
             other => ApiError::from(other),
         })?;
     let (cert, v) = live(ctx, &n, None).await.map(|(_, v)| (cert, v))?;

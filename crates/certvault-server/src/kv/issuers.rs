@@ -11,7 +11,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::http::{Body, json as json_response};
 
 fn issuer_not_found(n: &str) -> ApiError {
-    ApiError::not_found("CertificateIssuerNotFound", format!("Issuer not found: {n}"))
+    ApiError::not_found(
+        "CertificateIssuerNotFound",
+        format!("Issuer not found: {n}"),
+    )
 }
 
 fn issuer_aad(vault_id: i64, name_key: &str) -> Vec<u8> {
@@ -58,7 +61,9 @@ fn validate_org(org: &Value) -> ApiResult<()> {
         return Err(ApiError::bad("org_details must be an object."));
     }
     if let Some(admins) = org.get("admin_details") {
-        let list = admins.as_array().ok_or_else(|| ApiError::bad("admin_details must be an array."))?;
+        let list = admins
+            .as_array()
+            .ok_or_else(|| ApiError::bad("admin_details must be an array."))?;
         for a in list {
             if !a.is_object() {
                 return Err(ApiError::bad("Each admin_details entry must be an object."));
@@ -68,8 +73,16 @@ fn validate_org(org: &Value) -> ApiResult<()> {
     Ok(())
 }
 
-async fn save(ctx: &Ctx<'_>, n: &ObjectName, body: IssuerBody, existing: Option<IssuerRecord>) -> ApiResult<Response<Body>> {
-    let mut stored: Value = existing.as_ref().and_then(|e| serde_json::from_str(&e.body).ok()).unwrap_or_else(|| json!({}));
+async fn save(
+    ctx: &Ctx<'_>,
+    n: &ObjectName,
+    body: IssuerBody,
+    existing: Option<IssuerRecord>,
+) -> ApiResult<Response<Body>> {
+    let mut stored: Value = existing
+        .as_ref()
+        .and_then(|e| serde_json::from_str(&e.body).ok())
+        .unwrap_or_else(|| json!({}));
     let provider = match (&body.provider, &existing) {
         (Some(p), _) if !p.trim().is_empty() => p.trim().to_owned(),
         (None, Some(e)) => e.provider.clone(),
@@ -85,8 +98,12 @@ async fn save(ctx: &Ctx<'_>, n: &ObjectName, body: IssuerBody, existing: Option<
         }
         if let Some(p) = &c.pwd {
             secret = Some(
-                certvault_crypto::seal(&ctx.vault.key, &issuer_aad(ctx.vault_id(), &n.key()), p.as_bytes())
-                    .map_err(|e| ApiError::internal(&e))?,
+                certvault_crypto::seal(
+                    &ctx.vault.key,
+                    &issuer_aad(ctx.vault_id(), &n.key()),
+                    p.as_bytes(),
+                )
+                .map_err(|e| ApiError::internal(&e))?,
             );
         }
     }
@@ -94,10 +111,16 @@ async fn save(ctx: &Ctx<'_>, n: &ObjectName, body: IssuerBody, existing: Option<
         validate_org(org)?;
         stored["org_details"] = org.clone();
     }
-    let enabled = body.attributes.and_then(|a| a.enabled).or(existing.as_ref().map(|e| e.enabled)).unwrap_or(true);
+    let enabled = body
+        .attributes
+        .and_then(|a| a.enabled)
+        .or(existing.as_ref().map(|e| e.enabled))
+        .unwrap_or(true);
     let rec = IssuerRecord {
         vault_id: ctx.vault_id(),
-        name: existing.as_ref().map_or_else(|| n.as_str().to_owned(), |e| e.name.clone()),
+        name: existing
+            .as_ref()
+            .map_or_else(|| n.as_str().to_owned(), |e| e.name.clone()),
         provider,
         body: stored.to_string(),
         secret,
@@ -126,7 +149,11 @@ pub async fn set(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     }
     let existing = ctx.state.store.issuer(ctx.vault_id(), &n.key()).await?;
     // PUT replaces the issuer: start from nothing but keep its creation time.
-    let base = existing.map(|e| IssuerRecord { body: "{}".into(), secret: None, ..e });
+    let base = existing.map(|e| IssuerRecord {
+        body: "{}".into(),
+        secret: None,
+        ..e
+    });
     save(ctx, &n, body, base).await
 }
 
@@ -134,24 +161,39 @@ pub async fn set(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
 pub async fn update(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     let n = issuer_name(seg)?;
     let body: IssuerBody = ctx.json()?;
-    let existing = ctx.state.store.issuer(ctx.vault_id(), &n.key()).await?.ok_or_else(|| issuer_not_found(n.as_str()))?;
+    let existing = ctx
+        .state
+        .store
+        .issuer(ctx.vault_id(), &n.key())
+        .await?
+        .ok_or_else(|| issuer_not_found(n.as_str()))?;
     save(ctx, &n, body, Some(existing)).await
 }
 
 /// GET /certificates/issuers/{i}
 pub async fn get(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     let n = ObjectName::parse(seg).map_err(|_| issuer_not_found(seg))?;
-    let rec = ctx.state.store.issuer(ctx.vault_id(), &n.key()).await?.ok_or_else(|| issuer_not_found(n.as_str()))?;
+    let rec = ctx
+        .state
+        .store
+        .issuer(ctx.vault_id(), &n.key())
+        .await?
+        .ok_or_else(|| issuer_not_found(n.as_str()))?;
     Ok(json_response(StatusCode::OK, &render(ctx, &rec)))
 }
 
 /// DELETE /certificates/issuers/{i}
 pub async fn delete(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     let n = ObjectName::parse(seg).map_err(|_| issuer_not_found(seg))?;
-    let rec = ctx.state.store.delete_issuer(ctx.vault_id(), &n.key()).await.map_err(|e| match e {
-        certvault_store::StoreError::NotFound => issuer_not_found(n.as_str()),
-        other => ApiError::from(other),
-    })?;
+    let rec = ctx
+        .state
+        .store
+        .delete_issuer(ctx.vault_id(), &n.key())
+        .await
+        .map_err(|e| match e {
+            certvault_store::StoreError::NotFound => issuer_not_found(n.as_str()),
+            other => ApiError::from(other),
+        })?;
     Ok(json_response(StatusCode::OK, &render(ctx, &rec)))
 }
 
@@ -159,7 +201,11 @@ pub async fn delete(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
 pub async fn list(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
     let max = ctx.max_results()?;
     let after = ctx.skiptoken().map(|t| t.to_ascii_lowercase());
-    let rows = ctx.state.store.list_issuers(ctx.vault_id(), after, max + 1).await?;
+    let rows = ctx
+        .state
+        .store
+        .list_issuers(ctx.vault_id(), after, max + 1)
+        .await?;
     let more = rows.len() > max;
     let items: Vec<Value> = rows
         .iter()
@@ -167,11 +213,21 @@ pub async fn list(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
         .map(|r| json!({"id": format!("{}/certificates/issuers/{}", ctx.base, r.name), "provider": r.provider}))
         .collect();
     let next = if more {
-        rows.get(max - 1).map(|r| ctx.next_link("/certificates/issuers", &r.name.to_ascii_lowercase(), max, &[]))
+        rows.get(max - 1).map(|r| {
+            ctx.next_link(
+                "/certificates/issuers",
+                &r.name.to_ascii_lowercase(),
+                max,
+                &[],
+            )
+        })
     } else {
         None
     };
-    Ok(json_response(StatusCode::OK, &json!({"value": items, "nextLink": next})))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"value": items, "nextLink": next}),
+    ))
 }
 
 #[derive(Deserialize, serde::Serialize)]
@@ -206,23 +262,37 @@ pub async fn set_contacts(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
     }
     for c in &body.contacts {
         match &c.email {
-            Some(e) if e.contains('@') && e.len() <= 254 && !e.chars().any(char::is_whitespace) => {}
+            Some(e) if e.contains('@') && e.len() <= 254 && !e.chars().any(char::is_whitespace) => {
+            }
             _ => return Err(ApiError::bad("Each contact needs a valid email address.")),
         }
     }
     let stored = serde_json::to_string(&body.contacts).map_err(|e| ApiError::internal(&e))?;
-    ctx.state.store.set_contacts(ctx.vault_id(), stored.clone()).await?;
+    ctx.state
+        .store
+        .set_contacts(ctx.vault_id(), stored.clone())
+        .await?;
     Ok(json_response(StatusCode::OK, &contacts_json(ctx, &stored)))
 }
 
 /// GET /certificates/contacts
 pub async fn get_contacts(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
-    let body = ctx.state.store.contacts(ctx.vault_id()).await?.ok_or_else(contacts_not_found)?;
+    let body = ctx
+        .state
+        .store
+        .contacts(ctx.vault_id())
+        .await?
+        .ok_or_else(contacts_not_found)?;
     Ok(json_response(StatusCode::OK, &contacts_json(ctx, &body)))
 }
 
 /// DELETE /certificates/contacts
 pub async fn delete_contacts(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
-    let body = ctx.state.store.delete_contacts(ctx.vault_id()).await?.ok_or_else(contacts_not_found)?;
+    let body = ctx
+        .state
+        .store
+        .delete_contacts(ctx.vault_id())
+        .await?
+        .ok_or_else(contacts_not_found)?;
     Ok(json_response(StatusCode::OK, &contacts_json(ctx, &body)))
 }

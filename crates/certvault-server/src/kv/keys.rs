@@ -15,12 +15,18 @@ use crate::error::{ApiError, ApiResult};
 use crate::http::{Body, json as json_response};
 
 fn key_not_found(what: &str) -> ApiError {
-    ApiError::not_found("KeyNotFound", format!("A key with (name/id) {what} was not found in this key vault."))
+    ApiError::not_found(
+        "KeyNotFound",
+        format!("A key with (name/id) {what} was not found in this key vault."),
+    )
 }
 
 fn kty_and_ops(cert: &CertRecord) -> (String, Vec<&'static str>) {
     match stored_policy(cert) {
-        Ok(p) => (p.kty().as_str().to_owned(), p.key_ops().into_iter().map(|o| o.as_str()).collect()),
+        Ok(p) => (
+            p.kty().as_str().to_owned(),
+            p.key_ops().into_iter().map(|o| o.as_str()).collect(),
+        ),
         Err(_) => ("RSA".to_owned(), vec![]),
     }
 }
@@ -30,7 +36,9 @@ fn key_json(ctx: &Ctx<'_>, cert: &CertRecord, v: &VersionRecord) -> ApiResult<Va
     let (kty, ops) = kty_and_ops(cert);
     let kid = format!("{}/keys/{}/{}", ctx.base, cert.name, v.version);
     let key = match public.jwk() {
-        Jwk::Rsa { n, e } => json!({"kid": kid, "kty": kty, "key_ops": ops, "n": b64url(&n), "e": b64url(&e)}),
+        Jwk::Rsa { n, e } => {
+            json!({"kid": kid, "kty": kty, "key_ops": ops, "n": b64url(&n), "e": b64url(&e)})
+        }
         Jwk::Ec { crv, x, y } => {
             json!({"kid": kid, "kty": kty, "key_ops": ops, "crv": crv.as_str(), "x": b64url(&x), "y": b64url(&y)})
         }
@@ -38,7 +46,11 @@ fn key_json(ctx: &Ctx<'_>, cert: &CertRecord, v: &VersionRecord) -> ApiResult<Va
     let mut attrs = model::attributes(ctx, v);
     attrs["exportable"] = json!(v.exportable);
     let mut b = json!({"key": key, "attributes": attrs, "managed": true});
-    if let Some(t) = v.tags.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()) {
+    if let Some(t) = v
+        .tags
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+    {
         b["tags"] = t;
     }
     Ok(b)
@@ -59,7 +71,11 @@ fn key_item(ctx: &Ctx<'_>, cert: &CertRecord, v: &VersionRecord, versioned: bool
     let mut attrs = model::attributes(ctx, v);
     attrs["exportable"] = json!(v.exportable);
     let mut i = json!({"kid": kid, "attributes": attrs, "managed": true});
-    if let Some(t) = v.tags.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()) {
+    if let Some(t) = v
+        .tags
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+    {
         i["tags"] = t;
     }
     i
@@ -83,13 +99,37 @@ struct OpBody {
 }
 
 /// POST /keys/{n}/{version}/{op}
-pub async fn operation(ctx: &Ctx<'_>, seg: &str, version: &str, op: &str) -> ApiResult<Response<Body>> {
+pub async fn operation(
+    ctx: &Ctx<'_>,
+    seg: &str,
+    version: &str,
+    op: &str,
+) -> ApiResult<Response<Body>> {
     let op = op.to_ascii_lowercase();
-    if !["sign", "verify", "encrypt", "decrypt", "wrapkey", "unwrapkey"].contains(&op.as_str()) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "NotFound", "No such key operation."));
+    if ![
+        "sign",
+        "verify",
+        "encrypt",
+        "decrypt",
+        "wrapkey",
+        "unwrapkey",
+    ]
+    .contains(&op.as_str())
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "No such key operation.",
+        ));
     }
     let body: OpBody = ctx.json()?;
-    let (cert, v) = version_for(ctx, seg, Some(version).filter(|v| !v.is_empty()), key_not_found).await?;
+    let (cert, v) = version_for(
+        ctx,
+        seg,
+        Some(version).filter(|v| !v.is_empty()),
+        key_not_found,
+    )
+    .await?;
     check_usable(ctx, &v, "key", &op)?;
     let kid = format!("{}/keys/{}/{}", ctx.base, cert.name, v.version);
     let value = from_b64url(&body.value, "value")?;
@@ -98,15 +138,18 @@ pub async fn operation(ctx: &Ctx<'_>, seg: &str, version: &str, op: &str) -> Api
         "sign" => {
             let alg: SignAlg = body.alg.parse().map_err(|_| unknown_alg(&body.alg))?;
             let key = open_key(ctx, &v)?;
-            let sig = tokio::task::spawn_blocking(move || certvault_crypto::sign(&key, alg, &value))
-                .await
-                .map_err(|e| ApiError::internal(&e))??;
+            let sig =
+                tokio::task::spawn_blocking(move || certvault_crypto::sign(&key, alg, &value))
+                    .await
+                    .map_err(|e| ApiError::internal(&e))??;
             json!({"kid": kid, "value": b64url(&sig)})
         }
         "verify" => {
             let alg: SignAlg = body.alg.parse().map_err(|_| unknown_alg(&body.alg))?;
             let digest = from_b64url(
-                body.digest.as_deref().ok_or_else(|| ApiError::bad("'digest' is required for verify."))?,
+                body.digest
+                    .as_deref()
+                    .ok_or_else(|| ApiError::bad("'digest' is required for verify."))?,
                 "digest",
             )?;
             let ok = certvault_crypto::verify(&public, alg, &digest, &value)?;
@@ -120,10 +163,15 @@ pub async fn operation(ctx: &Ctx<'_>, seg: &str, version: &str, op: &str) -> Api
         _ => {
             let alg: EncAlg = body.alg.parse().map_err(|_| unknown_alg(&body.alg))?;
             let key = open_key(ctx, &v)?;
-            let pt = tokio::task::spawn_blocking(move || certvault_crypto::decrypt(&key, alg, &value))
-                .await
-                .map_err(|e| ApiError::internal(&e))?
-                .map_err(|_| ApiError::bad("The ciphertext could not be decrypted with this key and algorithm."))?;
+            let pt =
+                tokio::task::spawn_blocking(move || certvault_crypto::decrypt(&key, alg, &value))
+                    .await
+                    .map_err(|e| ApiError::internal(&e))?
+                    .map_err(|_| {
+                        ApiError::bad(
+                            "The ciphertext could not be decrypted with this key and algorithm.",
+                        )
+                    })?;
             json!({"kid": kid, "value": b64url(&pt)})
         }
     };

@@ -43,16 +43,24 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// A query parameter (names compared case-insensitively).
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Parses the JSON body.
     pub fn json<T: DeserializeOwned>(&self) -> ApiResult<T> {
         if self.body.is_empty() {
-            return Err(ApiError::bad("The request body is empty; a JSON object is required."));
+            return Err(ApiError::bad(
+                "The request body is empty; a JSON object is required.",
+            ));
         }
         serde_json::from_slice(&self.body).map_err(|e| {
-            ApiError::bad(format!("The request body is not valid: {}", sanitize_serde(&e.to_string())))
+            ApiError::bad(format!(
+                "The request body is not valid: {}",
+                sanitize_serde(&e.to_string())
+            ))
         })
     }
 
@@ -77,7 +85,9 @@ impl Ctx<'_> {
 
     /// The `$skiptoken` paging cursor.
     pub fn skiptoken(&self) -> Option<String> {
-        self.param("$skiptoken").filter(|s| !s.is_empty()).map(str::to_owned)
+        self.param("$skiptoken")
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
     }
 
     /// The absolute `nextLink` for a collection path (starting with `/`).
@@ -125,7 +135,9 @@ fn percent_decode(s: &str) -> String {
         match b {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
                 match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     Some(v) => {
                         out.push(v);
@@ -159,12 +171,19 @@ fn api_version_ok(v: &str) -> bool {
         None => (v, None),
     };
     if let Some(rest) = pre {
-        if !(rest.is_empty() || (rest.starts_with('.') && rest.len() > 1 && rest[1..].bytes().all(|b| b.is_ascii_digit()))) {
+        if !(rest.is_empty()
+            || (rest.starts_with('.')
+                && rest.len() > 1
+                && rest[1..].bytes().all(|b| b.is_ascii_digit())))
+        {
             return false;
         }
     }
     let dotted = core.split_once('.').is_some_and(|(a, b)| {
-        !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
+        !a.is_empty()
+            && !b.is_empty()
+            && a.bytes().all(|c| c.is_ascii_digit())
+            && b.bytes().all(|c| c.is_ascii_digit())
     });
     let date = {
         let p: Vec<&str> = core.split('-').collect();
@@ -215,7 +234,13 @@ pub async fn dispatch(
         .uri
         .authority()
         .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
         .ok_or_else(|| ApiError::bad("The request has no Host header."))?;
     let host = host.strip_suffix(":443").unwrap_or(&host).to_owned();
     if host.is_empty() || host.contains(['/', ' ', '@']) {
@@ -256,7 +281,9 @@ pub async fn dispatch(
     match (l.as_slice(), m) {
         // certificates collection and route words
         (["certificates"] | ["certificates", ""], &M::GET) => certs::list(&ctx, false).await,
-        (["certificates", "issuers"] | ["certificates", "issuers", ""], &M::GET) => issuers::list(&ctx).await,
+        (["certificates", "issuers"] | ["certificates", "issuers", ""], &M::GET) => {
+            issuers::list(&ctx).await
+        }
         (["certificates", "issuers", _], &M::GET) => issuers::get(&ctx, seg(2)).await,
         (["certificates", "issuers", _], &M::PUT) => issuers::set(&ctx, seg(2)).await,
         (["certificates", "issuers", _], &M::PATCH) => issuers::update(&ctx, seg(2)).await,
@@ -266,8 +293,12 @@ pub async fn dispatch(
         (["certificates", "contacts"], &M::DELETE) => issuers::delete_contacts(&ctx).await,
         (["certificates", "restore"], &M::POST) => certs::restore(&ctx).await,
         // one certificate
-        (["certificates", _] | ["certificates", _, ""], &M::GET) => certs::get(&ctx, seg(1), None).await,
-        (["certificates", _] | ["certificates", _, ""], &M::PATCH) => certs::update(&ctx, seg(1), None).await,
+        (["certificates", _] | ["certificates", _, ""], &M::GET) => {
+            certs::get(&ctx, seg(1), None).await
+        }
+        (["certificates", _] | ["certificates", _, ""], &M::PATCH) => {
+            certs::update(&ctx, seg(1), None).await
+        }
         (["certificates", _], &M::DELETE) => certs::delete(&ctx, seg(1)).await,
         (["certificates", _, "versions"], &M::GET) => certs::versions(&ctx, seg(1)).await,
         (["certificates", _, "policy"], &M::GET) => certs::get_policy(&ctx, seg(1)).await,
@@ -282,7 +313,9 @@ pub async fn dispatch(
         (["certificates", _, _], &M::GET) => certs::get(&ctx, seg(1), Some(seg(2))).await,
         (["certificates", _, _], &M::PATCH) => certs::update(&ctx, seg(1), Some(seg(2))).await,
         // deleted certificates
-        (["deletedcertificates"] | ["deletedcertificates", ""], &M::GET) => certs::list(&ctx, true).await,
+        (["deletedcertificates"] | ["deletedcertificates", ""], &M::GET) => {
+            certs::list(&ctx, true).await
+        }
         (["deletedcertificates", _], &M::GET) => certs::get_deleted(&ctx, seg(1)).await,
         (["deletedcertificates", _], &M::DELETE) => certs::purge(&ctx, seg(1)).await,
         (["deletedcertificates", _, "recover"], &M::POST) => certs::recover(&ctx, seg(1)).await,
@@ -291,7 +324,9 @@ pub async fn dispatch(
         (["secrets", _, "versions"], &M::GET) => secrets::versions(&ctx, seg(1)).await,
         (["secrets", _] | ["secrets", _, ""], &M::GET) => secrets::get(&ctx, seg(1), None).await,
         (["secrets", _, _], &M::GET) => secrets::get(&ctx, seg(1), Some(seg(2))).await,
-        (["secrets", _], &M::PUT | &M::DELETE) | (["secrets", _, _], &M::PATCH) => secrets::refuse(&ctx, seg(1)).await,
+        (["secrets", _], &M::PUT | &M::DELETE) | (["secrets", _, _], &M::PATCH) => {
+            secrets::refuse(&ctx, seg(1)).await
+        }
         // managed keys
         (["keys"] | ["keys", ""], &M::GET) => keys::list(&ctx).await,
         (["keys", _, "versions"], &M::GET) => keys::versions(&ctx, seg(1)).await,
@@ -302,7 +337,10 @@ pub async fn dispatch(
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "NotFound",
-            format!("No operation {m} {} exists in this API.", certvault_core::names::truncate(path, 120)),
+            format!(
+                "No operation {m} {} exists in this API.",
+                certvault_core::names::truncate(path, 120)
+            ),
         )),
     }
 }
@@ -314,10 +352,27 @@ mod tests {
 
     #[test]
     fn api_versions() {
-        for ok in ["7.0", "7.4", "7.6-preview.2", "2016-10-01", "2025-07-01", "2026-04-01", "2025-06-01-preview", "2099-01-01"] {
+        for ok in [
+            "7.0",
+            "7.4",
+            "7.6-preview.2",
+            "2016-10-01",
+            "2025-07-01",
+            "2026-04-01",
+            "2025-06-01-preview",
+            "2099-01-01",
+        ] {
             assert!(api_version_ok(ok), "{ok}");
         }
-        for bad in ["", "abc", "7", "7.x", "2025-7-01", "2025-07-01-beta", "1.2.3"] {
+        for bad in [
+            "",
+            "abc",
+            "7",
+            "7.x",
+            "2025-7-01",
+            "2025-07-01-beta",
+            "1.2.3",
+        ] {
             assert!(!api_version_ok(bad), "{bad}");
         }
     }

@@ -23,9 +23,19 @@ pub fn b64url(data: &[u8]) -> String {
 
 /// Decodes base64url, tolerating padding and the standard alphabet.
 pub fn from_b64url(s: &str, field: &str) -> ApiResult<Vec<u8>> {
-    let cleaned: String =
-        s.trim().trim_end_matches('=').chars().map(|c| match c { '+' => '-', '/' => '_', c => c }).collect();
-    URL_SAFE_NO_PAD.decode(cleaned.as_bytes()).map_err(|_| ApiError::bad(format!("'{field}' is not valid base64url.")))
+    let cleaned: String = s
+        .trim()
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
+    URL_SAFE_NO_PAD
+        .decode(cleaned.as_bytes())
+        .map_err(|_| ApiError::bad(format!("'{field}' is not valid base64url.")))
 }
 
 /// Decodes standard base64, tolerating whitespace, missing padding and the URL alphabet.
@@ -70,10 +80,15 @@ pub fn tags_json(tags: &Map<String, Value>) -> ApiResult<String> {
     }
     for (k, v) in tags {
         let Some(s) = v.as_str() else {
-            return Err(ApiError::bad(format!("The value of tag '{}' must be a string.", trunc(k))));
+            return Err(ApiError::bad(format!(
+                "The value of tag '{}' must be a string.",
+                trunc(k)
+            )));
         };
         if k.is_empty() || k.chars().count() > 512 || s.chars().count() > 256 {
-            return Err(ApiError::bad("Tag names are 1 to 512 characters and values at most 256."));
+            return Err(ApiError::bad(
+                "Tag names are 1 to 512 characters and values at most 256.",
+            ));
         }
     }
     serde_json::to_string(tags).map_err(|e| ApiError::internal(&e))
@@ -90,7 +105,11 @@ pub fn stored_policy(cert: &CertRecord) -> ApiResult<Policy> {
 
 /// `recoveryLevel` for a retention period.
 pub fn recovery_level(days: i64) -> &'static str {
-    if days >= 90 { "Recoverable+Purgeable" } else { "CustomizedRecoverable+Purgeable" }
+    if days >= 90 {
+        "Recoverable+Purgeable"
+    } else {
+        "CustomizedRecoverable+Purgeable"
+    }
 }
 
 /// Version attributes.
@@ -200,7 +219,11 @@ pub fn operation(ctx: &Ctx<'_>, cert: &CertRecord, op: &OperationRecord) -> Valu
     if let Some(csr) = &op.csr {
         o["csr"] = json!(b64(csr));
     }
-    if let Some(err) = op.error.as_deref().and_then(|e| serde_json::from_str::<Value>(e).ok()) {
+    if let Some(err) = op
+        .error
+        .as_deref()
+        .and_then(|e| serde_json::from_str::<Value>(e).ok())
+    {
         o["error"] = err;
     }
     if op.status == "completed" {
@@ -217,7 +240,9 @@ pub fn add_months(ts: i64, months: u32) -> i64 {
     let total = i64::from(t.year()) * 12 + i64::from(u8::from(t.month())) - 1 + i64::from(months);
     let year = i32::try_from(total.div_euclid(12)).unwrap_or(9999);
     let month = u8::try_from(total.rem_euclid(12) + 1).unwrap_or(1);
-    let Ok(month) = time::Month::try_from(month) else { return ts };
+    let Ok(month) = time::Month::try_from(month) else {
+        return ts;
+    };
     let day = t.day().min(time::util::days_in_month(month, year));
     match time::Date::from_calendar_date(year, month, day) {
         Ok(d) => d.with_time(t.time()).assume_utc().unix_timestamp(),

@@ -15,7 +15,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::http::{Body, json as json_response};
 
 fn secret_not_found(what: &str) -> ApiError {
-    ApiError::not_found("SecretNotFound", format!("A secret with (name/id) {what} was not found in this key vault."))
+    ApiError::not_found(
+        "SecretNotFound",
+        format!("A secret with (name/id) {what} was not found in this key vault."),
+    )
 }
 
 /// A live certificate's version for the secret and key endpoints.
@@ -29,24 +32,41 @@ pub async fn version_for(
     let which = match version {
         None | Some("") => Which::LatestCompleted,
         Some(v) => {
-            let v = certvault_core::VersionId::parse(v).map_err(|_| not_found(&format!("{n}/{v}")))?;
-            let r = ctx.state.store.cert_version(ctx.vault_id(), &n.key(), false, Which::Version(v.as_str())).await?;
-            return r.filter(|(_, v)| !v.is_pending()).ok_or_else(|| not_found(&format!("{n}/{v}")));
+            let v =
+                certvault_core::VersionId::parse(v).map_err(|_| not_found(&format!("{n}/{v}")))?;
+            let r = ctx
+                .state
+                .store
+                .cert_version(ctx.vault_id(), &n.key(), false, Which::Version(v.as_str()))
+                .await?;
+            return r
+                .filter(|(_, v)| !v.is_pending())
+                .ok_or_else(|| not_found(&format!("{n}/{v}")));
         }
     };
-    ctx.state.store.cert_version(ctx.vault_id(), &n.key(), false, which).await?.ok_or_else(|| not_found(n.as_str()))
+    ctx.state
+        .store
+        .cert_version(ctx.vault_id(), &n.key(), false, which)
+        .await?
+        .ok_or_else(|| not_found(n.as_str()))
 }
 
 /// Refuses use of a disabled or out-of-window version.
 pub fn check_usable(ctx: &Ctx<'_>, v: &VersionRecord, kind: &str, op: &str) -> ApiResult<()> {
     if !v.enabled {
-        return Err(ApiError::forbidden(format!("Operation {op} is not allowed on a disabled {kind}.")));
+        return Err(ApiError::forbidden(format!(
+            "Operation {op} is not allowed on a disabled {kind}."
+        )));
     }
     if v.nbf.is_some_and(|nbf| ctx.now < nbf) {
-        return Err(ApiError::forbidden(format!("Operation {op} is not allowed on a {kind} that is not yet valid.")));
+        return Err(ApiError::forbidden(format!(
+            "Operation {op} is not allowed on a {kind} that is not yet valid."
+        )));
     }
     if v.exp.is_some_and(|exp| ctx.now > exp) {
-        return Err(ApiError::forbidden(format!("Operation {op} is not allowed on an expired {kind}.")));
+        return Err(ApiError::forbidden(format!(
+            "Operation {op} is not allowed on an expired {kind}."
+        )));
     }
     Ok(())
 }
@@ -79,14 +99,20 @@ pub async fn get(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResult<R
         chain.push(cer.clone());
     }
     chain.extend(v.chain.iter().cloned());
-    let key = if v.exportable { Some(open_key(ctx, &v)?) } else { None };
+    let key = if v.exportable {
+        Some(open_key(ctx, &v)?)
+    } else {
+        None
+    };
     let value = match out {
         ContentType::Pem => certvault_crypto::to_pem(key.as_ref(), &chain),
         ContentType::Pkcs12 => {
-            let pfx = tokio::task::spawn_blocking(move || certvault_crypto::write_pfx(key.as_ref(), &chain, ""))
-                .await
-                .map_err(|e| ApiError::internal(&e))?
-                .map_err(|e| ApiError::internal(&e))?;
+            let pfx = tokio::task::spawn_blocking(move || {
+                certvault_crypto::write_pfx(key.as_ref(), &chain, "")
+            })
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+            .map_err(|e| ApiError::internal(&e))?;
             base64::engine::general_purpose::STANDARD.encode(pfx)
         }
     };
@@ -98,7 +124,11 @@ pub async fn get(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResult<R
         "kid": format!("{}/keys/{}/{}", ctx.base, cert.name, v.version),
         "attributes": secret_attributes(ctx, &v),
     });
-    if let Some(t) = v.tags.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()) {
+    if let Some(t) = v
+        .tags
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+    {
         b["tags"] = t;
     }
     Ok(json_response(StatusCode::OK, &b))
@@ -111,7 +141,11 @@ fn secret_item(ctx: &Ctx<'_>, cert: &CertRecord, v: &VersionRecord, versioned: b
         format!("{}/secrets/{}", ctx.base, cert.name)
     };
     let mut i = json!({"id": id, "attributes": secret_attributes(ctx, v), "contentType": v.content_type, "managed": true});
-    if let Some(t) = v.tags.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()) {
+    if let Some(t) = v
+        .tags
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+    {
         i["tags"] = t;
     }
     i
@@ -130,15 +164,28 @@ pub async fn list_objects(
 ) -> ApiResult<Response<Body>> {
     let max = ctx.max_results()?;
     let after = ctx.skiptoken().map(|t| t.to_ascii_lowercase());
-    let rows = ctx.state.store.list_certificates(ctx.vault_id(), false, after, max + 1, false).await?;
+    let rows = ctx
+        .state
+        .store
+        .list_certificates(ctx.vault_id(), false, after, max + 1, false)
+        .await?;
     let more = rows.len() > max;
-    let items: Vec<Value> = rows.iter().take(max).map(|(c, v)| render(ctx, c, v, false)).collect();
+    let items: Vec<Value> = rows
+        .iter()
+        .take(max)
+        .map(|(c, v)| render(ctx, c, v, false))
+        .collect();
     let next = if more {
-        rows.get(max - 1).map(|(c, _)| ctx.next_link(&format!("/{kind}"), &c.name.to_ascii_lowercase(), max, &[]))
+        rows.get(max - 1).map(|(c, _)| {
+            ctx.next_link(&format!("/{kind}"), &c.name.to_ascii_lowercase(), max, &[])
+        })
     } else {
         None
     };
-    Ok(json_response(StatusCode::OK, &json!({"value": items, "nextLink": next})))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"value": items, "nextLink": next}),
+    ))
 }
 
 /// Lists the versions of a managed object.
@@ -159,19 +206,39 @@ pub async fn list_object_versions(
         .filter(|c| c.deleted_at.is_none())
         .ok_or_else(|| not_found(n.as_str()))?;
     let after = match ctx.skiptoken() {
-        Some(t) => t.parse::<i64>().map_err(|_| ApiError::bad("Invalid $skiptoken."))?,
+        Some(t) => t
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad("Invalid $skiptoken."))?,
         None => 0,
     };
-    let rows = ctx.state.store.list_versions(cert.id, after, max + 1).await?;
+    let rows = ctx
+        .state
+        .store
+        .list_versions(cert.id, after, max + 1)
+        .await?;
     let more = rows.len() > max;
-    let items: Vec<Value> =
-        rows.iter().take(max).filter(|v| !v.is_pending()).map(|v| render(ctx, &cert, v, true)).collect();
+    let items: Vec<Value> = rows
+        .iter()
+        .take(max)
+        .filter(|v| !v.is_pending())
+        .map(|v| render(ctx, &cert, v, true))
+        .collect();
     let next = if more {
-        rows.get(max - 1).map(|v| ctx.next_link(&format!("/{kind}/{}/versions", cert.name), &v.seq.to_string(), max, &[]))
+        rows.get(max - 1).map(|v| {
+            ctx.next_link(
+                &format!("/{kind}/{}/versions", cert.name),
+                &v.seq.to_string(),
+                max,
+                &[],
+            )
+        })
     } else {
         None
     };
-    Ok(json_response(StatusCode::OK, &json!({"value": items, "nextLink": next})))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"value": items, "nextLink": next}),
+    ))
 }
 
 /// GET /secrets/{n}/versions
