@@ -11,6 +11,10 @@
 #   4. cargo build -p certvault
 #   5. the Azure SDK conformance suite (tests/sdk, pytest) against that binary
 #
+# Usage: scripts/test-all.sh [STAGE...]   (default: all; STAGE is one of
+#        fmt clippy test build sdk; sdk implies build). Extra pytest options
+#        go in PYTEST_ADDOPTS, e.g. PYTEST_ADDOPTS="-k merge -x".
+#
 # Nothing is ever skipped because it is missing: it is installed, or the
 # script fails loudly.
 #
@@ -249,8 +253,20 @@ setup_stage "setup: Rust toolchain" ensure_rust
 setup_stage "setup: Python venv (.venv)" ensure_venv
 setup_stage "setup: services" start_services
 
-run_stage "cargo fmt" cargo fmt --all -- --check
-run_stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
-run_stage "cargo test" cargo test --workspace --locked
-run_stage "cargo build (certvault)" cargo build --locked -p certvault
-run_stage "SDK conformance suite (tests/sdk)" run_sdk_suite
+# Stages to run: all by default; a developer may name some (sdk implies build).
+STAGES=("$@")
+[[ ${#STAGES[@]} -gt 0 ]] || STAGES=(fmt clippy test build sdk)
+wanted() {
+  local s
+  for s in "${STAGES[@]}"; do [[ "$s" == "$1" ]] && return 0; done
+  return 1
+}
+for s in "${STAGES[@]}"; do
+  case "$s" in fmt | clippy | test | build | sdk) ;; *) die "unknown stage '$s' (stages: fmt clippy test build sdk)" ;; esac
+done
+
+wanted fmt && run_stage "cargo fmt" cargo fmt --all -- --check
+wanted clippy && run_stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+wanted test && run_stage "cargo test" cargo test --workspace --locked
+{ wanted build || wanted sdk; } && run_stage "cargo build (certvault)" cargo build --locked -p certvault
+wanted sdk && run_stage "SDK conformance suite (tests/sdk)" run_sdk_suite
