@@ -141,6 +141,7 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -382,7 +383,7 @@ impl SqliteStore {
         let conn = open_conn(path)?;
         migrate(&conn)?;
         let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("certvault-sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(|e| StoreError::Open(e.to_string()))?;
@@ -390,15 +391,29 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 writer: Mutex::new(Some(tx)),
+                writer_thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
             }),
         })
     }
 
-    /// Stops the writer thread after it has committed what is queued.
+    /// Stops the writer thread after it has committed what is queued, waits for it, and closes
+    /// the pooled readers. Later calls fail with [`StoreError::Closed`].
     pub fn close(&self) {
         if let Ok(mut w) = self.inner.writer.lock() {
             w.take();
+        }
+        let thread = self
+            .inner
+            .writer_thread
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+        if let Ok(mut r) = self.inner.readers.lock() {
+            r.clear();
         }
     }
 

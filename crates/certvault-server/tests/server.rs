@@ -1,0 +1,419 @@
+//! Integration tests that start the real server (TLS listener, SQLite store, data directory) and
+//! talk to it over HTTPS.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+
+struct Server {
+    base: String,
+    ca: PathBuf,
+    token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    http: reqwest::Client,
+}
+
+fn opts(dir: &Path) -> certvault_server::ServeOptions {
+    certvault_server::ServeOptions {
+        data_dir: dir.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        base_domain: "certvault.test".into(),
+        public_port: None,
+        max_body: 256 * 1024,
+        recoverable_days: 90,
+    }
+}
+
+async fn start(dir: &Path) -> Server {
+    let clock: certvault_core::clock::SharedClock = Arc::new(certvault_core::SystemClock);
+    let started = certvault_server::start(&opts(dir), clock)
+        .await
+        .expect("server starts");
+    let base = format!("https://127.0.0.1:{}", started.addr.port());
+    let ca = started.ca_path.clone();
+    let token = std::fs::read_to_string(&started.token_path)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        started
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let cert = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only([cert])
+        .build()
+        .unwrap();
+    Server {
+        base,
+        ca,
+        token,
+        stop: Some(tx),
+        task: Some(task),
+        http,
+    }
+}
+
+impl Server {
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}{sep}api-version=7.4", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap()
+            },
+        )
+    }
+
+    async fn create_self(&self, name: &str, key_props: Value, content_type: &str) -> Value {
+        let body = json!({"policy": {
+            "key_props": key_props,
+            "secret_props": {"contentType": content_type},
+            "x509_props": {"subject": format!("CN={name}.example.test"), "sans": {"dns_names": [format!("{name}.example.test")]}},
+            "issuer": {"name": "Self"}}});
+        let (s, op) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/certificates/{name}/create"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, 202, "{op}");
+        assert_eq!(op["status"], "inProgress");
+        let (s, op) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/certificates/{name}/pending"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(op["status"], "completed", "{op}");
+        let (s, cert) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/certificates/{name}/"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200);
+        cert
+    }
+}
+
+#[tokio::test]
+async fn challenge_healthz_and_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let r = srv
+        .http
+        .get(format!("{}/healthz", srv.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    for auth in [None, Some("Bearer wrong-token")] {
+        let mut req = srv
+            .http
+            .post(format!(
+                "{}/certificates/x/create?api-version=7.4",
+                srv.base
+            ))
+            .body("{not json");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(
+            challenge.starts_with("Bearer authorization=\"https://certvault.test:"),
+            "{challenge}"
+        );
+        assert!(
+            challenge.contains("resource=\"https://certvault.test:"),
+            "{challenge}"
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "Unauthorized");
+    }
+    // api-version rules
+    let r = srv
+        .http
+        .get(format!("{}/certificates", srv.base))
+        .bearer_auth(&srv.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let (s, _) = srv
+        .call(
+            reqwest::Method::GET,
+            "/certificates?api-version=2099-01-01",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn create_get_secret_and_bad_input_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let cert = srv
+        .create_self(
+            "web",
+            json!({"kty": "EC", "crv": "P-256"}),
+            "application/x-pem-file",
+        )
+        .await;
+    let cer = STANDARD.decode(cert["cer"].as_str().unwrap()).unwrap();
+    let info = certvault_crypto::parse_certificate(&cer).unwrap();
+    assert_eq!(info.subject, "CN=web.example.test");
+    assert_eq!(info.dns_names, vec!["web.example.test".to_owned()]);
+    let (s, secret) = srv.call(reqwest::Method::GET, "/secrets/web/", None).await;
+    assert_eq!(s, 200);
+    let pem = secret["value"].as_str().unwrap();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
+    let bundle = certvault_crypto::parse_pem(pem.as_bytes()).unwrap();
+    assert_eq!(
+        bundle.key.unwrap().public_key().spki_der(),
+        info.public_key.spki_der()
+    );
+
+    // bad input: each answered in the error shape, and nothing changes
+    let (_, before) = srv
+        .call(reqwest::Method::GET, "/certificates/web/versions", None)
+        .await;
+    let cases: Vec<(reqwest::Method, &str, Value, u16)> = vec![
+        (
+            reqwest::Method::POST,
+            "/certificates/web/create",
+            json!("not an object"),
+            400,
+        ),
+        (
+            reqwest::Method::POST,
+            "/certificates/web/create",
+            json!({"policy": {"key_props": {"kty": "rsa"}}}),
+            400,
+        ),
+        (
+            reqwest::Method::POST,
+            "/certificates/bad_name/create",
+            json!({"policy": {}}),
+            400,
+        ),
+        (
+            reqwest::Method::POST,
+            "/certificates/web/import",
+            json!({"value": "not base64 !!"}),
+            400,
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/certificates/web/policy",
+            json!({"x509_props": {"validity_months": 0}}),
+            400,
+        ),
+        (
+            reqwest::Method::GET,
+            "/certificates?maxresults=26",
+            Value::Null,
+            400,
+        ),
+    ];
+    for (m, path, body, want) in cases {
+        let b = if body.is_null() { None } else { Some(body) };
+        let (s, err) = srv.call(m, path, b).await;
+        assert_eq!(s, want, "{path}: {err}");
+        assert!(
+            err["error"]["code"].is_string() && err["error"]["message"].is_string(),
+            "{err}"
+        );
+    }
+    let (_, after) = srv
+        .call(reqwest::Method::GET, "/certificates/web/versions", None)
+        .await;
+    assert_eq!(before, after);
+    let (_, policy) = srv
+        .call(reqwest::Method::GET, "/certificates/web/policy", None)
+        .await;
+    assert_eq!(policy["x509_props"]["validity_months"], 12);
+
+    // oversize body
+    let big = "x".repeat(300 * 1024);
+    let r = srv
+        .http
+        .post(format!(
+            "{}/certificates/web/import?api-version=7.4",
+            srv.base
+        ))
+        .bearer_auth(&srv.token)
+        .header("content-type", "application/json")
+        .body(format!("{{\"value\":\"{big}\"}}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    srv.stop().await;
+}
+
+fn scan(dir: &Path, needles: &[(String, Vec<u8>)]) {
+    let mut files = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            files.push(p);
+        }
+    }
+    assert!(files.iter().any(|f| f.ends_with("certvault.db")));
+    for f in files {
+        // -wal and -shm files come and go with connections
+        let Ok(data) = std::fs::read(&f) else {
+            continue;
+        };
+        for (what, needle) in needles {
+            assert!(
+                !data.windows(needle.len()).any(|w| w == needle.as_slice()),
+                "{what} found in {}",
+                f.display()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn private_keys_never_reach_the_database_in_plaintext_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let mut needles = Vec::new();
+    let mut secrets = Vec::new();
+    for (name, kp) in [
+        ("rsa", json!({"kty": "RSA", "key_size": 2048})),
+        ("ec", json!({"kty": "EC", "crv": "P-384"})),
+    ] {
+        srv.create_self(name, kp, "application/x-pem-file").await;
+        let (_, s) = srv
+            .call(reqwest::Method::GET, &format!("/secrets/{name}/"), None)
+            .await;
+        let pem = s["value"].as_str().unwrap().to_owned();
+        let key = certvault_crypto::parse_pem(pem.as_bytes())
+            .unwrap()
+            .key
+            .unwrap();
+        let der = key.pkcs8_der().to_vec();
+        let key_pem = certvault_crypto::to_pem(Some(&key), &[]);
+        let body_line = key_pem.lines().nth(1).unwrap().as_bytes().to_vec();
+        needles.push((format!("{name} PKCS#8 DER"), der));
+        needles.push((format!("{name} PEM body line"), body_line));
+        secrets.push((name, pem));
+    }
+    needles.push(("PEM header".into(), b"-----BEGIN PRIVATE KEY-----".to_vec()));
+    // While running (WAL not yet checkpointed) and after stopping.
+    scan(dir.path(), &needles);
+    srv.stop().await;
+    scan(dir.path(), &needles);
+
+    let srv = start(dir.path()).await;
+    for (name, pem) in secrets {
+        let (s, v) = srv
+            .call(reqwest::Method::GET, &format!("/secrets/{name}/"), None)
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(v["value"].as_str().unwrap(), pem);
+    }
+    srv.stop().await;
+}
+
+fn digest_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            out.push((
+                p.display().to_string(),
+                certvault_crypto::sha256(&std::fs::read(&p).unwrap()).to_vec(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn refuses_a_master_key_that_does_not_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    srv.create_self("a", json!({"kty": "EC"}), "application/x-pkcs12")
+        .await;
+    srv.stop().await;
+    let master = dir.path().join("master.key");
+    let original = std::fs::read(&master).unwrap();
+    std::fs::write(&master, format!("{}\n", "ab".repeat(32))).unwrap();
+    let before = digest_files(dir.path());
+    let clock: certvault_core::clock::SharedClock = Arc::new(certvault_core::SystemClock);
+    let err = certvault_server::start(&opts(dir.path()), clock.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("does not match the database"),
+        "{err}"
+    );
+    assert_eq!(
+        before,
+        digest_files(dir.path()),
+        "a refused start must write nothing"
+    );
+
+    std::fs::remove_file(&master).unwrap();
+    let err = certvault_server::start(&opts(dir.path()), clock)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("master key file"), "{err}");
+    assert!(
+        !master.exists(),
+        "no new master key may be created next to an existing database"
+    );
+
+    std::fs::write(&master, original).unwrap();
+    let srv = start(dir.path()).await;
+    let (s, _) = srv
+        .call(reqwest::Method::GET, "/certificates/a/", None)
+        .await;
+    assert_eq!(s, 200);
+    assert!(srv.ca.exists());
+    srv.stop().await;
+}
