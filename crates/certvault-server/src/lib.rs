@@ -135,8 +135,27 @@ impl Started {
     /// Serves until `shutdown` resolves, then stops accepting and lets open requests finish.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let store = self.state.store.clone();
+        let purger = tokio::spawn(purge_loop(self.state.clone()));
         http::serve(self.listener, self.tls, self.state, shutdown).await;
+        purger.abort();
+        let _ = purger.await;
         store.close();
         Ok(())
+    }
+}
+
+/// Purges soft-deleted certificates whose scheduled purge date has passed, at start and then
+/// every ten minutes.
+async fn purge_loop(state: Arc<AppState>) {
+    loop {
+        match state.store.purge_due(state.clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                purged = n,
+                "purged certificates past their scheduled purge date"
+            ),
+            Err(e) => tracing::warn!(error = %e, "scheduled purge failed"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(600)).await;
     }
 }

@@ -1,0 +1,201 @@
+//! The binary end to end: `certvault serve` in a child process, driven by the `certvault cert`
+//! client commands.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_certvault");
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path) -> Server {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--base-domain",
+            "cli.test",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            if let Some(url) = line.strip_prefix("certvault listening on ") {
+                return Server {
+                    child,
+                    url: url.trim().to_owned(),
+                };
+            }
+            seen.push(line);
+        }
+    }
+    panic!("server did not start: {seen:?}");
+}
+
+fn cli(srv: &Server, dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("CERTVAULT_URL", &srv.url)
+        .env("CERTVAULT_TOKEN_FILE", dir.join("admin.token"))
+        .env("CERTVAULT_CACERT", dir.join("tls/ca.pem"))
+        .env_remove("CERTVAULT_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn create_list_download_import_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let srv = serve(&dir);
+    assert!(dir.join("master.key").exists() && dir.join("tls/ca.pem").exists());
+
+    let (ok, out, err) = cli(
+        &srv,
+        &dir,
+        &[
+            "cert",
+            "create",
+            "web",
+            "--subject",
+            "CN=web.example.test",
+            "--dns",
+            "web.example.test",
+            "--key-type",
+            "EC",
+            "--tag",
+            "env=test",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("issuer:      Self") && out.contains("env=test"),
+        "{out}"
+    );
+
+    let (ok, out, err) = cli(&srv, &dir, &["cert", "list", "--json"]);
+    assert!(ok, "{err}");
+    let items: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(items.as_array().unwrap().len(), 1);
+    assert!(
+        items[0]["id"]
+            .as_str()
+            .unwrap()
+            .ends_with("/certificates/web")
+    );
+
+    // download as PFX, then import that PFX under a new name
+    let pfx = tmp.path().join("web.pfx");
+    let (ok, _, err) = cli(
+        &srv,
+        &dir,
+        &[
+            "cert",
+            "download",
+            "web",
+            "--format",
+            "pfx",
+            "--out",
+            pfx.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let bundle = certvault_crypto::parse_pfx(&std::fs::read(&pfx).unwrap(), "").unwrap();
+    assert!(bundle.key.is_some() && bundle.certs.len() == 1);
+    let (ok, out, err) = cli(
+        &srv,
+        &dir,
+        &["cert", "import", "copy", "--file", pfx.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("issuer:      Unknown"), "{out}");
+
+    // the PEM download carries the same key
+    let (ok, pem, err) = cli(&srv, &dir, &["cert", "download", "copy", "--format", "pem"]);
+    assert!(ok, "{err}");
+    let pem_bundle = certvault_crypto::parse_pem(pem.as_bytes()).unwrap();
+    assert_eq!(
+        pem_bundle.key.unwrap().public_key().spki_der(),
+        bundle.key.unwrap().public_key().spki_der()
+    );
+
+    let (ok, out, err) = cli(&srv, &dir, &["cert", "versions", "web"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+
+    let (ok, _, err) = cli(&srv, &dir, &["cert", "delete", "web", "--purge"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&srv, &dir, &["cert", "get", "web"]);
+    assert!(!ok);
+    assert!(err.contains("404 CertificateNotFound"), "{err}");
+
+    // a wrong token is refused with the server's message
+    let out = Command::new(BIN)
+        .args(["cert", "list"])
+        .env("CERTVAULT_URL", &srv.url)
+        .env("CERTVAULT_TOKEN", "wrong")
+        .env("CERTVAULT_CACERT", dir.join("tls/ca.pem"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401 Unauthorized"));
+}
+
+#[test]
+fn serve_refuses_bad_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["serve", "--base-domain", "bad domain"],
+        vec!["serve", "--recoverable-days", "3"],
+        vec!["serve", "--listen", "not-an-address"],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .arg("--data-dir")
+            .arg(tmp.path().join("d"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+    }
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "unknown_key = 1\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
+}
