@@ -159,13 +159,11 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>, request_id: &str) 
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-    {
-        if len
+        && len
             .parse::<usize>()
             .map_or(true, |n| n > state.http.max_body)
-        {
-            return error_response(&too_large(state.http.max_body));
-        }
+    {
+        return error_response(&too_large(state.http.max_body));
     }
     let body = match Limited::new(body, state.http.max_body).collect().await {
         Ok(b) => b.to_bytes(),

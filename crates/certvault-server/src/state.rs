@@ -111,10 +111,10 @@ impl AppState {
 
     /// The vault named `name_key`, with its key, cached after the first load.
     pub async fn vault(&self, name_key: &str) -> ApiResult<Arc<VaultCtx>> {
-        if let Ok(cache) = self.vaults.read() {
-            if let Some(v) = cache.get(name_key) {
-                return Ok(v.clone());
-            }
+        if let Ok(cache) = self.vaults.read()
+            && let Some(v) = cache.get(name_key)
+        {
+            return Ok(v.clone());
         }
         let vault = self.store.vault(name_key).await?.ok_or_else(|| {
             ApiError::not_found(

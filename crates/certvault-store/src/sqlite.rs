@@ -450,10 +450,10 @@ impl SqliteStore {
                 None => open_conn(&inner.path)?,
             };
             let r = f(&conn);
-            if let Ok(mut pool) = inner.readers.lock() {
-                if pool.len() < 16 {
-                    pool.push(conn);
-                }
+            if let Ok(mut pool) = inner.readers.lock()
+                && pool.len() < 16
+            {
+                pool.push(conn);
             }
             r
         })

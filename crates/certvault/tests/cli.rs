@@ -56,6 +56,8 @@ fn serve(dir: &Path) -> Server {
             seen.push(line);
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("server did not start: {seen:?}");
 }
 

@@ -187,12 +187,12 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
             )),
         });
     }
-    if let Some(c) = &existing {
-        if has_pending_op(ctx, c.id).await? {
-            return Err(ApiError::conflict(
-                "A certificate operation is already in progress for this certificate.",
-            ));
-        }
+    if let Some(c) = &existing
+        && has_pending_op(ctx, c.id).await?
+    {
+        return Err(ApiError::conflict(
+            "A certificate operation is already in progress for this certificate.",
+        ));
     }
     let tags = body.tags.as_ref().map(model::tags_json).transpose()?;
     let enabled = body
@@ -203,18 +203,15 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
 
     // The key: reused from the newest version when the policy says so, else a new one.
     let mut reuse = None;
-    if policy.reuse_key() {
-        if let Some(c) = &existing {
-            if let Some((_, v)) = store
-                .cert_version(ctx.vault_id(), &n.key(), false, Which::LatestCompleted)
-                .await?
-            {
-                let k = open_key(ctx, &v)?;
-                if k.alg() == key_alg(&policy) {
-                    reuse = Some(k);
-                }
-                let _ = c;
-            }
+    if policy.reuse_key()
+        && existing.is_some()
+        && let Some((_, v)) = store
+            .cert_version(ctx.vault_id(), &n.key(), false, Which::LatestCompleted)
+            .await?
+    {
+        let k = open_key(ctx, &v)?;
+        if k.alg() == key_alg(&policy) {
+            reuse = Some(k);
         }
     }
     let key = match reuse {
@@ -552,10 +549,10 @@ pub async fn update(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResul
         None => None,
     };
     let a = body.attributes.unwrap_or_default();
-    if let (Some(Some(nbf)), Some(Some(exp))) = (a.nbf, a.exp) {
-        if nbf >= exp {
-            return Err(ApiError::bad("nbf must be before exp."));
-        }
+    if let (Some(Some(nbf)), Some(Some(exp))) = (a.nbf, a.exp)
+        && nbf >= exp
+    {
+        return Err(ApiError::bad("nbf must be before exp."));
     }
     if v.is_pending() && a.enabled == Some(true) {
         return Err(ApiError::bad(

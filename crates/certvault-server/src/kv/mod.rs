@@ -171,11 +171,10 @@ fn api_version_ok(v: &str) -> bool {
         None => (v, None),
     };
     if let Some(rest) = pre {
-        if !(rest.is_empty()
-            || (rest.starts_with('.')
-                && rest.len() > 1
-                && rest[1..].bytes().all(|b| b.is_ascii_digit())))
-        {
+        let digits = rest
+            .strip_prefix('.')
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+        if !(rest.is_empty() || digits) {
             return false;
         }
     }
