@@ -265,8 +265,8 @@ for s in "${STAGES[@]}"; do
   case "$s" in fmt | clippy | test | build | sdk) ;; *) die "unknown stage '$s' (stages: fmt clippy test build sdk)" ;; esac
 done
 
-wanted fmt && run_stage "cargo fmt" cargo fmt --all -- --check
-wanted clippy && run_stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
-wanted test && run_stage "cargo test" cargo test --workspace --locked
-{ wanted build || wanted sdk; } && run_stage "cargo build (certvault)" cargo build --locked -p certvault
-wanted sdk && run_stage "SDK conformance suite (tests/sdk)" run_sdk_suite
+if wanted fmt; then run_stage "cargo fmt" cargo fmt --all -- --check; fi
+if wanted clippy; then run_stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings; fi
+if wanted test; then run_stage "cargo test" cargo test --workspace --locked; fi
+if wanted build || wanted sdk; then run_stage "cargo build (certvault)" cargo build --locked -p certvault; fi
+if wanted sdk; then run_stage "SDK conformance suite (tests/sdk)" run_sdk_suite; fi

@@ -41,6 +41,8 @@ def certvault_bin() -> str:
 
 # Every server started by the suite, so failed tests can attach the server log.
 _SERVERS: list[CertvaultServer] = []
+# (server, exit code on SIGTERM) of the session server, reported in the terminal summary.
+_EXIT_NOTES: list[tuple[CertvaultServer, object]] = []
 
 
 @pytest.fixture(scope="session")
@@ -49,18 +51,18 @@ def server(certvault_bin, request):
     root = Path(tempfile.mkdtemp(prefix="certvault-sdk-"))
     srv = new_server(certvault_bin, root)
     _SERVERS.append(srv)
+    startup_error = None
     try:
         srv.start()
     except Exception as e:  # noqa: BLE001 - report the startup failure with the server's output
-        pytest.fail(str(e), pytrace=False)
+        startup_error = str(e)
+    if startup_error is not None:
+        pytest.fail(startup_error, pytrace=False)
     yield srv
     code = srv.stop()
-    if request.session.testsfailed:
-        print(f"\n===== certvault server log (session server, {srv.log_path}), tail =====\n{srv.log_tail(300)}")
-    else:
+    _EXIT_NOTES.append((srv, code))
+    if not request.session.testsfailed:
         shutil.rmtree(root, ignore_errors=True)
-    if code not in (0, None, -15):
-        print(f"\nnote: certvault exited with code {code} on SIGTERM")
 
 
 @pytest.fixture
@@ -156,3 +158,13 @@ def pytest_runtest_makereport(item, call):
                 if len(lines) > 150:
                     lines = [f"... ({len(lines) - 150} earlier lines cut)"] + lines[-150:]
                 rep.sections.append((f"certvault log during this test ({srv.url})", "\n".join(lines)))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    tr = terminalreporter
+    for srv, code in _EXIT_NOTES:
+        if code not in (0, None, -15):
+            tr.write_line(f"certvault (session server) exited with code {code} on SIGTERM", red=True)
+        if tr.stats.get("failed") or tr.stats.get("error"):
+            tr.section(f"certvault session server log, last 200 lines ({srv.log_path})")
+            tr.write_line(srv.log_tail(200))

@@ -49,7 +49,7 @@ DEFAULT_VAULT = "default"
 CERTS_API = "2026-04-01"
 KEYS_API = "2025-07-01"
 LRO = {"_polling_interval": 0.2}
-STARTUP_TIMEOUT = 30.0
+STARTUP_TIMEOUT = float(os.environ.get("CERTVAULT_STARTUP_TIMEOUT", "30"))
 HTTP_TIMEOUT = 30.0
 
 EKU_SERVER = "1.3.6.1.5.5.7.3.1"
@@ -180,6 +180,9 @@ class CertvaultServer:
         self._log_file.write(f"\n===== start #{self.starts + 1}: {' '.join(self.command())}\n".encode())
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
+        env.setdefault("NO_COLOR", "1")
+        # One debug line per request, so a failing test can show what the server saw.
+        env.setdefault("CERTVAULT_LOG", "info,certvault_server=debug")
         self.proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,

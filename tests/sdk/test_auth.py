@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from urllib.parse import urlparse
 
 import pytest
 import requests
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+from azure.keyvault.keys.crypto import SignatureAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
 
 import support
 from support import DOMAIN, assert_error, describe, ok_json, unique
@@ -193,11 +198,16 @@ def test_vault_host_sees_same_vault_as_ip(server, vault_clients, rsa_cert):
     assert c.id == f"{server.vault_url}/certificates/{rsa_cert.name}/{rsa_cert.properties.version}"
 
 
-def test_vault_host_crypto_and_secrets(server, vault_clients, rsa_cert):
+def test_vault_host_secrets_keys_and_crypto(server, vault_clients, rsa_cert):
     s = vault_clients.secrets.get_secret(rsa_cert.name)
     assert s.id.startswith(f"{server.vault_url}/secrets/{rsa_cert.name}/")
     k = vault_clients.keys.get_key(rsa_cert.name)
     assert k.id == f"{server.vault_url}/keys/{rsa_cert.name}/{rsa_cert.properties.version}"
+    digest = hashlib.sha256(b"vault host").digest()
+    res = vault_clients.crypto(k.id).sign(SignatureAlgorithm.rs256, digest)
+    assert res.key_id == k.id
+    support.load_cer(rsa_cert.cer).public_key().verify(res.signature, digest, padding.PKCS1v15(),
+                                                       asym_utils.Prehashed(hashes.SHA256()))
 
 
 def test_ip_client_ids_use_ip_origin(server, rsa_cert):

@@ -166,6 +166,17 @@ def test_import_pem_with_chain(certs, secrets):
     assert blocks[1][1] == der(leaf) and blocks[2][1] == der(ca)
 
 
+def test_import_preserve_cert_order(certs, api):
+    """preserveCertOrder (7.6+) is stored and returned (§4 import, §5 CertificateBundle)."""
+    name = unique("imp-preserve")
+    ca_key, ca = make_ca(f"{name} CA")
+    key = support.ec_key()
+    leaf = make_leaf(ca_key, ca, name_cn(name), key.public_key())
+    out = certs.import_certificate(name, pem_bundle(key, leaf, [ca]), policy=PEM_POLICY, preserve_order=True)
+    assert out.properties.preserve_order is True
+    assert ok_json(api.get(f"/certificates/{name}/")).get("preserveCertOrder") is True
+
+
 def test_import_pfx_with_chain(certs, secrets):
     name = unique("imp-pfx-chain")
     ca_key, ca = make_ca(f"{name} CA")

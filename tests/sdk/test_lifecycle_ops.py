@@ -165,6 +165,17 @@ def test_merge_raw_returns_201(certs, api, local_ca, server):
     assert body["id"].startswith(f"{server.url}/certificates/{name}/")
 
 
+def test_merge_with_enabled_false_attribute(certs, local_ca):
+    """`enabled` becomes true on merge, or follows attributes.enabled (§6 Issuer Unknown and merge)."""
+    ca_key, ca = local_ca
+    name = unique("merge-disabled")
+    op = begin_unknown(certs, name)
+    leaf = sign_csr(x509.load_der_x509_csr(bytes(op.csr)), ca_key, ca)
+    merged = certs.merge_certificate(name, [der(leaf), der(ca)], enabled=False)
+    assert merged.properties.enabled is False
+    assert certs.get_certificate(name).properties.enabled is False
+
+
 def test_merge_leaf_with_other_key_is_rejected(certs, api, local_ca):
     ca_key, ca = local_ca
     name = unique("merge-wrongkey")
@@ -299,6 +310,9 @@ def test_create_or_import_under_deleted_name_is_409(certs, api):
     assert_error(r, 409, "Conflict", inner="ObjectIsDeletedButRecoverable")
     with pytest.raises(ResourceExistsError):
         certs.import_certificate(name, pem_bundle(key, cert), policy=PEM_POLICY)
+    # names match case-insensitively (§2), so another spelling is the same deleted name
+    r = api.post(f"/certificates/{name.upper()}/create", json={"policy": support.raw_policy(f"CN={name}")})
+    assert_error(r, 409, "Conflict", inner="ObjectIsDeletedButRecoverable")
 
 
 def test_recover_restores_certificate_and_secret(certs, secrets, keys):
@@ -309,6 +323,9 @@ def test_recover_restores_certificate_and_secret(certs, secrets, keys):
     delete(certs, name)
     rec = certs.begin_recover_deleted_certificate(name, **LRO)
     rec.wait(timeout=60)
+    assert rec.done(), "recover poller did not finish"
+    recovered = rec.result()
+    assert recovered.name == name and bytes(recovered.cer) == der(cert)
     got = certs.get_certificate(name)
     assert bytes(got.cer) == der(cert)
     assert got.properties.version == secret_before.properties.version
