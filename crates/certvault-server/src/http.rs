@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -155,31 +155,52 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>, request_id: &str) 
         Some(_) => {}
     }
     let (parts, body) = req.into_parts();
-    if let Some(len) = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        && len
-            .parse::<usize>()
-            .map_or(true, |n| n > state.http.max_body)
-    {
-        return error_response(&too_large(state.http.max_body));
-    }
-    let body = match Limited::new(body, state.http.max_body).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return error_response(&too_large(state.http.max_body));
-            }
-            return error_response(&ApiError::bad("The request body could not be read."));
-        }
+    let body = match read_body(body, state.http.max_body).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
     };
     match crate::kv::dispatch(state, &parts, body, request_id).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     }
+}
+
+/// A request body larger than this is not even drained: the connection is closed instead.
+const DRAIN_CAP: usize = 16 * 1024 * 1024;
+
+/// Reads the body up to `max` bytes. A larger body is drained (up to [`DRAIN_CAP`], within a
+/// time limit) before answering 413, because clients such as Python's `requests` send the whole
+/// body before they read a reply, and would see a broken connection instead of the error.
+async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, ApiError> {
+    use hyper::body::Body as _;
+    if body.size_hint().lower() > DRAIN_CAP as u64 {
+        return Err(too_large(max));
+    }
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| ApiError::bad("The request body could not be read."))?;
+            if let Ok(data) = frame.into_data() {
+                seen = seen.saturating_add(data.len());
+                if seen <= max {
+                    buf.extend_from_slice(&data);
+                } else if seen > DRAIN_CAP {
+                    break;
+                }
+            }
+        }
+        Ok::<(), ApiError>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(30), read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(ApiError::bad("Timed out reading the request body.")),
+    }
+    if seen > max {
+        return Err(too_large(max));
+    }
+    Ok(buf.freeze())
 }
 
 fn too_large(max: usize) -> ApiError {

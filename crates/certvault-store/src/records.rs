@@ -75,6 +75,8 @@ pub struct VersionRecord {
     pub content_type: String,
     /// Whether the private key may be exported.
     pub exportable: bool,
+    /// Whether the chain keeps the order it was imported or merged in.
+    pub preserve_order: bool,
 }
 
 impl VersionRecord {

@@ -13,7 +13,8 @@ use crate::{
     Vault, VersionRecord, VersionUpdate,
 };
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE vaults (
     id INTEGER PRIMARY KEY,
@@ -88,7 +89,11 @@ CREATE TABLE contacts (
     vault_id INTEGER PRIMARY KEY REFERENCES vaults(id),
     body TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE versions ADD COLUMN preserve_order INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 type Job = Box<dyn WriteJob>;
 
@@ -214,7 +219,7 @@ fn now_none<T>(r: Result<T, rusqlite::Error>) -> Result<Option<T>, StoreError> {
 const CERT_COLS: &str = "c.id, c.vault_id, c.name, c.policy, c.policy_created, c.policy_updated, \
      c.created, c.updated, c.deleted_at, c.purge_at";
 const VER_COLS: &str = "v.cert_id, v.version, v.seq, v.created, v.updated, v.enabled, v.nbf, \
-     v.exp, v.tags, v.cer, v.chain, v.key_blob, v.key_ref, v.spki, v.content_type, v.exportable";
+     v.exp, v.tags, v.cer, v.chain, v.key_blob, v.key_ref, v.spki, v.content_type, v.exportable, v.preserve_order";
 const OP_COLS: &str = "cert_id, request_id, version, issuer_name, status, status_details, csr, \
      error, cancellation_requested, created, updated";
 
@@ -258,6 +263,7 @@ fn ver_row(r: &Row<'_>, o: usize) -> rusqlite::Result<VersionRecord> {
         spki: r.get(o + 13)?,
         content_type: r.get(o + 14)?,
         exportable: r.get(o + 15)?,
+        preserve_order: r.get(o + 16)?,
     })
 }
 
@@ -298,8 +304,8 @@ fn insert_version(conn: &Connection, cert_id: i64, v: &VersionRecord) -> Result<
     )?;
     conn.prepare_cached(
         "INSERT INTO versions (cert_id, version, seq, created, updated, enabled, nbf, exp, tags, \
-         cer, chain, key_blob, key_ref, spki, content_type, exportable) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+         cer, chain, key_blob, key_ref, spki, content_type, exportable, preserve_order) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?
     .execute(params![
         cert_id,
@@ -317,7 +323,8 @@ fn insert_version(conn: &Connection, cert_id: i64, v: &VersionRecord) -> Result<
         v.key_ref,
         v.spki,
         v.content_type,
-        v.exportable
+        v.exportable,
+        v.preserve_order
     ])?;
     Ok(seq)
 }
@@ -1180,6 +1187,7 @@ mod tests {
             spki: vec![7],
             content_type: "application/x-pkcs12".into(),
             exportable: true,
+            preserve_order: false,
         }
     }
 

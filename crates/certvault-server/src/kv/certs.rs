@@ -142,6 +142,8 @@ fn map_store(n: &ObjectName) -> impl Fn(StoreError) -> ApiError + '_ {
 #[derive(Deserialize)]
 struct CreateBody {
     policy: Option<PolicyIn>,
+    #[serde(rename = "preserveCertOrder")]
+    preserve: Option<bool>,
     attributes: Option<AttributesIn>,
     tags: Option<Map<String, Value>>,
 }
@@ -253,6 +255,7 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
             spki,
             content_type,
             exportable,
+            preserve_order: body.preserve.unwrap_or(false),
         };
         let op = OperationRecord {
             cert_id: 0,
@@ -291,6 +294,7 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
             spki,
             content_type,
             exportable,
+            preserve_order: body.preserve.unwrap_or(false),
         };
         let op = OperationRecord {
             cert_id: 0,
@@ -346,6 +350,8 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
 #[derive(Deserialize)]
 struct ImportBody {
     value: String,
+    #[serde(rename = "preserveCertOrder")]
+    preserve: Option<bool>,
     pwd: Option<String>,
     policy: Option<PolicyIn>,
     attributes: Option<AttributesIn>,
@@ -451,7 +457,7 @@ pub async fn import(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         return Err(ApiError::bad("The imported content holds no certificate."));
     }
     let public = key.public_key();
-    let chain = certvault_crypto::order_chain(Some(&public), bundle.certs)?;
+    let chain = arrange(&public, bundle.certs, body.preserve.unwrap_or(false))?;
     let (leaf, rest) = chain
         .split_first()
         .ok_or_else(|| ApiError::bad("The imported content holds no certificate."))?;
@@ -496,6 +502,7 @@ pub async fn import(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         spki: public.spki_der().to_vec(),
         content_type: policy.content_type().as_str().to_owned(),
         exportable: policy.exportable(),
+        preserve_order: body.preserve.unwrap_or(false),
     };
     let policy_json = serde_json::to_string(&policy).map_err(|e| ApiError::internal(&e))?;
     let (cert, v) = store
@@ -725,7 +732,7 @@ fn pending_not_found(n: &ObjectName) -> ApiError {
 }
 
 async fn op_of(ctx: &Ctx<'_>, n: &ObjectName) -> ApiResult<(CertRecord, OperationRecord)> {
-    let cert = live_cert(ctx, n).await?;
+    let cert = live_cert(ctx, n).await.map_err(|_| pending_not_found(n))?;
     let op = ctx
         .state
         .store
@@ -798,6 +805,29 @@ struct MergeBody {
     tags: Option<Map<String, Value>>,
 }
 
+/// Puts the certificate of `key` first. The others follow in issuing order, or, with
+/// `preserve` (the client's `preserveCertOrder`), in the order they were given.
+fn arrange(key: &PublicKey, certs: Vec<Vec<u8>>, preserve: bool) -> ApiResult<Vec<Vec<u8>>> {
+    if !preserve {
+        return Ok(certvault_crypto::order_chain(Some(key), certs)?);
+    }
+    let mut leaf = None;
+    let mut rest = Vec::with_capacity(certs.len());
+    for c in certs {
+        let info = certvault_crypto::parse_certificate(&c)?;
+        if leaf.is_none() && info.public_key.spki_der() == key.spki_der() {
+            leaf = Some(c);
+        } else {
+            rest.push(c);
+        }
+    }
+    let mut out = vec![leaf.ok_or_else(|| {
+        ApiError::bad("Public key from x509 certificate and key of this instance doesn't match")
+    })?];
+    out.extend(rest);
+    Ok(out)
+}
+
 fn decode_x5c(items: &[String]) -> ApiResult<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     for s in items {
@@ -829,7 +859,7 @@ pub async fn merge(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     let (_, v) = live(ctx, &n, Some(&op.version)).await?;
     let certs = decode_x5c(&body.x5c)?;
     let key = PublicKey::from_spki_der(&v.spki).map_err(|e| ApiError::internal(&e))?;
-    let chain = certvault_crypto::order_chain(Some(&key), certs)?;
+    let chain = arrange(&key, certs, v.preserve_order)?;
     let (leaf, rest) = chain
         .split_first()
         .ok_or_else(|| ApiError::bad("x5c holds no certificate."))?;
@@ -970,6 +1000,7 @@ pub async fn backup(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
             "chain": v.chain.iter().map(|c| model::b64(c)).collect::<Vec<_>>(), "key": key,
             "key_ref": v.key_ref, "spki": model::b64(&v.spki), "content_type": v.content_type,
             "exportable": v.exportable,
+            "preserve_order": v.preserve_order,
         }));
     }
     let doc = json!({
@@ -999,6 +1030,8 @@ struct BackupVersion {
     spki: String,
     content_type: String,
     exportable: bool,
+    #[serde(default)]
+    preserve_order: bool,
 }
 
 #[derive(Deserialize)]
@@ -1077,6 +1110,7 @@ pub async fn restore(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
             spki: model::from_b64(&bv.spki, "spki").map_err(|_| bad())?,
             content_type: bv.content_type.clone(),
             exportable: bv.exportable,
+            preserve_order: bv.preserve_order,
         });
     }
     let cert = CertRecord {

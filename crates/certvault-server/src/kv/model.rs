@@ -157,7 +157,7 @@ pub fn bundle(
     let mut b = json!({
         "id": format!("{}/certificates/{}/{}", ctx.base, cert.name, v.version),
         "attributes": attributes(ctx, v),
-        "preserveCertOrder": false,
+        "preserveCertOrder": v.preserve_order,
     });
     if let Some(cer) = &v.cer {
         b["kid"] = json!(format!("{}/keys/{}/{}", ctx.base, cert.name, v.version));
