@@ -351,6 +351,14 @@ fn replace_operation(conn: &Connection, op: &OperationRecord) -> Result<(), Stor
     Ok(())
 }
 
+fn get_operation(conn: &Connection, cert_id: i64) -> Result<Option<OperationRecord>, StoreError> {
+    now_none(conn.query_row(
+        &format!("SELECT {OP_COLS} FROM operations WHERE cert_id = ?1"),
+        [cert_id],
+        op_row,
+    ))
+}
+
 fn get_cert_by_id(conn: &Connection, id: i64) -> Result<CertRecord, StoreError> {
     now_none(conn.query_row(
         &format!("SELECT {CERT_COLS} FROM certificates c WHERE c.id = ?1"),
@@ -657,14 +665,7 @@ impl SqliteStore {
 
     /// The operation of a certificate.
     pub async fn operation(&self, cert_id: i64) -> Result<Option<OperationRecord>, StoreError> {
-        self.read(move |c| {
-            now_none(c.query_row(
-                &format!("SELECT {OP_COLS} FROM operations WHERE cert_id = ?1"),
-                [cert_id],
-                op_row,
-            ))
-        })
-        .await
+        self.read(move |c| get_operation(c, cert_id)).await
     }
 
     /// Everything about a certificate, for backup.
@@ -852,12 +853,7 @@ impl SqliteStore {
     ) -> Result<OperationRecord, StoreError> {
         let status = status.to_owned();
         self.write(move |c| {
-            let op = now_none(c.query_row(
-                &format!("SELECT {OP_COLS} FROM operations WHERE cert_id = ?1"),
-                [cert_id],
-                op_row,
-            ))?
-            .ok_or(StoreError::NotFound)?;
+            let op = get_operation(c, cert_id)?.ok_or(StoreError::NotFound)?;
             if op.status != "inProgress" {
                 return Err(StoreError::Conflict(Conflict::State));
             }
@@ -877,12 +873,7 @@ impl SqliteStore {
                 "DELETE FROM versions WHERE cert_id = ?1 AND version = ?2 AND cer IS NULL",
                 params![cert_id, op.version],
             )?;
-            now_none(c.query_row(
-                &format!("SELECT {OP_COLS} FROM operations WHERE cert_id = ?1"),
-                [cert_id],
-                op_row,
-            ))?
-            .ok_or(StoreError::NotFound)
+            get_operation(c, cert_id)?.ok_or(StoreError::NotFound)
         })
         .await
     }
@@ -891,12 +882,7 @@ impl SqliteStore {
     /// Returns the removed operation.
     pub async fn delete_operation(&self, cert_id: i64) -> Result<OperationRecord, StoreError> {
         self.write(move |c| {
-            let op = now_none(c.query_row(
-                &format!("SELECT {OP_COLS} FROM operations WHERE cert_id = ?1"),
-                [cert_id],
-                op_row,
-            ))?
-            .ok_or(StoreError::NotFound)?;
+            let op = get_operation(c, cert_id)?.ok_or(StoreError::NotFound)?;
             c.execute("DELETE FROM operations WHERE cert_id = ?1", [cert_id])?;
             c.execute(
                 "DELETE FROM versions WHERE cert_id = ?1 AND version = ?2 AND cer IS NULL",

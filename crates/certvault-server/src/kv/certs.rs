@@ -231,87 +231,64 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     let content_type = policy.content_type().as_str().to_owned();
     let exportable = policy.exportable();
 
-    let (record, op) = if issuer == ISSUER_SELF {
+    // A version and an operation as for issuer Unknown: pending, with a CSR. Self signs at
+    // once and completes both.
+    let mut record = VersionRecord {
+        cert_id: 0,
+        version: version.as_str().to_owned(),
+        seq: 0,
+        created: now,
+        updated: now,
+        enabled: false,
+        nbf: None,
+        exp: None,
+        tags,
+        cer: None,
+        chain: vec![],
+        key_blob: Some(sealed),
+        key_ref: None,
+        spki,
+        content_type,
+        exportable,
+        preserve_order: body.preserve.unwrap_or(false),
+    };
+    let mut op = OperationRecord {
+        cert_id: 0,
+        request_id,
+        version: version.as_str().to_owned(),
+        issuer_name: issuer.clone(),
+        status: "inProgress".into(),
+        status_details:
+            "Pending certificate created. Please Perform Merge to complete the request.".into(),
+        csr: None,
+        error: None,
+        cancellation_requested: false,
+        created: now,
+        updated: now,
+    };
+    if issuer == ISSUER_SELF {
         let nbf = now - 600;
         let exp = model::add_months(now, policy.validity_months());
         let params = cert_params(&policy, nbf, exp)?;
         let der =
             blocking(move || certvault_crypto::self_signed(&key, &params).map_err(ApiError::from))
                 .await?;
-        let rec = VersionRecord {
-            cert_id: 0,
-            version: version.as_str().to_owned(),
-            seq: 0,
-            created: now,
-            updated: now,
-            enabled,
-            nbf: Some(nbf),
-            exp: Some(exp),
-            tags,
-            cer: Some(der),
-            chain: vec![],
-            key_blob: Some(sealed),
-            key_ref: None,
-            spki,
-            content_type,
-            exportable,
-            preserve_order: body.preserve.unwrap_or(false),
-        };
-        let op = OperationRecord {
-            cert_id: 0,
-            request_id,
-            version: version.as_str().to_owned(),
-            issuer_name: issuer.clone(),
-            status: "completed".into(),
-            status_details: String::new(),
-            csr: None,
-            error: None,
-            cancellation_requested: false,
-            created: now,
-            updated: now,
-        };
-        (rec, op)
+        record.cer = Some(der);
+        record.enabled = enabled;
+        record.nbf = Some(nbf);
+        record.exp = Some(exp);
+        op.status = "completed".into();
+        op.status_details = String::new();
     } else {
-        let nbf = now;
-        let exp = model::add_months(now, policy.validity_months());
-        let params = cert_params(&policy, nbf, exp)?;
+        let params = cert_params(
+            &policy,
+            now,
+            model::add_months(now, policy.validity_months()),
+        )?;
         let csr =
             blocking(move || certvault_crypto::csr(&key, &params).map_err(ApiError::from)).await?;
-        let rec = VersionRecord {
-            cert_id: 0,
-            version: version.as_str().to_owned(),
-            seq: 0,
-            created: now,
-            updated: now,
-            enabled: false,
-            nbf: None,
-            exp: None,
-            tags,
-            cer: None,
-            chain: vec![],
-            key_blob: Some(sealed),
-            key_ref: None,
-            spki,
-            content_type,
-            exportable,
-            preserve_order: body.preserve.unwrap_or(false),
-        };
-        let op = OperationRecord {
-            cert_id: 0,
-            request_id,
-            version: version.as_str().to_owned(),
-            issuer_name: issuer.clone(),
-            status: "inProgress".into(),
-            status_details:
-                "Pending certificate created. Please Perform Merge to complete the request.".into(),
-            csr: Some(csr),
-            error: None,
-            cancellation_requested: false,
-            created: now,
-            updated: now,
-        };
-        (rec, op)
-    };
+        op.csr = Some(csr);
+    }
     let policy_json = serde_json::to_string(&policy).map_err(|e| ApiError::internal(&e))?;
     let (cert, _) = store
         .add_version(
@@ -613,33 +590,26 @@ pub async fn list(ctx: &Ctx<'_>, deleted: bool) -> ApiResult<Response<Body>> {
         .store
         .list_certificates(ctx.vault_id(), deleted, after, max + 1, include_pending)
         .await?;
-    let more = rows.len() > max;
-    let mut items = Vec::with_capacity(max);
-    for (c, v) in rows.iter().take(max) {
+    let path = if deleted {
+        "/deletedcertificates"
+    } else {
+        "/certificates"
+    };
+    let extra: &[(&str, &str)] = if include_pending {
+        &[("includePending", "true")]
+    } else {
+        &[]
+    };
+    let item = |(c, v): &(CertRecord, VersionRecord)| {
         let mut i = model::item(ctx, c, v, false);
         if deleted {
             model::add_deleted(ctx, c, &mut i);
         }
-        items.push(i);
-    }
-    let next = if more {
-        rows.get(max - 1).map(|(c, _)| {
-            let path = if deleted {
-                "/deletedcertificates"
-            } else {
-                "/certificates"
-            };
-            let extra: &[(&str, &str)] = if include_pending {
-                &[("includePending", "true")]
-            } else {
-                &[]
-            };
-            ctx.next_link(path, &SqliteStore::name_key(c), max, extra)
-        })
-    } else {
-        None
+        Some(i)
     };
-    ok(&json!({"value": items, "nextLink": next}))
+    Ok(super::page(ctx, path, &rows, max, extra, item, |(c, _)| {
+        SqliteStore::name_key(c)
+    }))
 }
 
 /// GET /certificates/{n}/versions
@@ -664,25 +634,11 @@ pub async fn versions(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         .store
         .list_versions(cert.id, after, max + 1)
         .await?;
-    let more = rows.len() > max;
-    let items: Vec<Value> = rows
-        .iter()
-        .take(max)
-        .map(|v| model::item(ctx, &cert, v, true))
-        .collect();
-    let next = if more {
-        rows.get(max - 1).map(|v| {
-            ctx.next_link(
-                &format!("/certificates/{}/versions", cert.name),
-                &v.seq.to_string(),
-                max,
-                &[],
-            )
-        })
-    } else {
-        None
-    };
-    ok(&json!({"value": items, "nextLink": next}))
+    let path = format!("/certificates/{}/versions", cert.name);
+    let item = |v: &VersionRecord| Some(model::item(ctx, &cert, v, true));
+    Ok(super::page(ctx, &path, &rows, max, &[], item, |v| {
+        v.seq.to_string()
+    }))
 }
 
 async fn live_cert(ctx: &Ctx<'_>, n: &ObjectName) -> ApiResult<CertRecord> {

@@ -206,27 +206,19 @@ pub async fn list(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
         .store
         .list_issuers(ctx.vault_id(), after, max + 1)
         .await?;
-    let more = rows.len() > max;
-    let items: Vec<Value> = rows
-        .iter()
-        .take(max)
-        .map(|r| json!({"id": format!("{}/certificates/issuers/{}", ctx.base, r.name), "provider": r.provider}))
-        .collect();
-    let next = if more {
-        rows.get(max - 1).map(|r| {
-            ctx.next_link(
-                "/certificates/issuers",
-                &r.name.to_ascii_lowercase(),
-                max,
-                &[],
-            )
-        })
-    } else {
-        None
+    let item = |r: &IssuerRecord| {
+        Some(
+            json!({"id": format!("{}/certificates/issuers/{}", ctx.base, r.name), "provider": r.provider}),
+        )
     };
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"value": items, "nextLink": next}),
+    Ok(super::page(
+        ctx,
+        "/certificates/issuers",
+        &rows,
+        max,
+        &[],
+        item,
+        |r| r.name.to_ascii_lowercase(),
     ))
 }
 

@@ -110,6 +110,30 @@ impl Ctx<'_> {
     }
 }
 
+/// Answers one page of a collection at `path`. `rows` holds up to `max + 1` rows: the extra
+/// row only tells that more follow, and `cursor` of the last row shown becomes `$skiptoken`.
+pub fn page<T>(
+    ctx: &Ctx<'_>,
+    path: &str,
+    rows: &[T],
+    max: usize,
+    extra: &[(&str, &str)],
+    item: impl Fn(&T) -> Option<serde_json::Value>,
+    cursor: impl Fn(&T) -> String,
+) -> Response<Body> {
+    let items: Vec<serde_json::Value> = rows.iter().take(max).filter_map(item).collect();
+    let next = if rows.len() > max {
+        rows.get(max - 1)
+            .map(|last| ctx.next_link(path, &cursor(last), max, extra))
+    } else {
+        None
+    };
+    crate::http::json(
+        StatusCode::OK,
+        &serde_json::json!({"value": items, "nextLink": next}),
+    )
+}
+
 /// Serde messages can quote input; keep them short and on one line.
 fn sanitize_serde(msg: &str) -> String {
     certvault_core::names::truncate(&msg.replace(['\n', '\r'], " "), 200)

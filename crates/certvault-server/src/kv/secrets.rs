@@ -169,22 +169,15 @@ pub async fn list_objects(
         .store
         .list_certificates(ctx.vault_id(), false, after, max + 1, false)
         .await?;
-    let more = rows.len() > max;
-    let items: Vec<Value> = rows
-        .iter()
-        .take(max)
-        .map(|(c, v)| render(ctx, c, v, false))
-        .collect();
-    let next = if more {
-        rows.get(max - 1).map(|(c, _)| {
-            ctx.next_link(&format!("/{kind}"), &c.name.to_ascii_lowercase(), max, &[])
-        })
-    } else {
-        None
-    };
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"value": items, "nextLink": next}),
+    let item = |(c, v): &(CertRecord, VersionRecord)| Some(render(ctx, c, v, false));
+    Ok(super::page(
+        ctx,
+        &format!("/{kind}"),
+        &rows,
+        max,
+        &[],
+        item,
+        |(c, _)| c.name.to_ascii_lowercase(),
     ))
 }
 
@@ -216,29 +209,11 @@ pub async fn list_object_versions(
         .store
         .list_versions(cert.id, after, max + 1)
         .await?;
-    let more = rows.len() > max;
-    let items: Vec<Value> = rows
-        .iter()
-        .take(max)
-        .filter(|v| !v.is_pending())
-        .map(|v| render(ctx, &cert, v, true))
-        .collect();
-    let next = if more {
-        rows.get(max - 1).map(|v| {
-            ctx.next_link(
-                &format!("/{kind}/{}/versions", cert.name),
-                &v.seq.to_string(),
-                max,
-                &[],
-            )
-        })
-    } else {
-        None
-    };
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"value": items, "nextLink": next}),
-    ))
+    let path = format!("/{kind}/{}/versions", cert.name);
+    let item = |v: &VersionRecord| (!v.is_pending()).then(|| render(ctx, &cert, v, true));
+    Ok(super::page(ctx, &path, &rows, max, &[], item, |v| {
+        v.seq.to_string()
+    }))
 }
 
 /// GET /secrets/{n}/versions
