@@ -267,6 +267,8 @@ done
 
 if wanted fmt; then run_stage "cargo fmt" cargo fmt --all -- --check; fi
 if wanted clippy; then run_stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings; fi
+# Rust tests that cross-check with Python's cryptography use the venv's interpreter.
+export CERTVAULT_TEST_PYTHON="$PY"
 if wanted test; then run_stage "cargo test" cargo test --workspace --locked; fi
 if wanted build || wanted sdk; then run_stage "cargo build (certvault)" cargo build --locked -p certvault; fi
 if wanted sdk; then run_stage "SDK conformance suite (tests/sdk)" run_sdk_suite; fi

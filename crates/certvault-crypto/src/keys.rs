@@ -148,8 +148,11 @@ impl PublicKey {
         let n = strip(n.content);
         let e = strip(e.content);
         let first = *n.first().ok_or_else(bad)?;
-        if e.is_empty() || e == [1] {
+        if e.is_empty() || e == [1] || e.len() > n.len() {
             return Err(bad());
+        }
+        if n.len() > 2048 {
+            return Err(CryptoError::unsupported("RSA keys longer than 16384 bits"));
         }
         let bits = (n.len() as u32) * 8 - first.leading_zeros();
         let pkcs1 = asn1::seq(&[&asn1::uint(&n), &asn1::uint(&e)]);

@@ -8,14 +8,17 @@
 
 use std::net::IpAddr;
 
+use aws_lc_rs::signature;
+use certvault_core::policy::Curve;
 use certvault_core::policy::KeyUsage;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
+use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::asn1;
-use crate::keys::{PrivateKey, PublicKey};
+use crate::keys::{KeyAlg, PrivateKey, PublicKey};
 use crate::{CryptoError, random_bytes, sha1};
 
 const OID_SAN: &str = "2.5.29.17";
@@ -616,20 +619,54 @@ pub fn parse_certificate(der: &[u8]) -> Result<CertInfo, CryptoError> {
     Ok(info)
 }
 
-/// Verifies that `cert_der` carries a valid signature by the key of `issuer_der`.
-/// `Ok(false)` for a wrong signature or an unsupported signature algorithm; an error only for
-/// unparseable input.
+/// Checks `cert`'s signature against `issuer_spki`. ECDSA is verified here for every
+/// P-256/384/521 × SHA-256/384/512 combination (x509-parser 0.18 lacks P-521 and
+/// ecdsa-with-SHA512); RSA PKCS#1 v1.5 (SHA-1 legacy, SHA-256/384/512) and RSA-PSS are delegated to
+/// x509-parser's aws-lc-rs verifier.
+fn signature_ok(cert: &X509Certificate<'_>, issuer_spki: &SubjectPublicKeyInfo<'_>) -> bool {
+    let hash = match cert.signature_algorithm.algorithm.to_id_string().as_str() {
+        "1.2.840.10045.4.3.2" => 256,
+        "1.2.840.10045.4.3.3" => 384,
+        "1.2.840.10045.4.3.4" => 512,
+        _ => return cert.verify_signature(Some(issuer_spki)).is_ok(),
+    };
+    let Ok(pk) = PublicKey::from_spki_der(issuer_spki.raw) else {
+        return false;
+    };
+    let alg: &signature::EcdsaVerificationAlgorithm = match (pk.alg(), hash) {
+        (KeyAlg::Ec(Curve::P256), 256) => &signature::ECDSA_P256_SHA256_ASN1,
+        (KeyAlg::Ec(Curve::P256), 384) => &signature::ECDSA_P256_SHA384_ASN1,
+        (KeyAlg::Ec(Curve::P256), _) => &signature::ECDSA_P256_SHA512_ASN1,
+        (KeyAlg::Ec(Curve::P384), 256) => &signature::ECDSA_P384_SHA256_ASN1,
+        (KeyAlg::Ec(Curve::P384), 384) => &signature::ECDSA_P384_SHA384_ASN1,
+        (KeyAlg::Ec(Curve::P384), _) => &signature::ECDSA_P384_SHA512_ASN1,
+        (KeyAlg::Ec(Curve::P521), 256) => &signature::ECDSA_P521_SHA256_ASN1,
+        (KeyAlg::Ec(Curve::P521), 384) => &signature::ECDSA_P521_SHA384_ASN1,
+        (KeyAlg::Ec(Curve::P521), _) => &signature::ECDSA_P521_SHA512_ASN1,
+        _ => return false,
+    };
+    signature::UnparsedPublicKey::new(alg, &issuer_spki.subject_public_key.data)
+        .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
+        .is_ok()
+}
+
+/// Verifies that `cert_der` carries a valid signature by the key of `issuer_der` (pass the same
+/// certificate twice to check a self-signature). `Ok(false)` for a wrong signature or an
+/// unsupported signature algorithm; an error only for unparseable input.
+///
+/// Supported: ECDSA with SHA-256/384/512 on P-256/384/521; RSA PKCS#1 v1.5 with SHA-256/384/512
+/// (2048–8192-bit keys) and SHA-1 (legacy, 1024–8192); RSA-PSS with SHA-256/384/512.
 pub fn verify_signed_by(cert_der: &[u8], issuer_der: &[u8]) -> Result<bool, CryptoError> {
     let cert = parse_x509(cert_der)?;
     let issuer = parse_x509(issuer_der)?;
-    Ok(cert.verify_signature(Some(issuer.public_key())).is_ok())
+    Ok(signature_ok(&cert, issuer.public_key()))
 }
 
 /// Orders a set of certificates as a chain: leaf first, then each issuer in turn.
 ///
 /// The leaf is the certificate whose public key matches `key` when a key is given (no match →
-/// [`CryptoError::KeyMismatch`]); otherwise the first certificate (in input order) that issued
-/// no other certificate in the set. Issuers are found by name (issuer DN = subject DN), preferring
+/// [`CryptoError::KeyMismatch`]); otherwise a certificate that issued no other certificate in the
+/// set, preferring (in input order) a non-CA, non-self-issued one. Issuers are found by name (issuer DN = subject DN), preferring
 /// a certificate whose signature verifies when several match. Exact duplicates are dropped.
 /// Certificates that are not part of the leaf's chain are kept, in input order, after it.
 /// Any unparseable certificate → [`CryptoError::Malformed`].
@@ -662,9 +699,26 @@ pub fn order_chain(
                 PublicKey::from_spki_der(parsed[i].public_key().raw).is_ok_and(|pk| &pk == k)
             })
             .ok_or(CryptoError::KeyMismatch)?,
-        None => (0..parsed.len())
-            .find(|&i| !(0..parsed.len()).any(|j| issued(i, j)))
-            .unwrap_or(0),
+        None => {
+            // Certificates that issued none of the others; prefer an end-entity certificate,
+            // then any non-self-issued one, then the first.
+            let tops: Vec<usize> = (0..parsed.len())
+                .filter(|&i| !(0..parsed.len()).any(|j| issued(i, j)))
+                .collect();
+            let is_ca = |i: usize| {
+                parsed[i]
+                    .basic_constraints()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|bc| bc.value.ca)
+            };
+            tops.iter()
+                .copied()
+                .find(|&i| !self_issued(i) && !is_ca(i))
+                .or_else(|| tops.iter().copied().find(|&i| !self_issued(i)))
+                .or_else(|| tops.first().copied())
+                .unwrap_or(0)
+        }
     };
 
     let mut order = vec![leaf];
@@ -679,11 +733,7 @@ pub fn order_chain(
         let next = candidates
             .iter()
             .copied()
-            .find(|&i| {
-                parsed[current]
-                    .verify_signature(Some(parsed[i].public_key()))
-                    .is_ok()
-            })
+            .find(|&i| signature_ok(&parsed[current], parsed[i].public_key()))
             .or_else(|| candidates.first().copied());
         match next {
             Some(n) => {

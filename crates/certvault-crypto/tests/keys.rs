@@ -75,14 +75,19 @@ fn ec_jwk_keeps_leading_zero_bytes() {
     let mut saw_zero = false;
     for _ in 0..600 {
         let k = PrivateKey::generate(KeyAlg::Ec(Curve::P256)).unwrap();
-        let Jwk::Ec { x, y, .. } = k.public_key().jwk() else { panic!() };
+        let Jwk::Ec { x, y, .. } = k.public_key().jwk() else {
+            panic!()
+        };
         assert_eq!((x.len(), y.len()), (32, 32));
         saw_zero |= x[0] == 0 || y[0] == 0;
         if saw_zero {
             break;
         }
     }
-    assert!(saw_zero, "600 keys without a leading zero byte is astronomically unlikely");
+    assert!(
+        saw_zero,
+        "600 keys without a leading zero byte is astronomically unlikely"
+    );
 }
 
 #[test]
@@ -108,8 +113,14 @@ fn import_pkcs8_pkcs1_sec1_fixtures() {
 
 #[test]
 fn import_rejects_garbage_and_foreign_keys() {
-    assert!(matches!(PrivateKey::from_pkcs8_der(b"nope"), Err(CryptoError::Malformed(_))));
-    assert!(matches!(PublicKey::from_spki_der(b"\x30\x00"), Err(CryptoError::Malformed(_))));
+    assert!(matches!(
+        PrivateKey::from_pkcs8_der(b"nope"),
+        Err(CryptoError::Malformed(_))
+    ));
+    assert!(matches!(
+        PublicKey::from_spki_der(b"\x30\x00"),
+        Err(CryptoError::Malformed(_))
+    ));
     // Ed25519 PKCS#8 (RFC 8410 example).
     let ed = [
         0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,

@@ -10,7 +10,9 @@ use certvault_crypto::{CertParams, KeyAlg, KeyUsage, PrivateKey};
 pub const FIXTURE_PASS: &str = "Fixture-Pass1";
 
 pub fn fixture_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {
@@ -52,7 +54,11 @@ pub fn ca_params(subject: &str) -> CertParams {
     let nb = now() - 60;
     CertParams {
         subject: subject.to_string(),
-        key_usage: vec![KeyUsage::KeyCertSign, KeyUsage::CrlSign, KeyUsage::DigitalSignature],
+        key_usage: vec![
+            KeyUsage::KeyCertSign,
+            KeyUsage::CrlSign,
+            KeyUsage::DigitalSignature,
+        ],
         is_ca: true,
         not_before: nb,
         not_after: nb + 10 * 365 * 86400,
@@ -60,20 +66,37 @@ pub fn ca_params(subject: &str) -> CertParams {
     }
 }
 
-pub fn openssl_available() -> bool {
-    Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success())
+/// Fails the test loudly when the openssl CLI is missing (the test command installs it).
+pub fn require_openssl() {
+    let ok = Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "the openssl CLI is required: run scripts/test-all.sh, which installs it");
 }
 
-pub fn python_cryptography_available() -> bool {
-    Command::new("python3")
+/// The Python interpreter with `cryptography`: `CERTVAULT_TEST_PYTHON` (set by the test
+/// command to its venv), else `python3`.
+pub fn python_bin() -> String {
+    std::env::var("CERTVAULT_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// Fails the test loudly when Python's `cryptography` package is missing.
+pub fn require_python_cryptography() {
+    let ok = Command::new(python_bin())
         .args(["-c", "import cryptography"])
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "Python with the cryptography package is required: run scripts/test-all.sh (it sets \
+         CERTVAULT_TEST_PYTHON to its venv), or set CERTVAULT_TEST_PYTHON"
+    );
 }
 
 /// Runs `python3 -c script` with `stdin` piped in; returns (success, stdout+stderr).
 pub fn python(script: &str, stdin: &[u8]) -> (bool, String) {
-    let mut child = Command::new("python3")
+    let mut child = Command::new(python_bin())
         .args(["-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
