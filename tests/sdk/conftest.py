@@ -128,6 +128,17 @@ def rsa_cert(certs):
 
 
 @pytest.fixture(scope="session")
+def rsa_enc_cert(certs):
+    """A Self-issued RSA-2048 certificate whose key usage adds dataEncipherment, so its key
+    allows encrypt and decrypt as well (the seed's key-usage table)."""
+    from azure.keyvault.certificates import KeyUsageType
+    name = support.unique("shared-rsa-enc")
+    usage = [KeyUsageType.digital_signature, KeyUsageType.key_encipherment, KeyUsageType.data_encipherment]
+    policy = support.self_policy(f"CN={name}.example.test", dns=[f"{name}.example.test"], key_usage=usage)
+    return certs.begin_create_certificate(name, policy, **support.LRO).result(timeout=60)
+
+
+@pytest.fixture(scope="session")
 def ec_cert(certs):
     """A Self-issued EC P-256 certificate (PEM secret) shared by read-only tests."""
     name = support.unique("shared-ec")

@@ -188,32 +188,32 @@ def test_crypto_client_on_unversioned_kid(clients, rsa_cert):
     rsa_pub(rsa_cert).verify(sig, digest, padding.PKCS1v15(), asym_utils.Prehashed(hashes.SHA256()))
 
 
-def test_rsa_oaep_decrypt_on_service(clients, rsa_cert):
+def test_rsa_oaep_decrypt_on_service(clients, rsa_enc_cert):
     plaintext = b"secret message for RSA-OAEP"
-    ct = rsa_pub(rsa_cert).encrypt(plaintext, padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None))
-    res = clients.crypto(rsa_cert.key_id).decrypt(EncryptionAlgorithm.rsa_oaep, ct)
+    ct = rsa_pub(rsa_enc_cert).encrypt(plaintext, padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None))
+    res = clients.crypto(rsa_enc_cert.key_id).decrypt(EncryptionAlgorithm.rsa_oaep, ct)
     assert res.plaintext == plaintext
 
 
-def test_rsa_oaep_encrypt_decrypt_roundtrip(clients, rsa_cert):
-    crypto = clients.crypto(rsa_cert.key_id)
+def test_rsa_oaep_encrypt_decrypt_roundtrip(clients, rsa_enc_cert):
+    crypto = clients.crypto(rsa_enc_cert.key_id)
     ct = crypto.encrypt(EncryptionAlgorithm.rsa_oaep, b"roundtrip").ciphertext
     assert crypto.decrypt(EncryptionAlgorithm.rsa_oaep, ct).plaintext == b"roundtrip"
 
 
-def test_rsa_oaep256_encrypt_decrypt_on_service_raw(api, clients, rsa_cert):
+def test_rsa_oaep256_encrypt_decrypt_on_service_raw(api, clients, rsa_enc_cert):
     """Service-side encrypt (raw), then service decrypt: both directions over the wire."""
-    path = f"/keys/{rsa_cert.name}/{rsa_cert.properties.version}"
+    path = f"/keys/{rsa_enc_cert.name}/{rsa_enc_cert.properties.version}"
     enc = ok_json(api.post(f"{path}/encrypt", json={"alg": "RSA-OAEP-256", "value": b64url(b"wire")}))
-    assert enc["kid"] == rsa_cert.key_id
+    assert enc["kid"] == rsa_enc_cert.key_id
     assert len(b64url_decode(enc["value"])) == 256
     dec = ok_json(api.post(f"{path}/decrypt", json={"alg": "RSA-OAEP-256", "value": enc["value"]}))
     assert b64url_decode(dec["value"]) == b"wire"
 
 
-def test_rsa1_5_decrypt_on_service(clients, rsa_cert):
-    ct = rsa_pub(rsa_cert).encrypt(b"pkcs1 v1.5", padding.PKCS1v15())
-    assert clients.crypto(rsa_cert.key_id).decrypt(EncryptionAlgorithm.rsa1_5, ct).plaintext == b"pkcs1 v1.5"
+def test_rsa1_5_decrypt_on_service(clients, rsa_enc_cert):
+    ct = rsa_pub(rsa_enc_cert).encrypt(b"pkcs1 v1.5", padding.PKCS1v15())
+    assert clients.crypto(rsa_enc_cert.key_id).decrypt(EncryptionAlgorithm.rsa1_5, ct).plaintext == b"pkcs1 v1.5"
 
 
 def test_rsa_oaep256_unwrap_on_service(clients, rsa_cert):
@@ -297,3 +297,26 @@ def test_encrypt_with_ec_key_is_rejected(api, ec_cert):
 def test_key_op_on_missing_key_is_404(api):
     r = api.post(f"/keys/{unique('nokey')}//sign", json={"alg": "RS256", "value": b64url(os.urandom(32))})
     assert_error(r, 404)
+
+
+def test_enc_cert_key_ops(keys, rsa_enc_cert):
+    ops = set(keys.get_key(rsa_enc_cert.name).key_operations or [])
+    assert ops == {"sign", "verify", "encrypt", "decrypt", "wrapKey", "unwrapKey"}, ops
+
+
+@pytest.mark.parametrize("op,alg", [("encrypt", "RSA-OAEP"), ("decrypt", "RSA-OAEP")])
+def test_operation_outside_key_ops_is_refused(api, rsa_cert, op, alg):
+    """Default usage (digitalSignature + keyEncipherment) gives no encrypt/decrypt: refused
+    with 403 in the Key Vault error shape."""
+    path = f"/keys/{rsa_cert.name}/{rsa_cert.properties.version}/{op}"
+    r = api.post(path, json={"alg": alg, "value": b64url(os.urandom(256 if op == "decrypt" else 16))})
+    assert r.status_code == 403, r.text
+    err = r.json()["error"]
+    assert err["code"] == "Forbidden" and err["innererror"]["code"] == "KeyOperationForbidden", err
+
+
+@pytest.mark.parametrize("op", ["wrapkey", "unwrapkey", "encrypt"])
+def test_ec_key_only_signs(api, ec_cert, op):
+    path = f"/keys/{ec_cert.name}/{ec_cert.properties.version}/{op}"
+    r = api.post(path, json={"alg": "RSA-OAEP", "value": b64url(b"x" * 32)})
+    assert r.status_code == 403, r.text

@@ -77,6 +77,9 @@ pub struct VersionRecord {
     pub exportable: bool,
     /// Whether the chain keeps the order it was imported or merged in.
     pub preserve_order: bool,
+    /// The key operations allowed on this version's key (comma-separated wire names), fixed
+    /// when the version was created; `None` for versions stored before they were recorded.
+    pub key_ops: Option<String>,
 }
 
 impl VersionRecord {

@@ -68,6 +68,16 @@ async fn has_pending_op(ctx: &Ctx<'_>, cert_id: i64) -> ApiResult<bool> {
         .is_some_and(|o| o.status == "inProgress"))
 }
 
+/// The key operations a policy allows, as stored with each version.
+pub fn key_ops_string(policy: &Policy) -> String {
+    policy
+        .key_ops()
+        .iter()
+        .map(|o| o.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Crypto parameters for a policy and validity window.
 pub fn cert_params(policy: &Policy, nbf: i64, exp: i64) -> ApiResult<CertParams> {
     let sans = policy.sans();
@@ -251,6 +261,7 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         content_type,
         exportable,
         preserve_order: body.preserve.unwrap_or(false),
+        key_ops: Some(key_ops_string(&policy)),
     };
     let mut op = OperationRecord {
         cert_id: 0,
@@ -480,6 +491,7 @@ pub async fn import(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         content_type: policy.content_type().as_str().to_owned(),
         exportable: policy.exportable(),
         preserve_order: body.preserve.unwrap_or(false),
+        key_ops: Some(key_ops_string(&policy)),
     };
     let policy_json = serde_json::to_string(&policy).map_err(|e| ApiError::internal(&e))?;
     let (cert, v) = store
@@ -957,6 +969,7 @@ pub async fn backup(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
             "key_ref": v.key_ref, "spki": model::b64(&v.spki), "content_type": v.content_type,
             "exportable": v.exportable,
             "preserve_order": v.preserve_order,
+            "key_ops": v.key_ops,
         }));
     }
     let doc = json!({
@@ -988,6 +1001,8 @@ struct BackupVersion {
     exportable: bool,
     #[serde(default)]
     preserve_order: bool,
+    #[serde(default)]
+    key_ops: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1067,6 +1082,7 @@ pub async fn restore(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
             content_type: bv.content_type.clone(),
             exportable: bv.exportable,
             preserve_order: bv.preserve_order,
+            key_ops: bv.key_ops.clone(),
         });
     }
     let cert = CertRecord {

@@ -21,19 +21,35 @@ fn key_not_found(what: &str) -> ApiError {
     )
 }
 
-fn kty_and_ops(cert: &CertRecord) -> (String, Vec<&'static str>) {
-    match stored_policy(cert) {
-        Ok(p) => (
-            p.kty().as_str().to_owned(),
-            p.key_ops().into_iter().map(|o| o.as_str()).collect(),
-        ),
-        Err(_) => ("RSA".to_owned(), vec![]),
+/// The JWK `kty` of a version's key: its family, in the HSM form when the key lives in an HSM.
+fn kty(public: &PublicKey, v: &VersionRecord) -> &'static str {
+    match (public.alg().is_ec(), v.key_ref.is_some()) {
+        (true, true) => "EC-HSM",
+        (true, false) => "EC",
+        (false, true) => "RSA-HSM",
+        (false, false) => "RSA",
+    }
+}
+
+/// The key operations a version's key allows: fixed when the version was created, or (for
+/// versions stored before that was recorded) derived from the certificate's policy.
+pub fn key_ops(cert: &CertRecord, v: &VersionRecord) -> Vec<String> {
+    match &v.key_ops {
+        Some(ops) => ops
+            .split(',')
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => stored_policy(cert)
+            .map(|p| p.key_ops().iter().map(|o| o.as_str().to_owned()).collect())
+            .unwrap_or_default(),
     }
 }
 
 fn key_json(ctx: &Ctx<'_>, cert: &CertRecord, v: &VersionRecord) -> ApiResult<Value> {
     let public = PublicKey::from_spki_der(&v.spki).map_err(|e| ApiError::internal(&e))?;
-    let (kty, ops) = kty_and_ops(cert);
+    let ops = key_ops(cert, v);
+    let kty = kty(&public, v);
     let kid = format!("{}/keys/{}/{}", ctx.base, cert.name, v.version);
     let key = match public.jwk() {
         Jwk::Rsa { n, e } => {
@@ -131,6 +147,18 @@ pub async fn operation(
     )
     .await?;
     check_usable(ctx, &v, "key", &op)?;
+    let wire_op = match op.as_str() {
+        "wrapkey" => "wrapKey",
+        "unwrapkey" => "unwrapKey",
+        other => other,
+    };
+    if !key_ops(&cert, &v).iter().any(|o| o == wire_op) {
+        return Err(ApiError::forbidden(format!(
+            "Operation {wire_op} is not permitted on this key: its key_ops follow the certificate \
+             policy's key usage."
+        ))
+        .inner("KeyOperationForbidden"));
+    }
     let kid = format!("{}/keys/{}/{}", ctx.base, cert.name, v.version);
     let value = from_b64url(&body.value, "value")?;
     let public = PublicKey::from_spki_der(&v.spki).map_err(|e| ApiError::internal(&e))?;
