@@ -93,6 +93,9 @@ CREATE TABLE contacts (
     r#"
 ALTER TABLE versions ADD COLUMN preserve_order INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+ALTER TABLE versions ADD COLUMN key_ops TEXT;
+"#,
 ];
 
 type Job = Box<dyn WriteJob>;
@@ -168,6 +171,19 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// A reader connection. The query planner stability guarantee is on: without it SQLite marks
+/// every join with a bound parameter for re-preparation on each new binding, so every cached
+/// read statement (`cert_version`, `list_certificates`) was parsed and planned again on every
+/// call. The plans do not depend on the bound values, so the results are the same.
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = open_conn(path)?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(conn)
+}
+
 const MAX_GROUP: usize = 256;
 
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
@@ -219,7 +235,18 @@ fn now_none<T>(r: Result<T, rusqlite::Error>) -> Result<Option<T>, StoreError> {
 const CERT_COLS: &str = "c.id, c.vault_id, c.name, c.policy, c.policy_created, c.policy_updated, \
      c.created, c.updated, c.deleted_at, c.purge_at";
 const VER_COLS: &str = "v.cert_id, v.version, v.seq, v.created, v.updated, v.enabled, v.nbf, \
-     v.exp, v.tags, v.cer, v.chain, v.key_blob, v.key_ref, v.spki, v.content_type, v.exportable, v.preserve_order";
+     v.exp, v.tags, v.cer, v.chain, v.key_blob, v.key_ref, v.spki, v.content_type, v.exportable, v.preserve_order, v.key_ops";
+/// The id of certificate `c`'s newest completed version (the (cert_id, seq) index read
+/// backwards; stops at the first completed one).
+const LATEST_COMPLETED_ID: &str = "SELECT v2.id FROM versions v2 \
+     WHERE v2.cert_id = c.id AND v2.cer IS NOT NULL ORDER BY v2.seq DESC LIMIT 1";
+/// The id of certificate `c`'s newest completed version, or of its newest (pending) version
+/// when none is completed: `ORDER BY (cer IS NOT NULL) DESC, seq DESC LIMIT 1` without reading
+/// and sorting every version.
+const LATEST_VERSION_ID: &str = "COALESCE(\
+     (SELECT v2.id FROM versions v2 WHERE v2.cert_id = c.id AND v2.cer IS NOT NULL \
+      ORDER BY v2.seq DESC LIMIT 1), \
+     (SELECT v3.id FROM versions v3 WHERE v3.cert_id = c.id ORDER BY v3.seq DESC LIMIT 1))";
 const OP_COLS: &str = "cert_id, request_id, version, issuer_name, status, status_details, csr, \
      error, cancellation_requested, created, updated";
 
@@ -264,6 +291,7 @@ fn ver_row(r: &Row<'_>, o: usize) -> rusqlite::Result<VersionRecord> {
         content_type: r.get(o + 14)?,
         exportable: r.get(o + 15)?,
         preserve_order: r.get(o + 16)?,
+        key_ops: r.get(o + 17)?,
     })
 }
 
@@ -304,8 +332,8 @@ fn insert_version(conn: &Connection, cert_id: i64, v: &VersionRecord) -> Result<
     )?;
     conn.prepare_cached(
         "INSERT INTO versions (cert_id, version, seq, created, updated, enabled, nbf, exp, tags, \
-         cer, chain, key_blob, key_ref, spki, content_type, exportable, preserve_order) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+         cer, chain, key_blob, key_ref, spki, content_type, exportable, preserve_order, key_ops) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?
     .execute(params![
         cert_id,
@@ -324,7 +352,8 @@ fn insert_version(conn: &Connection, cert_id: i64, v: &VersionRecord) -> Result<
         v.spki,
         v.content_type,
         v.exportable,
-        v.preserve_order
+        v.preserve_order,
+        v.key_ops
     ])?;
     Ok(seq)
 }
@@ -462,7 +491,7 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || {
             let conn = match inner.readers.lock().map_err(|_| StoreError::Closed)?.pop() {
                 Some(c) => c,
-                None => open_conn(&inner.path)?,
+                None => open_reader(&inner.path)?,
             };
             let r = f(&conn);
             if let Ok(mut pool) = inner.readers.lock()
@@ -580,24 +609,30 @@ impl SqliteStore {
         which: Which<'_>,
     ) -> Result<Option<(CertRecord, VersionRecord)>, StoreError> {
         let key = name_key.to_owned();
-        let (cond, ver) = match which {
-            Which::Latest => ("1", None),
-            Which::LatestCompleted => ("v.cer IS NOT NULL", None),
-            Which::Version(v) => ("v.version = ?4", Some(v.to_ascii_lowercase())),
+        // The certificate by its (vault_id, name_key) index, then the version by its
+        // (cert_id, version) index or the newest by the (cert_id, seq) index read backwards: the
+        // cost does not grow with the number of versions. (No bound value may stand alone as a
+        // WHERE term: SQLite re-prepares such a statement on every bind.)
+        let (join, ver) = match which {
+            Which::Latest => (format!("v.id = {LATEST_VERSION_ID}"), None),
+            Which::LatestCompleted => (format!("v.id = ({LATEST_COMPLETED_ID})"), None),
+            Which::Version(v) => (
+                "v.cert_id = c.id AND v.version = ?3".to_owned(),
+                Some(v.to_ascii_lowercase()),
+            ),
         };
         let del = if deleted { "IS NOT NULL" } else { "IS NULL" };
         let sql = format!(
-            "SELECT {CERT_COLS}, {VER_COLS} FROM certificates c JOIN versions v ON v.cert_id = c.id \
-             WHERE c.vault_id = ?1 AND c.name_key = ?2 AND c.deleted_at {del} AND ?3 AND {cond} \
-             ORDER BY (v.cer IS NOT NULL) DESC, v.seq DESC LIMIT 1"
+            "SELECT {CERT_COLS}, {VER_COLS} FROM certificates c JOIN versions v ON {join} \
+             WHERE c.vault_id = ?1 AND c.name_key = ?2 AND c.deleted_at {del}"
         );
         self.read(move |c| {
             let mut st = c.prepare_cached(&sql)?;
             let r = match &ver {
-                Some(v) => st.query_row(params![vault_id, key, 1, v], |r| {
+                Some(v) => st.query_row(params![vault_id, key, v], |r| {
                     Ok((cert_row(r, 0)?, ver_row(r, 10)?))
                 }),
-                None => st.query_row(params![vault_id, key, 1], |r| {
+                None => st.query_row(params![vault_id, key], |r| {
                     Ok((cert_row(r, 0)?, ver_row(r, 10)?))
                 }),
             };
@@ -623,9 +658,8 @@ impl SqliteStore {
             "AND v.cer IS NOT NULL"
         };
         let sql = format!(
-            "SELECT {CERT_COLS}, {VER_COLS} FROM certificates c JOIN versions v ON v.id = ( \
-               SELECT v2.id FROM versions v2 WHERE v2.cert_id = c.id \
-               ORDER BY (v2.cer IS NOT NULL) DESC, v2.seq DESC LIMIT 1) \
+            "SELECT {CERT_COLS}, {VER_COLS} FROM certificates c \
+             JOIN versions v ON v.id = {LATEST_VERSION_ID} \
              WHERE c.vault_id = ?1 AND c.deleted_at {del} AND c.name_key > ?2 {pending} \
              ORDER BY c.name_key LIMIT ?3"
         );
@@ -1174,6 +1208,7 @@ mod tests {
             content_type: "application/x-pkcs12".into(),
             exportable: true,
             preserve_order: false,
+            key_ops: None,
         }
     }
 
