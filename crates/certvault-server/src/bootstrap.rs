@@ -25,6 +25,8 @@ pub struct DataDir {
     pub admin_token_hash: [u8; 32],
     /// The admin token, when it was created by this start (to print once).
     pub new_admin_token: Option<String>,
+    /// Path of the master key file.
+    pub master_path: PathBuf,
     /// Path of the local CA certificate.
     pub ca_path: PathBuf,
     /// Path of the admin token file.
@@ -35,8 +37,7 @@ pub struct DataDir {
     pub server_key_path: PathBuf,
 }
 
-const MASTER_CHECK_AAD: &[u8] = b"certvault/master-check/v1";
-const BACKUP_KEY_AAD: &[u8] = b"certvault/backup-key/v1";
+use crate::masterkey::{self, BACKUP_KEY_AAD, MASTER_CHECK_AAD};
 
 fn io_err(path: &Path, e: std::io::Error) -> ServerError {
     ServerError::DataDir(format!("{}: {e}", path.display()))
@@ -85,20 +86,7 @@ pub async fn open_data_dir(
 
     // master key
     let master = if master_path.exists() {
-        let text = read_private(&master_path)?;
-        let text = String::from_utf8_lossy(&text);
-        let bytes = hex::decode(text.trim()).map_err(|_| {
-            ServerError::MasterKey(format!(
-                "{} is not a hex-encoded key",
-                master_path.display()
-            ))
-        })?;
-        SymKey::from_slice(&bytes).map_err(|_| {
-            ServerError::MasterKey(format!(
-                "{} does not hold a 256-bit key",
-                master_path.display()
-            ))
-        })?
+        masterkey::read_key_file(&master_path)?
     } else {
         if db_existed {
             return Err(ServerError::MasterKey(format!(
@@ -109,31 +97,25 @@ pub async fn open_data_dir(
             )));
         }
         let key = SymKey::generate().map_err(ServerError::crypto)?;
-        write_private(
-            &master_path,
-            format!("{}\n", hex::encode(key.as_bytes())).as_bytes(),
-        )?;
+        masterkey::write_key_file(&master_path, &key)?;
         key
     };
 
     let store = SqliteStore::open(&db_path).map_err(|e| ServerError::Store(e.to_string()))?;
 
     // master key check: the database remembers a value sealed under its master key
-    match store
+    let check = store
         .meta("master_check")
         .await
-        .map_err(|e| ServerError::Store(e.to_string()))?
-    {
-        Some(sealed) => {
-            if certvault_crypto::open(&master, MASTER_CHECK_AAD, &sealed).is_err() {
+        .map_err(|e| ServerError::Store(e.to_string()))?;
+    let master = match check {
+        Some(sealed) => match masterkey::resolve_at_start(&master_path, master, &sealed) {
+            Ok(k) => k,
+            Err(e) => {
                 store.close();
-                return Err(ServerError::MasterKey(format!(
-                    "the master key in {} does not match the database {}; refusing to start (nothing was written)",
-                    master_path.display(),
-                    db_path.display()
-                )));
+                return Err(e);
             }
-        }
+        },
         None => {
             let sealed = certvault_crypto::seal(&master, MASTER_CHECK_AAD, b"certvault")
                 .map_err(ServerError::crypto)?;
@@ -141,8 +123,9 @@ pub async fn open_data_dir(
                 .put_meta("master_check", sealed, true)
                 .await
                 .map_err(|e| ServerError::Store(e.to_string()))?;
+            master
         }
-    }
+    };
 
     // backup key
     let backup_key = match store
@@ -196,6 +179,7 @@ pub async fn open_data_dir(
     Ok(DataDir {
         store,
         master,
+        master_path,
         backup_key,
         admin_token_hash,
         new_admin_token,

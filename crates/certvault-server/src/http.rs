@@ -159,7 +159,12 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>, request_id: &str) 
         Ok(b) => b,
         Err(e) => return error_response(&e),
     };
-    match crate::kv::dispatch(state, &parts, body, request_id).await {
+    let result = if parts.uri.path().starts_with(crate::admin::PREFIX) {
+        crate::admin::dispatch(state, &parts, body).await
+    } else {
+        crate::kv::dispatch(state, &parts, body, request_id).await
+    };
+    match result {
         Ok(r) => r,
         Err(e) => error_response(&e),
     }

@@ -2,10 +2,12 @@
 //! with bearer-token auth and vault routing by host name.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod bootstrap;
 pub mod error;
 pub mod http;
 pub mod kv;
+pub mod masterkey;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -102,7 +104,7 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
     };
     let state = Arc::new(AppState::new(
         dd.store,
-        dd.master,
+        masterkey::MasterKeys::new(masterkey::MasterKey::File(dd.master), dd.master_path),
         dd.backup_key,
         http,
         clock,

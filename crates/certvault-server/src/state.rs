@@ -5,6 +5,8 @@ use std::sync::{Arc, RwLock};
 
 use certvault_core::clock::SharedClock;
 use certvault_crypto::SymKey;
+
+use crate::masterkey::MasterKeys;
 use certvault_store::{SqliteStore, Vault};
 
 use crate::error::{ApiError, ApiResult};
@@ -56,8 +58,8 @@ pub struct VaultCtx {
 pub struct AppState {
     /// The store.
     pub store: SqliteStore,
-    /// The master key.
-    pub master: SymKey,
+    /// The master key (rotatable).
+    pub master: MasterKeys,
     /// The key backups are sealed with.
     pub backup_key: SymKey,
     /// HTTP settings.
@@ -78,7 +80,7 @@ impl AppState {
     /// Builds the state.
     pub fn new(
         store: SqliteStore,
-        master: SymKey,
+        master: MasterKeys,
         backup_key: SymKey,
         http: HttpSettings,
         clock: SharedClock,
@@ -122,9 +124,10 @@ impl AppState {
                 format!("The vault '{name_key}' does not exist."),
             )
         })?;
-        let key_bytes =
-            certvault_crypto::open(&self.master, &vault_key_aad(name_key), &vault.wrapped_key)
-                .map_err(|e| ApiError::internal(&e))?;
+        let key_bytes = self
+            .master
+            .open(&vault_key_aad(name_key), &vault.wrapped_key)
+            .map_err(|e| ApiError::internal(&e))?;
         let key = SymKey::from_slice(&key_bytes).map_err(|e| ApiError::internal(&e))?;
         let ctx = Arc::new(VaultCtx { vault, key });
         if let Ok(mut cache) = self.vaults.write() {
@@ -136,15 +139,25 @@ impl AppState {
     /// Creates a vault with a fresh vault key sealed under the master key.
     pub async fn create_vault(&self, name: &str) -> ApiResult<Vault> {
         let key = SymKey::generate().map_err(|e| ApiError::internal(&e))?;
-        let wrapped = certvault_crypto::seal(
-            &self.master,
-            &vault_key_aad(&name.to_ascii_lowercase()),
-            key.as_bytes(),
-        )
-        .map_err(|e| ApiError::internal(&e))?;
+        // No rotation may re-wrap the vault keys between sealing this one and storing it.
+        let _no_rotation = self.master.rotation.read().await;
+        let wrapped = self
+            .master
+            .seal(&vault_key_aad(&name.to_ascii_lowercase()), key.as_bytes())
+            .map_err(|e| ApiError::internal(&e))?;
         Ok(self
             .store
             .create_vault(name, wrapped, self.http.recoverable_days, self.clock.now())
             .await?)
+    }
+
+    /// Rotates the master key (see [`MasterKeys::rotate`]), then drops the cached vault keys so
+    /// that every vault is loaded again through the new master key.
+    pub async fn rotate_master_key(&self) -> Result<usize, crate::ServerError> {
+        let n = self.master.rotate(&self.store).await?;
+        if let Ok(mut cache) = self.vaults.write() {
+            cache.clear();
+        }
+        Ok(n)
     }
 }

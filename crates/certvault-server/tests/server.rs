@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 struct Server {
     base: String,
+    port: u16,
     ca: PathBuf,
     token: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -29,17 +30,27 @@ fn opts(dir: &Path) -> certvault_server::ServeOptions {
     }
 }
 
+fn started_addr(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 async fn start(dir: &Path) -> Server {
     let clock: certvault_core::clock::SharedClock = Arc::new(certvault_core::SystemClock);
     let started = certvault_server::start(&opts(dir), clock)
         .await
         .expect("server starts");
-    let base = format!("https://127.0.0.1:{}", started.addr.port());
+    let port = started.addr.port();
+    let base = format!("https://127.0.0.1:{port}");
     let ca = started.ca_path.clone();
     let token = std::fs::read_to_string(&started.token_path)
         .unwrap()
         .trim()
         .to_owned();
+    for v in ["v2", "v3"] {
+        if started.state.store.vault(v).await.unwrap().is_none() {
+            started.state.create_vault(v).await.unwrap();
+        }
+    }
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         started
@@ -52,10 +63,13 @@ async fn start(dir: &Path) -> Server {
     let cert = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
     let http = reqwest::Client::builder()
         .tls_certs_only([cert])
+        .resolve("v2.certvault.test", started_addr(port))
+        .resolve("v3.certvault.test", started_addr(port))
         .build()
         .unwrap();
     Server {
         base,
+        port,
         ca,
         token,
         stop: Some(tx),
@@ -75,10 +89,28 @@ impl Server {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_on(&self.base, method, path, body).await
+    }
+
+    fn vault_url(&self, vault: &str) -> String {
+        if vault == "default" {
+            self.base.clone()
+        } else {
+            format!("https://{vault}.certvault.test:{}", self.port)
+        }
+    }
+
+    async fn call_on(
+        &self,
+        base: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut req = self
             .http
-            .request(method, format!("{}{path}{sep}api-version=7.4", self.base))
+            .request(method, format!("{base}{path}{sep}api-version=7.4"))
             .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
@@ -415,5 +447,150 @@ async fn refuses_a_master_key_that_does_not_match() {
         .await;
     assert_eq!(s, 200);
     assert!(srv.ca.exists());
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_master_key_under_load_then_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Arc::new(start(dir.path()).await);
+    let vaults = ["default", "v2", "v3"];
+    let mut expected = Vec::new();
+    for v in vaults {
+        let base = srv.vault_url(v);
+        let body = json!({"policy": {"key_props": {"kty": "EC", "crv": "P-256"},
+            "secret_props": {"contentType": "application/x-pem-file"},
+            "x509_props": {"subject": format!("CN={v}.example.test")}, "issuer": {"name": "Self"}}});
+        let (s, _) = srv
+            .call_on(
+                &base,
+                reqwest::Method::POST,
+                "/certificates/c/create",
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, 202);
+        let (s, secret) = srv
+            .call_on(&base, reqwest::Method::GET, "/secrets/c/", None)
+            .await;
+        assert_eq!(s, 200, "{secret}");
+        expected.push((v, secret["value"].as_str().unwrap().to_owned()));
+    }
+    let master = dir.path().join("master.key");
+    let first = std::fs::read(&master).unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for (i, (vault, pem)) in expected.iter().cloned().enumerate() {
+        let srv = srv.clone();
+        let base = srv.vault_url(vault);
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut errors) = (0u32, Vec::new());
+            let digest = certvault_crypto::sha256(format!("msg {i}").as_bytes());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (s, v) = srv.call_on(&base, reqwest::Method::GET, "/secrets/c/", None).await;
+                if s != 200 || v["value"].as_str() != Some(pem.as_str()) {
+                    errors.push(format!("GET secret: {s} {v}"));
+                }
+                let sign = json!({"alg": "ES256", "value": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)});
+                let (s, v) = srv.call_on(&base, reqwest::Method::POST, "/keys/c//sign", Some(sign)).await;
+                if s != 200 {
+                    errors.push(format!("sign: {s} {v}"));
+                }
+                ok += 1;
+            }
+            (ok, errors)
+        }));
+    }
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let (s, v) = srv
+            .call(
+                reqwest::Method::POST,
+                "/admin/v1/master-key/rotate",
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["vault_keys_rewrapped"], 3);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        let (ok, errors) = w.await.unwrap();
+        assert!(ok > 5, "the load loop barely ran ({ok} rounds)");
+        assert!(
+            errors.is_empty(),
+            "{} failed requests during rotation: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(3)]
+        );
+    }
+    assert_ne!(
+        std::fs::read(&master).unwrap(),
+        first,
+        "master.key was not replaced"
+    );
+    assert!(!dir.path().join("master.key.next").exists());
+
+    let srv = Arc::try_unwrap(srv).ok().expect("no other owner");
+    srv.stop().await;
+    let srv = start(dir.path()).await;
+    for (vault, pem) in &expected {
+        let (s, v) = srv
+            .call_on(
+                &srv.vault_url(vault),
+                reqwest::Method::GET,
+                "/secrets/c/",
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["value"].as_str().unwrap(), pem);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn interrupted_rotation_is_finished_or_undone_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master.key");
+    let next = dir.path().join("master.key.next");
+    let srv = start(dir.path()).await;
+    srv.create_self("a", json!({"kty": "EC"}), "application/x-pem-file")
+        .await;
+    let (_, before) = srv.call(reqwest::Method::GET, "/secrets/a/", None).await;
+    let old_key = std::fs::read(&master).unwrap();
+    let (s, _) = srv
+        .call(
+            reqwest::Method::POST,
+            "/admin/v1/master-key/rotate",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let new_key = std::fs::read(&master).unwrap();
+    srv.stop().await;
+
+    // Crash after the database commit, before the rename: master.key is the old key.
+    std::fs::write(&master, &old_key).unwrap();
+    std::fs::write(&next, &new_key).unwrap();
+    let srv = start(dir.path()).await;
+    assert_eq!(
+        std::fs::read(&master).unwrap(),
+        new_key,
+        "the rotation was finished"
+    );
+    assert!(!next.exists());
+    let (_, after) = srv.call(reqwest::Method::GET, "/secrets/a/", None).await;
+    assert_eq!(before["value"], after["value"]);
+    srv.stop().await;
+
+    // Crash before the commit: master.key is right, master.key.next is a stray new key.
+    std::fs::write(&next, format!("{}\n", "cd".repeat(32))).unwrap();
+    let srv = start(dir.path()).await;
+    assert!(!next.exists(), "the uncommitted key was removed");
+    assert_eq!(std::fs::read(&master).unwrap(), new_key);
     srv.stop().await;
 }

@@ -191,3 +191,21 @@ pub(crate) fn decode_chain(mut b: &[u8]) -> Option<Vec<Vec<u8>>> {
     }
     Some(out)
 }
+
+/// A value sealed under the master key, as handed to a re-wrap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealedKind {
+    /// A vault's key.
+    VaultKey {
+        /// The vault's lower-case name.
+        name_key: String,
+    },
+    /// A `meta` entry.
+    Meta {
+        /// Its key.
+        key: String,
+    },
+}
+
+/// Re-seals one value: gets what it is and its sealed bytes, returns the new sealed bytes.
+pub type Rewrap = Box<dyn Fn(&SealedKind, &[u8]) -> Result<Vec<u8>, String> + Send>;

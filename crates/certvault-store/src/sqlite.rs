@@ -9,8 +9,8 @@ use tokio::sync::oneshot;
 
 use crate::records::{decode_chain, encode_chain};
 use crate::{
-    CertRecord, CertificateDump, Conflict, IssuerRecord, NewVersion, OperationRecord, StoreError,
-    Vault, VersionRecord, VersionUpdate,
+    CertRecord, CertificateDump, Conflict, IssuerRecord, NewVersion, OperationRecord, Rewrap,
+    SealedKind, StoreError, Vault, VersionRecord, VersionUpdate,
 };
 
 const MIGRATIONS: &[&str] = &[
@@ -531,6 +531,51 @@ impl SqliteStore {
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)"
             };
             Ok(c.execute(sql, params![key, value])? > 0)
+        })
+        .await
+    }
+
+    /// Re-seals every vault key and the named `meta` values with `rewrap`, in one transaction:
+    /// either all are re-sealed or none. Returns how many vault keys were re-sealed.
+    pub async fn rewrap_sealed(
+        &self,
+        meta: Vec<String>,
+        rewrap: Rewrap,
+    ) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            let vaults: Vec<(i64, String, Vec<u8>)> = {
+                let mut st = c.prepare("SELECT id, name_key, wrapped_key FROM vaults")?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for (id, name_key, sealed) in &vaults {
+                let new = rewrap(
+                    &SealedKind::VaultKey {
+                        name_key: name_key.clone(),
+                    },
+                    sealed,
+                )
+                .map_err(StoreError::Corrupt)?;
+                c.execute(
+                    "UPDATE vaults SET wrapped_key = ?2 WHERE id = ?1",
+                    params![id, new],
+                )?;
+            }
+            for key in &meta {
+                let sealed: Option<Vec<u8>> =
+                    now_none(
+                        c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)),
+                    )?;
+                if let Some(sealed) = sealed {
+                    let new = rewrap(&SealedKind::Meta { key: key.clone() }, &sealed)
+                        .map_err(StoreError::Corrupt)?;
+                    c.execute(
+                        "UPDATE meta SET value = ?2 WHERE key = ?1",
+                        params![key, new],
+                    )?;
+                }
+            }
+            Ok(vaults.len())
         })
         .await
     }

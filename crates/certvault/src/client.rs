@@ -685,3 +685,35 @@ async fn download(a: DownloadArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Administration commands.
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum AdminCommand {
+    /// Re-wrap every vault key under a new master key while the server runs. The new key
+    /// replaces master.key in the server's data directory: back it up afterwards.
+    RotateMasterKey {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub(crate) async fn run_admin(cmd: AdminCommand) -> Result<()> {
+    match cmd {
+        AdminCommand::RotateMasterKey { conn } => {
+            let c = Client::new(&conn)?;
+            let url = format!("{}/admin/v1/master-key/rotate", c.base);
+            let (_, v) = c
+                .send(reqwest::Method::POST, &url, Some(&json!({})))
+                .await?;
+            if conn.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "master key rotated: {} vault key(s) re-wrapped; back up the new master.key",
+                    v["vault_keys_rewrapped"]
+                );
+            }
+            Ok(())
+        }
+    }
+}

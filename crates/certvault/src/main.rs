@@ -28,6 +28,9 @@ enum Command {
     /// Manage certificates on a running server.
     #[command(subcommand)]
     Cert(client::CertCommand),
+    /// Administer a running server.
+    #[command(subcommand)]
+    Admin(client::AdminCommand),
 }
 
 /// Settings of `certvault serve`; each also reads a `CERTVAULT_*` variable and a key of the
@@ -211,6 +214,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Cert(cmd) => client::run_cert(cmd).await,
+            Command::Admin(cmd) => client::run_admin(cmd).await,
         }
     });
     match result {

@@ -4,12 +4,14 @@
 use base64::Engine;
 use certvault_core::ObjectName;
 use certvault_core::policy::ContentType;
+use certvault_crypto::PrivateKey;
 use certvault_store::{CertRecord, VersionRecord, Which};
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
+use zeroize::Zeroizing;
 
 use super::Ctx;
-use super::certs::open_key;
+use super::certs::key_aad;
 use super::model;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Body, json as json_response};
@@ -49,6 +51,16 @@ pub async fn version_for(
         .cert_version(ctx.vault_id(), &n.key(), false, which)
         .await?
         .ok_or_else(|| not_found(n.as_str()))
+}
+
+/// A version's private key as the PKCS#8 DER sealed at rest, without parsing it; the same
+/// refusal and errors as `certs::open_key`.
+fn open_key_pkcs8(ctx: &Ctx<'_>, v: &VersionRecord) -> ApiResult<Zeroizing<Vec<u8>>> {
+    let blob = v.key_blob.as_ref().ok_or_else(|| {
+        ApiError::forbidden("The private key of this certificate is not held by this server.")
+    })?;
+    certvault_crypto::open_object(&ctx.vault.key, &key_aad(&v.version), blob)
+        .map_err(|e| ApiError::internal(&e))
 }
 
 /// Refuses use of a disabled or out-of-window version.
@@ -99,14 +111,23 @@ pub async fn get(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResult<R
         chain.push(cer.clone());
     }
     chain.extend(v.chain.iter().cloned());
-    let key = if v.exportable {
-        Some(open_key(ctx, &v)?)
+    // The key's PKCS#8 DER as sealed at rest (the canonical encoding `certs::open_key` would
+    // re-create after parsing and validating it, which costs more than the rest of this
+    // request; PEM writes the bytes as they are).
+    let key_der = if v.exportable {
+        Some(open_key_pkcs8(ctx, &v)?)
     } else {
         None
     };
     let value = match out {
-        ContentType::Pem => certvault_crypto::to_pem(key.as_ref(), &chain),
+        ContentType::Pem => {
+            certvault_crypto::to_pem_pkcs8(key_der.as_deref().map(Vec::as_slice), &chain)
+        }
         ContentType::Pkcs12 => {
+            let key = key_der
+                .map(|d| PrivateKey::from_pkcs8_der(&d))
+                .transpose()
+                .map_err(|e| ApiError::internal(&e))?;
             let pfx = tokio::task::spawn_blocking(move || {
                 certvault_crypto::write_pfx(key.as_ref(), &chain, "")
             })
