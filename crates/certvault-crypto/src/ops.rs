@@ -101,6 +101,11 @@ impl SignAlg {
             Self::RS512 | Self::PS512 | Self::ES512 => &digest::SHA512,
         }
     }
+
+    /// Hashes `data` with this algorithm's hash: the digest that [`sign`] and [`verify`] take.
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
+        digest::digest(self.digest_alg(), data).as_ref().to_vec()
+    }
 }
 
 impl fmt::Display for SignAlg {

@@ -123,6 +123,13 @@ pub(crate) struct CreateArgs {
     /// Managed secret format: pkcs12 or pem.
     #[arg(long)]
     content_type: Option<String>,
+    /// Key usage (repeatable): digitalSignature, keyEncipherment, dataEncipherment, … The key's
+    /// allowed operations follow it.
+    #[arg(long = "key-usage")]
+    key_usage: Vec<String>,
+    /// Extended key usage OID (repeatable).
+    #[arg(long = "eku")]
+    ekus: Vec<String>,
     /// Keep the private key inside certvault (never exportable).
     #[arg(long)]
     not_exportable: bool,
@@ -533,6 +540,12 @@ async fn create(a: CreateArgs) -> Result<()> {
     if let Some(m) = a.validity_months {
         x509["validity_months"] = json!(m);
     }
+    if !a.key_usage.is_empty() {
+        x509["key_usage"] = json!(a.key_usage);
+    }
+    if !a.ekus.is_empty() {
+        x509["ekus"] = json!(a.ekus);
+    }
     let mut policy =
         json!({"key_props": key_props, "x509_props": x509, "issuer": {"name": a.issuer}});
     if let Some(ct) = &a.content_type {
@@ -716,4 +729,191 @@ pub(crate) async fn run_admin(cmd: AdminCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Operations on a certificate's key (the key never leaves the server).
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum KeyCommand {
+    /// Show the public key (JWK) and the operations it allows.
+    Get(NameVersion),
+    /// Sign: the digest of --in FILE (hashed here with the algorithm's hash), or --digest.
+    Sign(KeyOpArgs),
+    /// Verify --signature over the digest of --in FILE, or --digest (checked by the server).
+    Verify(KeyOpArgs),
+    /// Encrypt --in FILE or --value with the public key.
+    Encrypt(KeyOpArgs),
+    /// Decrypt --in FILE or --value inside the server.
+    Decrypt(KeyOpArgs),
+    /// Wrap a key (--in FILE or --value).
+    Wrap(KeyOpArgs),
+    /// Unwrap a wrapped key inside the server.
+    Unwrap(KeyOpArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct KeyOpArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Certificate (and key) name.
+    name: String,
+    /// Key version (default latest).
+    #[arg(long)]
+    version: Option<String>,
+    /// Algorithm: RS256 … ES512 for sign/verify; RSA1_5, RSA-OAEP, RSA-OAEP-256 otherwise.
+    #[arg(long)]
+    alg: String,
+    /// Input file (raw bytes; for sign/verify the data to hash).
+    #[arg(long = "in")]
+    input: Option<PathBuf>,
+    /// Input as base64url (for sign/verify: the digest itself).
+    #[arg(long, conflicts_with = "input")]
+    value: Option<String>,
+    /// Digest as base64url (sign/verify), instead of hashing --in.
+    #[arg(long, conflicts_with_all = ["input", "value"])]
+    digest: Option<String>,
+    /// Signature as base64url (verify).
+    #[arg(long)]
+    signature: Option<String>,
+    /// Write the raw result bytes here instead of printing base64url.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn b64url_decode(s: &str, what: &str) -> Result<Vec<u8>> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim().trim_end_matches('='))
+        .with_context(|| format!("{what} is not base64url"))
+}
+
+fn b64url_encode(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+impl KeyOpArgs {
+    /// The digest to sign or verify.
+    fn digest_b64(&self) -> Result<String> {
+        if let Some(d) = self.digest.as_ref().or(self.value.as_ref()) {
+            b64url_decode(d, "--digest")?;
+            return Ok(d.clone());
+        }
+        let file = self
+            .input
+            .as_ref()
+            .ok_or_else(|| anyhow!("give --in FILE or --digest"))?;
+        let alg: certvault_crypto::SignAlg = self
+            .alg
+            .parse()
+            .map_err(|_| anyhow!("unknown signing algorithm '{}'", self.alg))?;
+        let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        Ok(b64url_encode(&alg.digest(&data)))
+    }
+
+    /// The payload of encrypt/decrypt/wrap/unwrap.
+    fn payload_b64(&self) -> Result<String> {
+        match (&self.value, &self.input) {
+            (Some(v), _) => {
+                b64url_decode(v, "--value")?;
+                Ok(v.clone())
+            }
+            (None, Some(f)) => Ok(b64url_encode(
+                &std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+            )),
+            (None, None) => bail!("give --in FILE or --value"),
+        }
+    }
+
+    fn emit(&self, value_b64: &str) -> Result<()> {
+        match &self.out {
+            Some(p) => {
+                let bytes = b64url_decode(value_b64, "the result")?;
+                let mut opts = std::fs::OpenOptions::new();
+                opts.write(true).create(true).truncate(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    opts.mode(0o600);
+                }
+                opts.open(p)
+                    .and_then(|mut f| f.write_all(&bytes))
+                    .with_context(|| format!("writing {}", p.display()))?;
+                eprintln!("wrote {} ({} bytes)", p.display(), bytes.len());
+            }
+            None => println!("{value_b64}"),
+        }
+        Ok(())
+    }
+}
+
+pub(crate) async fn run_key(cmd: KeyCommand) -> Result<()> {
+    let (a, op) = match cmd {
+        KeyCommand::Get(a) => {
+            let c = Client::new(&a.conn)?;
+            let v = c
+                .get(&format!(
+                    "/keys/{}/{}",
+                    a.name,
+                    a.version.as_deref().unwrap_or("")
+                ))
+                .await?;
+            if a.conn.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let k = &v["key"];
+                println!("kid:         {}", k["kid"].as_str().unwrap_or(""));
+                println!("kty:         {}", k["kty"].as_str().unwrap_or(""));
+                if let Some(crv) = k["crv"].as_str() {
+                    println!("crv:         {crv}");
+                }
+                let ops: Vec<&str> = k["key_ops"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                println!("key_ops:     {}", ops.join(", "));
+                println!("exportable:  {}", v["attributes"]["exportable"]);
+                println!("enabled:     {}", v["attributes"]["enabled"]);
+            }
+            return Ok(());
+        }
+        KeyCommand::Sign(a) => (a, "sign"),
+        KeyCommand::Verify(a) => (a, "verify"),
+        KeyCommand::Encrypt(a) => (a, "encrypt"),
+        KeyCommand::Decrypt(a) => (a, "decrypt"),
+        KeyCommand::Wrap(a) => (a, "wrapkey"),
+        KeyCommand::Unwrap(a) => (a, "unwrapkey"),
+    };
+    let c = Client::new(&a.conn)?;
+    let body = match op {
+        "sign" => json!({"alg": a.alg, "value": a.digest_b64()?}),
+        "verify" => {
+            let sig = a
+                .signature
+                .as_deref()
+                .ok_or_else(|| anyhow!("verify needs --signature"))?;
+            json!({"alg": a.alg, "digest": a.digest_b64()?, "value": sig})
+        }
+        _ => json!({"alg": a.alg, "value": a.payload_b64()?}),
+    };
+    let url = c.url(&format!(
+        "/keys/{}/{}/{op}",
+        a.name,
+        a.version.as_deref().unwrap_or("")
+    ));
+    let (_, v) = c.send(reqwest::Method::POST, &url, Some(&body)).await?;
+    if a.conn.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if op == "verify" {
+        let valid = v["value"].as_bool().unwrap_or(false);
+        println!("{}", if valid { "valid" } else { "invalid" });
+        if !valid {
+            bail!("the signature does not verify");
+        }
+        return Ok(());
+    }
+    a.emit(
+        v["value"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no value in the answer"))?,
+    )
 }

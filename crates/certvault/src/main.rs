@@ -28,6 +28,9 @@ enum Command {
     /// Manage certificates on a running server.
     #[command(subcommand)]
     Cert(client::CertCommand),
+    /// Use a certificate's key (sign, verify, encrypt, decrypt, wrap, unwrap).
+    #[command(subcommand)]
+    Key(client::KeyCommand),
     /// Administer a running server.
     #[command(subcommand)]
     Admin(client::AdminCommand),
@@ -215,6 +218,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Cert(cmd) => client::run_cert(cmd).await,
             Command::Admin(cmd) => client::run_admin(cmd).await,
+            Command::Key(cmd) => client::run_key(cmd).await,
         }
     });
     match result {

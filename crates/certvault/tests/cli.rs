@@ -201,3 +201,150 @@ fn serve_refuses_bad_settings() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
 }
+
+#[test]
+fn key_commands_sign_verify_encrypt_decrypt_wrap_unwrap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let srv = serve(&dir);
+    let (ok, _, err) = cli(
+        &srv,
+        &dir,
+        &[
+            "cert",
+            "create",
+            "k",
+            "--subject",
+            "CN=k.example.test",
+            "--key-usage",
+            "digitalSignature",
+            "--key-usage",
+            "keyEncipherment",
+            "--key-usage",
+            "dataEncipherment",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&srv, &dir, &["key", "get", "k"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("key_ops:     sign, verify, encrypt, decrypt, wrapKey, unwrapKey"),
+        "{out}"
+    );
+
+    let data = tmp.path().join("data.bin");
+    std::fs::write(&data, b"hello certvault").unwrap();
+    let (ok, sig, err) = cli(
+        &srv,
+        &dir,
+        &[
+            "key",
+            "sign",
+            "k",
+            "--alg",
+            "PS256",
+            "--in",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let sig = sig.trim().to_owned();
+    let (ok, out, err) = cli(
+        &srv,
+        &dir,
+        &[
+            "key",
+            "verify",
+            "k",
+            "--alg",
+            "PS256",
+            "--in",
+            data.to_str().unwrap(),
+            "--signature",
+            &sig,
+        ],
+    );
+    assert!(ok && out.trim() == "valid", "{out}{err}");
+    std::fs::write(&data, b"tampered").unwrap();
+    let (ok, out, _) = cli(
+        &srv,
+        &dir,
+        &[
+            "key",
+            "verify",
+            "k",
+            "--alg",
+            "PS256",
+            "--in",
+            data.to_str().unwrap(),
+            "--signature",
+            &sig,
+        ],
+    );
+    assert!(!ok && out.trim() == "invalid", "{out}");
+
+    let secret = tmp.path().join("secret.bin");
+    std::fs::write(&secret, b"a data key").unwrap();
+    for (enc, dec, alg) in [
+        ("encrypt", "decrypt", "RSA-OAEP-256"),
+        ("wrap", "unwrap", "RSA-OAEP"),
+    ] {
+        let (ok, ct, err) = cli(
+            &srv,
+            &dir,
+            &[
+                "key",
+                enc,
+                "k",
+                "--alg",
+                alg,
+                "--in",
+                secret.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{err}");
+        let out = tmp.path().join(format!("{dec}.bin"));
+        let (ok, _, err) = cli(
+            &srv,
+            &dir,
+            &[
+                "key",
+                dec,
+                "k",
+                "--alg",
+                alg,
+                "--value",
+                ct.trim(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{err}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"a data key");
+    }
+
+    // An EC key only signs: encrypt is refused with the server's 403.
+    let (ok, _, err) = cli(
+        &srv,
+        &dir,
+        &[
+            "cert",
+            "create",
+            "e",
+            "--subject",
+            "CN=e.example.test",
+            "--key-type",
+            "EC",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &srv,
+        &dir,
+        &[
+            "key", "encrypt", "e", "--alg", "RSA-OAEP", "--value", "AAAA",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("403 Forbidden"), "{err}");
+}
