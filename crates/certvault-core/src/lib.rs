@@ -3,6 +3,7 @@
 //! error enum, and the clock. No I/O happens here.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod clock;
 pub mod error;
 pub mod names;
