@@ -39,6 +39,7 @@ APT_PACKAGES=(
   "curl:curl"
   "pkg-config:pkg-config"
   "gcc:gcc"
+  "softhsm2:softhsm2-util"
   # later: "pebble:pebble", "bind9:named", "softhsm2:softhsm2-util",
   #        "postgresql", "chromium:chromium"
 )

@@ -129,6 +129,20 @@ impl PublicKey {
         }
     }
 
+    /// Builds a public key from RSA components: the modulus `n` and public exponent `e` as
+    /// big-endian unsigned integers (leading zero bytes allowed), e.g. PKCS#11 `CKA_MODULUS`
+    /// and `CKA_PUBLIC_EXPONENT`.
+    pub fn from_rsa_components(n: &[u8], e: &[u8]) -> Result<Self, CryptoError> {
+        Self::rsa_from_pkcs1(&asn1::seq(&[&asn1::uint(n), &asn1::uint(e)]))
+    }
+
+    /// Builds a public key from an uncompressed EC point (`04 ‖ x ‖ y`) on `curve` (P-256,
+    /// P-384 or P-521), e.g. the contents of PKCS#11 `CKA_EC_POINT`. The point is checked to
+    /// lie on the curve.
+    pub fn from_ec_point(curve: Curve, point: &[u8]) -> Result<Self, CryptoError> {
+        Self::ec_from_point(curve, point)
+    }
+
     /// Builds the canonical public key from a PKCS#1 `RSAPublicKey`.
     fn rsa_from_pkcs1(pkcs1: &[u8]) -> Result<Self, CryptoError> {
         let bad = || CryptoError::malformed("RSA public key");
@@ -371,27 +385,7 @@ impl PrivateKey {
             .map_err(|_| CryptoError::internal("EC key unusable"))
     }
 
-    /// The X.509 signature AlgorithmIdentifier (DER) this key signs certificates with:
-    /// sha256WithRSAEncryption for RSA, ecdsa-with-SHA256/384/512 for P-256/384/521.
-    pub(crate) fn x509_sig_alg(&self) -> Result<Vec<u8>, CryptoError> {
-        match self.alg() {
-            KeyAlg::Rsa(_) => Ok(asn1::seq(&[
-                &asn1::oid("1.2.840.113549.1.1.11")?,
-                &asn1::null(),
-            ])),
-            KeyAlg::Ec(curve) => {
-                let oid = match curve {
-                    Curve::P256 => "1.2.840.10045.4.3.2",
-                    Curve::P384 => "1.2.840.10045.4.3.3",
-                    Curve::P521 => "1.2.840.10045.4.3.4",
-                    Curve::P256K => return Err(p256k_refused()),
-                };
-                Ok(asn1::seq(&[&asn1::oid(oid)?]))
-            }
-        }
-    }
-
-    /// Signs a message for an X.509 structure with the algorithm of [`Self::x509_sig_alg`]
+    /// Signs a message for an X.509 structure with the algorithm of [`KeyAlg::x509_sig_alg`]
     /// (ECDSA signatures DER-encoded).
     pub(crate) fn sign_x509(&self, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
         match self.alg() {
@@ -413,6 +407,28 @@ impl PrivateKey {
                     .sign(&aws_lc_rs::rand::SystemRandom::new(), msg)
                     .map_err(|_| CryptoError::internal("ECDSA signing failed"))?;
                 Ok(sig.as_ref().to_vec())
+            }
+        }
+    }
+}
+
+impl KeyAlg {
+    /// The X.509 signature AlgorithmIdentifier (DER) keys of this algorithm sign certificates
+    /// with: sha256WithRSAEncryption for RSA, ecdsa-with-SHA256/384/512 for P-256/384/521.
+    pub(crate) fn x509_sig_alg(self) -> Result<Vec<u8>, CryptoError> {
+        match self {
+            KeyAlg::Rsa(_) => Ok(asn1::seq(&[
+                &asn1::oid("1.2.840.113549.1.1.11")?,
+                &asn1::null(),
+            ])),
+            KeyAlg::Ec(curve) => {
+                let oid = match curve {
+                    Curve::P256 => "1.2.840.10045.4.3.2",
+                    Curve::P384 => "1.2.840.10045.4.3.3",
+                    Curve::P521 => "1.2.840.10045.4.3.4",
+                    Curve::P256K => return Err(p256k_refused()),
+                };
+                Ok(asn1::seq(&[&asn1::oid(oid)?]))
             }
         }
     }

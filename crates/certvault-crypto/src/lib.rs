@@ -2,7 +2,8 @@
 //!
 //! * keys: [`PrivateKey`] generation and PKCS#8/PKCS#1/SEC1 import, [`PublicKey`] (SPKI) and
 //!   [`Jwk`] members;
-//! * X.509: [`self_signed`], [`csr`], [`issue`], [`parse_certificate`], [`order_chain`];
+//! * X.509: [`self_signed`], [`csr`], [`issue`], [`parse_certificate`], [`order_chain`]; the
+//!   `*_with` variants sign through a [`CertSigner`] (a software key or an HSM key);
 //! * containers: PEM ([`parse_pem`], [`to_pem`]) and PKCS#12 ([`parse_pfx`], [`write_pfx`] in
 //!   the Azure Key Vault profile);
 //! * Key Vault key operations on certificate keys: [`sign`]/[`verify`] over a digest,
@@ -32,11 +33,12 @@ pub use envelope::{
 pub use error::CryptoError;
 pub use keys::{Jwk, KeyAlg, PrivateKey, PublicKey};
 pub use ops::{EncAlg, SignAlg, decrypt, encrypt, sign, verify};
-pub use pem::{parse_pem, to_pem};
+pub use pem::{parse_pem, to_pem, to_pem_pkcs8};
 pub use pfx::{PFX_ITERATIONS, parse_pfx, write_pfx};
 pub use x509::{
-    CertInfo, CertParams, csr, issue, order_chain, parse_certificate, self_signed, validate_params,
-    validate_subject, verify_signed_by,
+    CertInfo, CertParams, CertSigner, csr, csr_with, ecdsa_raw_to_der, issue, issue_with,
+    order_chain, parse_certificate, self_signed, self_signed_with, validate_params,
+    validate_subject, verify_signed_by, x509_signing_digest,
 };
 
 /// The contents of a PEM or PKCS#12 container.

@@ -119,16 +119,64 @@ fn push_block(out: &mut String, label: &str, der: &[u8]) {
 /// The returned `String` contains the private key when one is given; wrap it in
 /// `zeroize::Zeroizing` if it lives longer than a response.
 pub fn to_pem(key: Option<&PrivateKey>, chain: &[Vec<u8>]) -> String {
+    to_pem_pkcs8(key.map(PrivateKey::pkcs8_der), chain)
+}
+
+/// [`to_pem`] from a key's PKCS#8 DER as [`PrivateKey::pkcs8_der`] returned it (e.g. as it was
+/// sealed at rest), written as it is: no parsing, no validation, no key pair construction.
+/// For such bytes the output is identical to [`to_pem`] with the key (the canonical PKCS#8
+/// encoding is a fixed point of [`PrivateKey::from_pkcs8_der`]), at a fraction of the cost,
+/// which matters on the managed-secret read path.
+///
+/// The returned `String` contains the private key when one is given; wrap it in
+/// `zeroize::Zeroizing` if it lives longer than a response.
+pub fn to_pem_pkcs8<C: AsRef<[u8]>>(pkcs8: Option<&[u8]>, chain: &[C]) -> String {
     let est = |n: usize| n.div_ceil(3) * 4 + n / 48 + 64;
-    let capacity = key.map_or(0, |k| est(k.pkcs8_der().len()))
-        + chain.iter().map(|c| est(c.len())).sum::<usize>();
+    let capacity = pkcs8.map_or(0, |k| est(k.len()))
+        + chain.iter().map(|c| est(c.as_ref().len())).sum::<usize>();
     // Pre-sized so that the buffer holding the key is never reallocated (and left behind).
     let mut out = String::with_capacity(capacity);
-    if let Some(k) = key {
-        push_block(&mut out, "PRIVATE KEY", k.pkcs8_der());
+    if let Some(k) = pkcs8 {
+        push_block(&mut out, "PRIVATE KEY", k);
     }
     for c in chain {
-        push_block(&mut out, "CERTIFICATE", c);
+        push_block(&mut out, "CERTIFICATE", c.as_ref());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KeyAlg;
+
+    #[test]
+    fn pkcs8_pem_matches_key_pem() {
+        for alg in [
+            KeyAlg::Ec(certvault_core::policy::Curve::P256),
+            KeyAlg::Ec(certvault_core::policy::Curve::P384),
+            KeyAlg::Rsa(2048),
+        ] {
+            let k = PrivateKey::generate(alg).unwrap();
+            let chain = vec![vec![1u8, 2, 3], vec![4u8; 100]];
+            assert_eq!(
+                to_pem_pkcs8(Some(k.pkcs8_der()), &chain),
+                to_pem(Some(&k), &chain)
+            );
+            // What the read path stores and serves: the canonical encoding round-trips.
+            let again = PrivateKey::from_pkcs8_der(k.pkcs8_der()).unwrap();
+            assert_eq!(
+                to_pem_pkcs8(Some(k.pkcs8_der()), &chain),
+                to_pem(Some(&again), &chain)
+            );
+        }
+        assert_eq!(
+            to_pem_pkcs8::<Vec<u8>>(None, &[vec![9u8; 10]]),
+            to_pem(None, &[vec![9u8; 10]])
+        );
+        assert_eq!(
+            to_pem_pkcs8(None, &[&[9u8; 10][..]]),
+            to_pem(None, &[vec![9u8; 10]])
+        );
+    }
 }

@@ -8,6 +8,7 @@
 
 use std::net::IpAddr;
 
+use aws_lc_rs::digest;
 use aws_lc_rs::signature;
 use certvault_core::policy::Curve;
 use certvault_core::policy::KeyUsage;
@@ -19,7 +20,7 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::asn1;
 use crate::keys::{KeyAlg, PrivateKey, PublicKey};
-use crate::{CryptoError, random_bytes, sha1};
+use crate::{CryptoError, SignAlg, random_bytes, sha1};
 
 const OID_SAN: &str = "2.5.29.17";
 const OID_KEY_USAGE: &str = "2.5.29.15";
@@ -79,6 +80,106 @@ pub fn validate_params(p: &CertParams) -> Result<(), CryptoError> {
     }
     eku_extension(&p.ekus)?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signers
+// ---------------------------------------------------------------------------------------------
+
+/// Something that can sign certificates and CSRs: a software [`PrivateKey`], or a key that never
+/// leaves an HSM.
+///
+/// The certificate writer picks the signature algorithm from [`CertSigner::public_key`]:
+/// sha256WithRSAEncryption (PKCS#1 v1.5) for RSA keys, ecdsa-with-SHA256/384/512 for
+/// P-256/384/521. [`x509_signing_digest`] tells an implementation which digest to sign with
+/// which Key Vault algorithm, and [`ecdsa_raw_to_der`] converts a raw `r‖s` ECDSA signature.
+///
+/// Every signature is checked against the public key before a certificate or CSR is returned,
+/// so a signer whose `public_key` does not match the key it signs with fails with
+/// [`CryptoError::Internal`] instead of producing a broken certificate.
+pub trait CertSigner {
+    /// The public key of the signing key.
+    fn public_key(&self) -> PublicKey;
+
+    /// Signs `msg` (the DER TBSCertificate or CertificationRequestInfo) and returns the X.509
+    /// signature bytes: the PKCS#1 v1.5 signature over SHA-256 for RSA; the DER
+    /// `ECDSA-Sig-Value` over SHA-256/384/512 for P-256/384/521.
+    fn sign_message(&self, msg: &[u8]) -> Result<Vec<u8>, CryptoError>;
+}
+
+impl CertSigner for PrivateKey {
+    fn public_key(&self) -> PublicKey {
+        self.public_key_ref().clone()
+    }
+
+    fn sign_message(&self, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.sign_x509(msg)
+    }
+}
+
+/// For a key of algorithm `key`, the Key Vault signature algorithm and the digest of `msg` that
+/// produce the X.509 signature [`CertSigner::sign_message`] must return: `RS256` over SHA-256
+/// for RSA; `ES256`/`ES384`/`ES512` over SHA-256/384/512 for P-256/384/521 (whose raw `r‖s`
+/// result then goes through [`ecdsa_raw_to_der`]).
+///
+/// Errors: [`CryptoError::Unsupported`] for P-256K.
+pub fn x509_signing_digest(key: KeyAlg, msg: &[u8]) -> Result<(SignAlg, Vec<u8>), CryptoError> {
+    let (alg, hash) = match key {
+        KeyAlg::Rsa(_) => (SignAlg::RS256, &digest::SHA256),
+        KeyAlg::Ec(Curve::P256) => (SignAlg::ES256, &digest::SHA256),
+        KeyAlg::Ec(Curve::P384) => (SignAlg::ES384, &digest::SHA384),
+        KeyAlg::Ec(Curve::P521) => (SignAlg::ES512, &digest::SHA512),
+        KeyAlg::Ec(Curve::P256K) => {
+            return Err(CryptoError::unsupported(
+                "curve P-256K (secp256k1) is not allowed for certificates",
+            ));
+        }
+    };
+    Ok((alg, digest::digest(hash, msg).as_ref().to_vec()))
+}
+
+/// DER-encodes a raw ECDSA signature `r‖s` (two big-endian integers of equal width, as JWS and
+/// PKCS#11 `CKM_ECDSA` produce) as an X.509 / PKCS#10 `ECDSA-Sig-Value`
+/// (`SEQUENCE { r INTEGER, s INTEGER }`).
+///
+/// Errors: [`CryptoError::BadParameter`] for an empty or odd-length input.
+pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
+        return Err(CryptoError::bad(
+            "a raw ECDSA signature must be r and s of equal, non-zero length",
+        ));
+    }
+    let (r, s) = raw.split_at(raw.len() / 2);
+    Ok(asn1::seq(&[&asn1::uint(r), &asn1::uint(s)]))
+}
+
+/// Verifies an X.509 signature (as [`CertSigner::sign_message`] returns it) over `msg`.
+fn x509_signature_valid(key: &PublicKey, msg: &[u8], sig: &[u8]) -> bool {
+    let alg: &dyn signature::VerificationAlgorithm = match key.alg() {
+        KeyAlg::Rsa(_) => &signature::RSA_PKCS1_2048_8192_SHA256,
+        KeyAlg::Ec(Curve::P256) => &signature::ECDSA_P256_SHA256_ASN1,
+        KeyAlg::Ec(Curve::P384) => &signature::ECDSA_P384_SHA384_ASN1,
+        KeyAlg::Ec(Curve::P521) => &signature::ECDSA_P521_SHA512_ASN1,
+        KeyAlg::Ec(Curve::P256K) => return false,
+    };
+    signature::UnparsedPublicKey::new(alg, key.spki_der())
+        .verify(msg, sig)
+        .is_ok()
+}
+
+/// Signs `msg` with `signer` and checks the result against `key` (the signer's public key).
+fn sign_checked(
+    signer: &dyn CertSigner,
+    key: &PublicKey,
+    msg: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let sig = signer.sign_message(msg)?;
+    if !x509_signature_valid(key, msg, &sig) {
+        return Err(CryptoError::internal(
+            "the signer's signature does not verify with its public key",
+        ));
+    }
+    Ok(sig)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -309,7 +410,11 @@ struct TbsInput<'a> {
     aki: Option<Vec<u8>>,
 }
 
-fn build_certificate(signer: &PrivateKey, input: TbsInput<'_>) -> Result<Vec<u8>, CryptoError> {
+fn build_certificate(
+    signer: &dyn CertSigner,
+    signer_key: &PublicKey,
+    input: TbsInput<'_>,
+) -> Result<Vec<u8>, CryptoError> {
     let p = input.p;
     if p.not_after <= p.not_before {
         return Err(CryptoError::bad("not_after must be later than not_before"));
@@ -337,7 +442,7 @@ fn build_certificate(signer: &PrivateKey, input: TbsInput<'_>) -> Result<Vec<u8>
     )?);
 
     let issuer = input.issuer_name.unwrap_or_else(|| subject.clone());
-    let sig_alg = signer.x509_sig_alg()?;
+    let sig_alg = signer_key.alg().x509_sig_alg()?;
     let validity = asn1::seq(&[&encode_time(p.not_before)?, &encode_time(p.not_after)?]);
     let ext_refs: Vec<&[u8]> = exts.iter().map(Vec::as_slice).collect();
     let extensions = asn1::tlv(asn1::ctx_cons(3), &asn1::seq(&ext_refs));
@@ -352,7 +457,7 @@ fn build_certificate(signer: &PrivateKey, input: TbsInput<'_>) -> Result<Vec<u8>
         input.subject_key.spki_der(),
         &extensions,
     ]);
-    let sig = signer.sign_x509(&tbs)?;
+    let sig = sign_checked(signer, signer_key, &tbs)?;
     Ok(asn1::seq(&[&tbs, &sig_alg, &asn1::bit_string(&sig)]))
 }
 
@@ -364,11 +469,18 @@ fn build_certificate(signer: &PrivateKey, input: TbsInput<'_>) -> Result<Vec<u8>
 /// BasicConstraints (critical; `CA:FALSE` unless `is_ca`), SubjectKeyIdentifier (SHA-1 of the
 /// public key bits). No AuthorityKeyIdentifier.
 pub fn self_signed(key: &PrivateKey, p: &CertParams) -> Result<Vec<u8>, CryptoError> {
+    self_signed_with(key, p)
+}
+
+/// [`self_signed`] with any [`CertSigner`] (e.g. a key inside an HSM).
+pub fn self_signed_with(signer: &dyn CertSigner, p: &CertParams) -> Result<Vec<u8>, CryptoError> {
+    let key = signer.public_key();
     build_certificate(
-        key,
+        signer,
+        &key,
         TbsInput {
             p,
-            subject_key: key.public_key_ref(),
+            subject_key: &key,
             issuer_name: None,
             aki: None,
         },
@@ -388,9 +500,19 @@ pub fn issue(
     subject_key: &PublicKey,
     p: &CertParams,
 ) -> Result<Vec<u8>, CryptoError> {
+    issue_with(ca_key, ca_cert_der, subject_key, p)
+}
+
+/// [`issue`] with any [`CertSigner`] as the CA key (e.g. a CA key inside an HSM).
+pub fn issue_with(
+    ca_signer: &dyn CertSigner,
+    ca_cert_der: &[u8],
+    subject_key: &PublicKey,
+    p: &CertParams,
+) -> Result<Vec<u8>, CryptoError> {
     let ca = parse_x509(ca_cert_der)?;
     let ca_public = PublicKey::from_spki_der(ca.public_key().raw)?;
-    if &ca_public != ca_key.public_key_ref() {
+    if ca_public != ca_signer.public_key() {
         return Err(CryptoError::KeyMismatch);
     }
     let is_ca = ca
@@ -408,7 +530,8 @@ pub fn issue(
         .and_then(|e| asn1::expect(e.value, asn1::OCTET_STRING).map(|(t, _)| t.content.to_vec()))
         .unwrap_or_else(|| key_id(&ca_public).to_vec());
     build_certificate(
-        ca_key,
+        ca_signer,
+        &ca_public,
         TbsInput {
             p,
             subject_key,
@@ -423,6 +546,12 @@ pub fn issue(
 /// The extensionRequest attribute carries SubjectAltName, KeyUsage (critical), ExtendedKeyUsage
 /// and BasicConstraints (critical; `CA:FALSE` unless `is_ca`). Validity fields are ignored.
 pub fn csr(key: &PrivateKey, p: &CertParams) -> Result<Vec<u8>, CryptoError> {
+    csr_with(key, p)
+}
+
+/// [`csr`] with any [`CertSigner`] (e.g. a key inside an HSM).
+pub fn csr_with(signer: &dyn CertSigner, p: &CertParams) -> Result<Vec<u8>, CryptoError> {
+    let key = signer.public_key();
     let (subject, empty_subject) = crate::dn::subject_der(&p.subject)?;
     let mut exts: Vec<Vec<u8>> = Vec::new();
     let san = san_extension(p, empty_subject)?;
@@ -441,14 +570,9 @@ pub fn csr(key: &PrivateKey, p: &CertParams) -> Result<Vec<u8>, CryptoError> {
         &asn1::set_of(vec![asn1::seq(&ext_refs)]),
     ]);
     let attributes = asn1::tlv(asn1::ctx_cons(0), &ext_req);
-    let info = asn1::seq(&[
-        &asn1::small_uint(0),
-        &subject,
-        key.public_key_ref().spki_der(),
-        &attributes,
-    ]);
-    let sig_alg = key.x509_sig_alg()?;
-    let sig = key.sign_x509(&info)?;
+    let info = asn1::seq(&[&asn1::small_uint(0), &subject, key.spki_der(), &attributes]);
+    let sig_alg = key.alg().x509_sig_alg()?;
+    let sig = sign_checked(signer, &key, &info)?;
     Ok(asn1::seq(&[&info, &sig_alg, &asn1::bit_string(&sig)]))
 }
 
@@ -754,4 +878,185 @@ pub fn order_chain(
         .into_iter()
         .filter_map(|i| slots.get_mut(i).and_then(Option::take))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{parse_certificate, sign};
+
+    fn params(subject: &str) -> CertParams {
+        CertParams {
+            subject: subject.to_string(),
+            dns_names: vec!["signer.example.com".into()],
+            key_usage: vec![KeyUsage::DigitalSignature, KeyUsage::KeyCertSign],
+            is_ca: true,
+            not_before: 1_700_000_000,
+            not_after: 1_800_000_000,
+            ..CertParams::default()
+        }
+    }
+
+    /// Signs the way an HSM does: a Key Vault digest signature, then DER for ECDSA.
+    struct DigestSigner(PrivateKey);
+
+    impl CertSigner for DigestSigner {
+        fn public_key(&self) -> PublicKey {
+            self.0.public_key()
+        }
+
+        fn sign_message(&self, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
+            let (alg, digest) = x509_signing_digest(self.0.alg(), msg)?;
+            let sig = sign(&self.0, alg, &digest)?;
+            if alg.is_ec() {
+                ecdsa_raw_to_der(&sig)
+            } else {
+                Ok(sig)
+            }
+        }
+    }
+
+    /// Claims one key and signs with another.
+    struct LyingSigner(PrivateKey, PrivateKey);
+
+    impl CertSigner for LyingSigner {
+        fn public_key(&self) -> PublicKey {
+            self.0.public_key()
+        }
+
+        fn sign_message(&self, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
+            self.1.sign_message(msg)
+        }
+    }
+
+    fn algs() -> [KeyAlg; 4] {
+        [
+            KeyAlg::Rsa(2048),
+            KeyAlg::Ec(Curve::P256),
+            KeyAlg::Ec(Curve::P384),
+            KeyAlg::Ec(Curve::P521),
+        ]
+    }
+
+    #[test]
+    fn digest_signer_matches_the_writer() {
+        for alg in algs() {
+            let key = PrivateKey::generate(alg).unwrap();
+            let signer = DigestSigner(key.clone());
+            let msg = b"to be signed";
+            let sig = signer.sign_message(msg).unwrap();
+            assert!(x509_signature_valid(&key.public_key(), msg, &sig), "{alg}");
+
+            let cert = self_signed_with(&signer, &params("CN=Signer CA")).unwrap();
+            assert!(verify_signed_by(&cert, &cert).unwrap(), "{alg}");
+            assert_eq!(
+                parse_certificate(&cert).unwrap().public_key,
+                key.public_key()
+            );
+            // The same profile as the PrivateKey path (apart from serial and signature).
+            let soft = self_signed(&key, &params("CN=Signer CA")).unwrap();
+            assert_eq!(
+                parse_x509(&cert).unwrap().signature_algorithm.algorithm,
+                parse_x509(&soft).unwrap().signature_algorithm.algorithm
+            );
+
+            let req = csr_with(&signer, &params("CN=req")).unwrap();
+            assert!(!req.is_empty());
+
+            let leaf_key = PrivateKey::generate(KeyAlg::Ec(Curve::P256)).unwrap();
+            let mut leaf_params = params("CN=leaf");
+            leaf_params.is_ca = false;
+            let leaf = issue_with(&signer, &cert, &leaf_key.public_key(), &leaf_params).unwrap();
+            assert!(verify_signed_by(&leaf, &cert).unwrap(), "{alg}");
+        }
+    }
+
+    #[test]
+    fn signing_digests() {
+        let (alg, d) = x509_signing_digest(KeyAlg::Rsa(3072), b"abc").unwrap();
+        assert_eq!((alg, d.len()), (SignAlg::RS256, 32));
+        assert_eq!(d, crate::sha256(b"abc"));
+        let (alg, d) = x509_signing_digest(KeyAlg::Ec(Curve::P384), b"abc").unwrap();
+        assert_eq!((alg, d.len()), (SignAlg::ES384, 48));
+        let (alg, d) = x509_signing_digest(KeyAlg::Ec(Curve::P521), b"abc").unwrap();
+        assert_eq!((alg, d.len()), (SignAlg::ES512, 64));
+        assert!(matches!(
+            x509_signing_digest(KeyAlg::Ec(Curve::P256K), b"abc"),
+            Err(CryptoError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn lying_signer_is_caught() {
+        let a = PrivateKey::generate(KeyAlg::Ec(Curve::P256)).unwrap();
+        let b = PrivateKey::generate(KeyAlg::Ec(Curve::P256)).unwrap();
+        let liar = LyingSigner(a.clone(), b);
+        for r in [
+            self_signed_with(&liar, &params("CN=x")),
+            csr_with(&liar, &params("CN=x")),
+        ] {
+            assert!(matches!(r, Err(CryptoError::Internal(_))), "{r:?}");
+        }
+        // issue_with refuses a CA key that does not match the CA certificate.
+        let ca = self_signed(&a, &params("CN=CA")).unwrap();
+        let other = PrivateKey::generate(KeyAlg::Ec(Curve::P256)).unwrap();
+        assert_eq!(
+            issue_with(&other, &ca, &other.public_key(), &params("CN=l")),
+            Err(CryptoError::KeyMismatch)
+        );
+    }
+
+    #[test]
+    fn raw_to_der() {
+        // r = 0x0080 (leading zero dropped, sign byte added), s = 0x0001.
+        assert_eq!(
+            ecdsa_raw_to_der(&[0x00, 0x80, 0x00, 0x01]).unwrap(),
+            vec![0x30, 0x07, 0x02, 0x02, 0x00, 0x80, 0x02, 0x01, 0x01]
+        );
+        // All-zero halves encode as INTEGER 0.
+        assert_eq!(
+            ecdsa_raw_to_der(&[0, 0]).unwrap(),
+            vec![0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x00]
+        );
+        for bad in [&[][..], &[1, 2, 3][..]] {
+            assert!(matches!(
+                ecdsa_raw_to_der(bad),
+                Err(CryptoError::BadParameter(_))
+            ));
+        }
+        // A P-521 signature (132 bytes) needs long-form lengths and still verifies.
+        let key = PrivateKey::generate(KeyAlg::Ec(Curve::P521)).unwrap();
+        let (alg, d) = x509_signing_digest(key.alg(), b"m").unwrap();
+        let raw = sign(&key, alg, &d).unwrap();
+        assert_eq!(raw.len(), 132);
+        let der = ecdsa_raw_to_der(&raw).unwrap();
+        assert!(x509_signature_valid(&key.public_key(), b"m", &der));
+    }
+
+    #[test]
+    fn public_key_constructors() {
+        let rsa = PrivateKey::generate(KeyAlg::Rsa(2048))
+            .unwrap()
+            .public_key();
+        let crate::Jwk::Rsa { n, e } = rsa.jwk() else {
+            panic!("RSA")
+        };
+        let mut padded = vec![0, 0];
+        padded.extend_from_slice(&n);
+        assert_eq!(PublicKey::from_rsa_components(&padded, &e).unwrap(), rsa);
+        assert!(PublicKey::from_rsa_components(&n, &[1]).is_err());
+
+        let ec = PrivateKey::generate(KeyAlg::Ec(Curve::P384))
+            .unwrap()
+            .public_key();
+        let crate::Jwk::Ec { x, y, .. } = ec.jwk() else {
+            panic!("EC")
+        };
+        let point = [&[0x04][..], &x, &y].concat();
+        assert_eq!(PublicKey::from_ec_point(Curve::P384, &point).unwrap(), ec);
+        assert!(PublicKey::from_ec_point(Curve::P256, &point).is_err());
+        let mut off_curve = point;
+        off_curve[5] ^= 1;
+        assert!(PublicKey::from_ec_point(Curve::P384, &off_curve).is_err());
+    }
 }

@@ -165,10 +165,10 @@ pub fn next_path(file: &Path) -> PathBuf {
 }
 
 fn sync_dir(file: &Path) {
-    if let Some(dir) = file.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if let Some(dir) = file.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
     }
 }
 

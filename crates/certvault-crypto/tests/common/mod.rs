@@ -72,7 +72,10 @@ pub fn require_openssl() {
         .arg("version")
         .output()
         .is_ok_and(|o| o.status.success());
-    assert!(ok, "the openssl CLI is required: run scripts/test-all.sh, which installs it");
+    assert!(
+        ok,
+        "the openssl CLI is required: run scripts/test-all.sh, which installs it"
+    );
 }
 
 /// The Python interpreter with `cryptography`: `CERTVAULT_TEST_PYTHON` (set by the test

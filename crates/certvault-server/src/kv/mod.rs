@@ -13,6 +13,9 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode, header, request::Parts};
 use serde::de::DeserializeOwned;
 
+use certvault_core::access::{ObjectType, Permission};
+
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::http::Body;
 use crate::state::{AppState, VaultCtx};
@@ -38,6 +41,8 @@ pub struct Ctx<'a> {
     pub now: i64,
     /// Request id.
     pub request_id: &'a str,
+    /// Who is calling.
+    pub caller: &'a Caller,
 }
 
 impl Ctx<'_> {
@@ -252,6 +257,7 @@ pub async fn dispatch(
     parts: &Parts,
     body: Bytes,
     request_id: &str,
+    caller: &Caller,
 ) -> ApiResult<Response<Body>> {
     let host = parts
         .uri
@@ -292,6 +298,7 @@ pub async fn dispatch(
         body,
         now: state.clock.now(),
         request_id,
+        caller,
     };
     let path = parts.uri.path();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -301,71 +308,172 @@ pub async fn dispatch(
     let seg = |i: usize| segs.get(i).copied().unwrap_or("");
 
     use Method as M;
-    match (l.as_slice(), m) {
+    use ObjectType::{Certificates as C, Keys as K, Secrets as S};
+    let p = Permission::new;
+    let (need, handler): (Permission, Handler<'_>) = match (l.as_slice(), m) {
         // certificates collection and route words
-        (["certificates"] | ["certificates", ""], &M::GET) => certs::list(&ctx, false).await,
-        (["certificates", "issuers"] | ["certificates", "issuers", ""], &M::GET) => {
-            issuers::list(&ctx).await
+        (["certificates"] | ["certificates", ""], &M::GET) => {
+            (p(C, "list"), Box::pin(certs::list(&ctx, false)))
         }
-        (["certificates", "issuers", _], &M::GET) => issuers::get(&ctx, seg(2)).await,
-        (["certificates", "issuers", _], &M::PUT) => issuers::set(&ctx, seg(2)).await,
-        (["certificates", "issuers", _], &M::PATCH) => issuers::update(&ctx, seg(2)).await,
-        (["certificates", "issuers", _], &M::DELETE) => issuers::delete(&ctx, seg(2)).await,
-        (["certificates", "contacts"], &M::GET) => issuers::get_contacts(&ctx).await,
-        (["certificates", "contacts"], &M::PUT) => issuers::set_contacts(&ctx).await,
-        (["certificates", "contacts"], &M::DELETE) => issuers::delete_contacts(&ctx).await,
-        (["certificates", "restore"], &M::POST) => certs::restore(&ctx).await,
+        (["certificates", "issuers"] | ["certificates", "issuers", ""], &M::GET) => {
+            (p(C, "listissuers"), Box::pin(issuers::list(&ctx)))
+        }
+        (["certificates", "issuers", _], &M::GET) => {
+            (p(C, "getissuers"), Box::pin(issuers::get(&ctx, seg(2))))
+        }
+        (["certificates", "issuers", _], &M::PUT) => {
+            (p(C, "setissuers"), Box::pin(issuers::set(&ctx, seg(2))))
+        }
+        (["certificates", "issuers", _], &M::PATCH) => {
+            (p(C, "setissuers"), Box::pin(issuers::update(&ctx, seg(2))))
+        }
+        (["certificates", "issuers", _], &M::DELETE) => (
+            p(C, "deleteissuers"),
+            Box::pin(issuers::delete(&ctx, seg(2))),
+        ),
+        (["certificates", "contacts"], &M::GET) => (
+            p(C, "managecontacts"),
+            Box::pin(issuers::get_contacts(&ctx)),
+        ),
+        (["certificates", "contacts"], &M::PUT) => (
+            p(C, "managecontacts"),
+            Box::pin(issuers::set_contacts(&ctx)),
+        ),
+        (["certificates", "contacts"], &M::DELETE) => (
+            p(C, "managecontacts"),
+            Box::pin(issuers::delete_contacts(&ctx)),
+        ),
+        (["certificates", "restore"], &M::POST) => {
+            (p(C, "restore"), Box::pin(certs::restore(&ctx)))
+        }
         // one certificate
         (["certificates", _] | ["certificates", _, ""], &M::GET) => {
-            certs::get(&ctx, seg(1), None).await
+            (p(C, "get"), Box::pin(certs::get(&ctx, seg(1), None)))
         }
         (["certificates", _] | ["certificates", _, ""], &M::PATCH) => {
-            certs::update(&ctx, seg(1), None).await
+            (p(C, "update"), Box::pin(certs::update(&ctx, seg(1), None)))
         }
-        (["certificates", _], &M::DELETE) => certs::delete(&ctx, seg(1)).await,
-        (["certificates", _, "versions"], &M::GET) => certs::versions(&ctx, seg(1)).await,
-        (["certificates", _, "policy"], &M::GET) => certs::get_policy(&ctx, seg(1)).await,
-        (["certificates", _, "policy"], &M::PATCH) => certs::update_policy(&ctx, seg(1)).await,
-        (["certificates", _, "pending"], &M::GET) => certs::get_pending(&ctx, seg(1)).await,
-        (["certificates", _, "pending"], &M::PATCH) => certs::cancel_pending(&ctx, seg(1)).await,
-        (["certificates", _, "pending"], &M::DELETE) => certs::delete_pending(&ctx, seg(1)).await,
-        (["certificates", _, "pending", "merge"], &M::POST) => certs::merge(&ctx, seg(1)).await,
-        (["certificates", _, "create"], &M::POST) => certs::create(&ctx, seg(1)).await,
-        (["certificates", _, "import"], &M::POST) => certs::import(&ctx, seg(1)).await,
-        (["certificates", _, "backup"], &M::POST) => certs::backup(&ctx, seg(1)).await,
-        (["certificates", _, _], &M::GET) => certs::get(&ctx, seg(1), Some(seg(2))).await,
-        (["certificates", _, _], &M::PATCH) => certs::update(&ctx, seg(1), Some(seg(2))).await,
+        (["certificates", _], &M::DELETE) => {
+            (p(C, "delete"), Box::pin(certs::delete(&ctx, seg(1))))
+        }
+        (["certificates", _, "versions"], &M::GET) => {
+            (p(C, "list"), Box::pin(certs::versions(&ctx, seg(1))))
+        }
+        (["certificates", _, "policy"], &M::GET) => {
+            (p(C, "get"), Box::pin(certs::get_policy(&ctx, seg(1))))
+        }
+        (["certificates", _, "policy"], &M::PATCH) => {
+            (p(C, "update"), Box::pin(certs::update_policy(&ctx, seg(1))))
+        }
+        (["certificates", _, "pending"], &M::GET) => {
+            (p(C, "get"), Box::pin(certs::get_pending(&ctx, seg(1))))
+        }
+        (["certificates", _, "pending"], &M::PATCH) => (
+            p(C, "update"),
+            Box::pin(certs::cancel_pending(&ctx, seg(1))),
+        ),
+        (["certificates", _, "pending"], &M::DELETE) => (
+            p(C, "delete"),
+            Box::pin(certs::delete_pending(&ctx, seg(1))),
+        ),
+        (["certificates", _, "pending", "merge"], &M::POST) => {
+            (p(C, "create"), Box::pin(certs::merge(&ctx, seg(1))))
+        }
+        (["certificates", _, "create"], &M::POST) => {
+            (p(C, "create"), Box::pin(certs::create(&ctx, seg(1))))
+        }
+        (["certificates", _, "import"], &M::POST) => {
+            (p(C, "import"), Box::pin(certs::import(&ctx, seg(1))))
+        }
+        (["certificates", _, "backup"], &M::POST) => {
+            (p(C, "backup"), Box::pin(certs::backup(&ctx, seg(1))))
+        }
+        (["certificates", _, _], &M::GET) => (
+            p(C, "get"),
+            Box::pin(certs::get(&ctx, seg(1), Some(seg(2)))),
+        ),
+        (["certificates", _, _], &M::PATCH) => (
+            p(C, "update"),
+            Box::pin(certs::update(&ctx, seg(1), Some(seg(2)))),
+        ),
         // deleted certificates
         (["deletedcertificates"] | ["deletedcertificates", ""], &M::GET) => {
-            certs::list(&ctx, true).await
+            (p(C, "list"), Box::pin(certs::list(&ctx, true)))
         }
-        (["deletedcertificates", _], &M::GET) => certs::get_deleted(&ctx, seg(1)).await,
-        (["deletedcertificates", _], &M::DELETE) => certs::purge(&ctx, seg(1)).await,
-        (["deletedcertificates", _, "recover"], &M::POST) => certs::recover(&ctx, seg(1)).await,
+        (["deletedcertificates", _], &M::GET) => {
+            (p(C, "get"), Box::pin(certs::get_deleted(&ctx, seg(1))))
+        }
+        (["deletedcertificates", _], &M::DELETE) => {
+            (p(C, "purge"), Box::pin(certs::purge(&ctx, seg(1))))
+        }
+        (["deletedcertificates", _, "recover"], &M::POST) => {
+            (p(C, "recover"), Box::pin(certs::recover(&ctx, seg(1))))
+        }
         // managed secrets
-        (["secrets"] | ["secrets", ""], &M::GET) => secrets::list(&ctx).await,
-        (["secrets", _, "versions"], &M::GET) => secrets::versions(&ctx, seg(1)).await,
-        (["secrets", _] | ["secrets", _, ""], &M::GET) => secrets::get(&ctx, seg(1), None).await,
-        (["secrets", _, _], &M::GET) => secrets::get(&ctx, seg(1), Some(seg(2))).await,
-        (["secrets", _], &M::PUT | &M::DELETE) | (["secrets", _, _], &M::PATCH) => {
-            secrets::refuse(&ctx, seg(1)).await
+        (["secrets"] | ["secrets", ""], &M::GET) => (p(S, "list"), Box::pin(secrets::list(&ctx))),
+        (["secrets", _, "versions"], &M::GET) => {
+            (p(S, "list"), Box::pin(secrets::versions(&ctx, seg(1))))
         }
+        (["secrets", _] | ["secrets", _, ""], &M::GET) => {
+            (p(S, "get"), Box::pin(secrets::get(&ctx, seg(1), None)))
+        }
+        (["secrets", _, _], &M::GET) => (
+            p(S, "get"),
+            Box::pin(secrets::get(&ctx, seg(1), Some(seg(2)))),
+        ),
+        (["secrets", _], &M::PUT) => (p(S, "set"), Box::pin(secrets::refuse(&ctx, seg(1)))),
+        (["secrets", _], &M::DELETE) => (p(S, "delete"), Box::pin(secrets::refuse(&ctx, seg(1)))),
+        (["secrets", _, _], &M::PATCH) => (p(S, "set"), Box::pin(secrets::refuse(&ctx, seg(1)))),
         // managed keys
-        (["keys"] | ["keys", ""], &M::GET) => keys::list(&ctx).await,
-        (["keys", _, "versions"], &M::GET) => keys::versions(&ctx, seg(1)).await,
-        (["keys", _] | ["keys", _, ""], &M::GET) => keys::get(&ctx, seg(1), None).await,
-        (["keys", _, _], &M::GET) => keys::get(&ctx, seg(1), Some(seg(2))).await,
-        (["keys", _, _, op], &M::POST) => keys::operation(&ctx, seg(1), seg(2), op).await,
-        (["keys", _], &M::DELETE) | (["keys", _, _], &M::PATCH) => keys::refuse(&ctx, seg(1)).await,
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!(
-                "No operation {m} {} exists in this API.",
-                certvault_core::names::truncate(path, 120)
+        (["keys"] | ["keys", ""], &M::GET) => (p(K, "list"), Box::pin(keys::list(&ctx))),
+        (["keys", _, "versions"], &M::GET) => {
+            (p(K, "list"), Box::pin(keys::versions(&ctx, seg(1))))
+        }
+        (["keys", _] | ["keys", _, ""], &M::GET) => {
+            (p(K, "get"), Box::pin(keys::get(&ctx, seg(1), None)))
+        }
+        (["keys", _, _], &M::GET) => (p(K, "get"), Box::pin(keys::get(&ctx, seg(1), Some(seg(2))))),
+        (["keys", _, _, op], &M::POST) => match key_op_permission(op) {
+            Some(name) => (
+                p(K, name),
+                Box::pin(keys::operation(&ctx, seg(1), seg(2), op)),
             ),
-        )),
-    }
+            None => return Err(no_route(m, path)),
+        },
+        (["keys", _], &M::DELETE) => (p(K, "delete"), Box::pin(keys::refuse(&ctx, seg(1)))),
+        (["keys", _, _], &M::PATCH) => (p(K, "update"), Box::pin(keys::refuse(&ctx, seg(1)))),
+        _ => return Err(no_route(m, path)),
+    };
+    ctx.caller.authorize(ctx.vault_id(), need)?;
+    handler.await
+}
+
+/// A handler's future.
+type Handler<'a> = std::pin::Pin<Box<dyn Future<Output = ApiResult<Response<Body>>> + Send + 'a>>;
+
+/// The key permission a key operation (route word, any case) needs.
+fn key_op_permission(op: &str) -> Option<&'static str> {
+    [
+        "sign",
+        "verify",
+        "encrypt",
+        "decrypt",
+        "wrapKey",
+        "unwrapKey",
+    ]
+    .into_iter()
+    .find(|n| n.eq_ignore_ascii_case(op))
+}
+
+fn no_route(m: &Method, path: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!(
+            "No operation {m} {} exists in this API.",
+            certvault_core::names::truncate(path, 120)
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use super::Ctx;
 use super::certs::key_aad;
 use super::model;
 use crate::error::{ApiError, ApiResult};
-use crate::http::{Body, json as json_response};
+use crate::http::{Body, json_bytes, push_json_str};
 
 fn secret_not_found(what: &str) -> ApiError {
     ApiError::not_found(
@@ -106,11 +106,6 @@ pub async fn get(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResult<R
             }
         },
     };
-    let mut chain = Vec::with_capacity(v.chain.len() + 1);
-    if let Some(cer) = &v.cer {
-        chain.push(cer.clone());
-    }
-    chain.extend(v.chain.iter().cloned());
     // The key's PKCS#8 DER as sealed at rest (the canonical encoding `certs::open_key` would
     // re-create after parsing and validating it, which costs more than the rest of this
     // request; PEM writes the bytes as they are).
@@ -119,11 +114,22 @@ pub async fn get(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResult<R
     } else {
         None
     };
-    let value = match out {
+    let value = Zeroizing::new(match out {
         ContentType::Pem => {
+            let chain: Vec<&[u8]> = v
+                .cer
+                .iter()
+                .chain(v.chain.iter())
+                .map(Vec::as_slice)
+                .collect();
             certvault_crypto::to_pem_pkcs8(key_der.as_deref().map(Vec::as_slice), &chain)
         }
         ContentType::Pkcs12 => {
+            let mut chain = Vec::with_capacity(v.chain.len() + 1);
+            if let Some(cer) = &v.cer {
+                chain.push(cer.clone());
+            }
+            chain.extend(v.chain.iter().cloned());
             let key = key_der
                 .map(|d| PrivateKey::from_pkcs8_der(&d))
                 .transpose()
@@ -136,23 +142,53 @@ pub async fn get(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResult<R
             .map_err(|e| ApiError::internal(&e))?;
             base64::engine::general_purpose::STANDARD.encode(pfx)
         }
-    };
-    let mut b = json!({
-        "value": value,
-        "contentType": out.as_str(),
-        "id": format!("{}/secrets/{}/{}", ctx.base, cert.name, v.version),
-        "managed": true,
-        "kid": format!("{}/keys/{}/{}", ctx.base, cert.name, v.version),
-        "attributes": secret_attributes(ctx, &v),
     });
-    if let Some(t) = v
+    let tags = v
         .tags
         .as_deref()
-        .and_then(|t| serde_json::from_str::<Value>(t).ok())
-    {
-        b["tags"] = t;
+        .and_then(|t| serde_json::from_str::<Value>(t).ok());
+    let body = secret_bundle_json(
+        &value,
+        out.as_str(),
+        &format!("{}/secrets/{}/{}", ctx.base, cert.name, v.version),
+        &format!("{}/keys/{}/{}", ctx.base, cert.name, v.version),
+        &secret_attributes(ctx, &v),
+        tags.as_ref(),
+    )
+    .map_err(|e| ApiError::internal(&e))?;
+    Ok(json_bytes(StatusCode::OK, body))
+}
+
+/// The SecretBundle of a managed secret, serialised: the bytes `serde_json` writes for
+/// `{"value", "contentType", "id", "managed", "kid", "attributes", "tags"?}` (its maps order
+/// members by name), without building a `Value` around the kilobytes of `value` and with the
+/// faster string escaping of [`push_json_str`].
+fn secret_bundle_json(
+    value: &str,
+    content_type: &str,
+    id: &str,
+    kid: &str,
+    attributes: &Value,
+    tags: Option<&Value>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut b = Vec::with_capacity(value.len() + value.len() / 32 + 512);
+    b.extend_from_slice(b"{\"attributes\":");
+    serde_json::to_writer(&mut b, attributes)?;
+    b.extend_from_slice(b",\"contentType\":");
+    push_json_str(&mut b, content_type);
+    b.extend_from_slice(b",\"id\":");
+    push_json_str(&mut b, id);
+    b.extend_from_slice(b",\"kid\":");
+    push_json_str(&mut b, kid);
+    b.extend_from_slice(b",\"managed\":true");
+    if let Some(t) = tags {
+        b.extend_from_slice(b",\"tags\":");
+        serde_json::to_writer(&mut b, t)?;
     }
-    Ok(json_response(StatusCode::OK, &b))
+    b.extend_from_slice(b",\"value\":");
+    push_json_str(&mut b, value);
+    b.push(b'}');
+    Ok(b)
 }
 
 fn secret_item(ctx: &Ctx<'_>, cert: &CertRecord, v: &VersionRecord, versioned: bool) -> Value {
@@ -248,4 +284,41 @@ pub async fn refuse(_ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         "The secret '{}' is managed by its certificate; change or delete the certificate instead.",
         certvault_core::names::truncate(seg, 127)
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_bundle_is_what_serde_json_writes() {
+        let attributes = json!({"enabled": true, "created": 1, "updated": 2, "nbf": 0,
+            "exp": 99, "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 90});
+        let value = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n";
+        let tags = json!({"env": "prod \"quoted\" \\ é", "z": "", "a": "1"});
+        for tags in [None, Some(&tags)] {
+            for ct in ["application/x-pem-file", "application/x-pkcs12"] {
+                let id =
+                    "https://v.certvault.test:8443/secrets/Web-1/0123456789abcdef0123456789abcdef";
+                let kid =
+                    "https://v.certvault.test:8443/keys/Web-1/0123456789abcdef0123456789abcdef";
+                let mut want = json!({
+                    "value": value,
+                    "contentType": ct,
+                    "id": id,
+                    "managed": true,
+                    "kid": kid,
+                    "attributes": attributes,
+                });
+                if let Some(t) = tags {
+                    want["tags"] = t.clone();
+                }
+                let got = secret_bundle_json(value, ct, id, kid, &attributes, tags).unwrap();
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    serde_json::to_string(&want).unwrap()
+                );
+            }
+        }
+    }
 }

@@ -1,0 +1,685 @@
+//! The three benchmarks of the foundation issue.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::load::{self, GetOp, Load, Op, OpFuture, Rng, Stats, ms};
+use crate::net::{Conn, Target};
+use crate::seed::{self, Kty, Plan, cert_name};
+use crate::server::Server;
+use crate::{Common, check};
+
+const API: &str = "api-version=7.4";
+
+// ---------------------------------------------------------------------------------------------
+// shared helpers
+
+fn create_body(kty: Kty, name: &str) -> Result<Bytes> {
+    let body = serde_json::json!({ "policy": kty.policy(&format!("CN={name}")) });
+    Ok(Bytes::from(serde_json::to_vec(&body)?))
+}
+
+/// POST create, then GET pending until the status is no longer `inProgress`.
+async fn create_and_wait(conn: &mut Conn, kty: Kty, name: &str) -> Result<u64> {
+    let r = conn
+        .request(
+            Method::POST,
+            &format!("/certificates/{name}/create?{API}"),
+            Some(create_body(kty, name)?),
+        )
+        .await?;
+    if r.status != StatusCode::ACCEPTED {
+        bail!("create answered {}", r.status);
+    }
+    let mut bytes = r.body.len() as u64;
+    for _ in 0..10_000 {
+        let p = conn
+            .get_ok(&format!("/certificates/{name}/pending?{API}"))
+            .await?;
+        bytes += p.body.len() as u64;
+        let v: Value = serde_json::from_slice(&p.body)?;
+        match v["status"].as_str() {
+            Some("inProgress") => tokio::time::sleep(Duration::from_millis(1)).await,
+            Some("completed") => return Ok(bytes),
+            other => bail!("operation ended with status {other:?}"),
+        }
+    }
+    bail!("the operation stayed inProgress")
+}
+
+struct CreateOp {
+    kty: Kty,
+    tag: String,
+}
+
+impl Op for CreateOp {
+    fn run<'a>(
+        &'a self,
+        conn: &'a mut Conn,
+        w: usize,
+        seq: u64,
+        _rng: &'a mut Rng,
+    ) -> OpFuture<'a> {
+        Box::pin(async move {
+            let name = format!("{}-w{w}-{seq}", self.tag);
+            create_and_wait(conn, self.kty, &name).await
+        })
+    }
+}
+
+/// Creates certificates `0..n` through the API with `concurrency` connections.
+async fn create_many(target: &Target, kty: Kty, n: usize, concurrency: usize) -> Result<f64> {
+    let t = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let mut conn = target.connect().await?;
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                create_and_wait(&mut conn, kty, &cert_name(i)).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Reads one managed secret back and checks its shape (PEM with the private key first),
+/// without printing it.
+async fn check_secret(target: &Target, name: &str) -> Result<usize> {
+    let mut c = target.connect().await?;
+    let r = c.get_ok(&format!("/secrets/{name}?{API}")).await?;
+    let v: Value = serde_json::from_slice(&r.body)?;
+    if v["contentType"] != "application/x-pem-file" {
+        bail!("secret {name}: unexpected contentType");
+    }
+    let value = v["value"].as_str().unwrap_or_default();
+    if !value.starts_with("-----BEGIN PRIVATE KEY-----")
+        || !value.contains("-----BEGIN CERTIFICATE-----")
+    {
+        bail!("secret {name}: not a PEM key + certificate");
+    }
+    Ok(r.body.len())
+}
+
+fn secret_op(n: usize) -> Arc<dyn Op> {
+    Arc::new(GetOp(move |rng: &mut Rng| {
+        format!("/secrets/{}?{API}", cert_name(rng.below(n)))
+    }))
+}
+
+fn healthz_op() -> Arc<dyn Op> {
+    Arc::new(GetOp(|_: &mut Rng| "/healthz".to_owned()))
+}
+
+fn list_op() -> Arc<dyn Op> {
+    Arc::new(GetOp(|_: &mut Rng| {
+        format!("/certificates?{API}&maxresults=25")
+    }))
+}
+
+async fn measure(
+    label: &str,
+    server: &Server,
+    common: &Common,
+    connections: usize,
+    op: Arc<dyn Op>,
+) -> Result<Stats> {
+    let l = Load {
+        connections,
+        warmup: common.warmup,
+        duration: common.duration,
+        server_pid: server.pid(),
+    };
+    let perf = match (&common.perf, server.pid()) {
+        (Some((want, out)), Some(pid)) if label.contains(want.as_str()) => {
+            let n = PERF_RUNS.fetch_add(1, Ordering::Relaxed);
+            Some(spawn_perf(
+                pid,
+                common,
+                &out.with_extension(format!("{n}.data")),
+            )?)
+        }
+        _ => None,
+    };
+    let s = load::run(&server.target, l, op, 0x5eed).await?;
+    if let Some(p) = perf {
+        p.await??;
+    }
+    println!("  {label:<34} {}", s.line());
+    Ok(s)
+}
+
+static PERF_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// `perf record -g` on the server for the measurement window (starts after the warm-up).
+fn spawn_perf(
+    pid: u32,
+    common: &Common,
+    out: &std::path::Path,
+) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    let delay = common.warmup + Duration::from_millis(100);
+    let secs = (common.duration.as_secs_f64() - 0.3).max(0.5);
+    let out = out.to_owned();
+    Ok(tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        // CERTVAULT_BENCH_PERF_ARGS replaces the sampling options (e.g. "-F 299 --call-graph
+        // dwarf,32768" for inclusive costs through Rust code, which has no frame pointers).
+        let opts =
+            std::env::var("CERTVAULT_BENCH_PERF_ARGS").unwrap_or_else(|_| "-F 999 -g".into());
+        let st = tokio::process::Command::new("perf")
+            .arg("record")
+            .args(opts.split_whitespace())
+            .args(["-p", &pid.to_string(), "-o"])
+            .arg(&out)
+            .args(["--", "sleep", &format!("{secs:.1}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await?;
+        eprintln!("    perf: {} ({st})", out.display());
+        Ok(())
+    }))
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. GET secret
+
+/// Target 1 settings.
+#[derive(clap::Args, Debug)]
+pub struct GetSecretArgs {
+    /// Certificates created through the API before measuring.
+    #[arg(long, default_value_t = 1000)]
+    certs: usize,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Key type of the certificates.
+    #[arg(long, value_enum, default_value_t = Kty::Rsa)]
+    kty: Kty,
+    /// Alternating healthz/secret rounds (machine noise then hits both alike); the figures are
+    /// the medians over the rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// Runs target 1.
+pub async fn get_secret(common: &Common, a: &GetSecretArgs) -> Result<bool> {
+    println!(
+        "== get-secret: {} {} certificates (PEM secret with key), {} connections, TLS keep-alive, random access",
+        a.certs,
+        a.kty.label(),
+        a.connections
+    );
+    let dir = common.tempdir("certvault-bench-get-")?;
+    let data = dir.path().join("data");
+    let mut server =
+        Server::start(&common.server_bin, &data, &dir.path().join("server.log")).await?;
+    let rate = create_many(&server.target, a.kty, a.certs, 32).await?;
+    println!(
+        "  created {} certificates through the API ({rate:.1}/s)",
+        a.certs
+    );
+    let size = check_secret(&server.target, &cert_name(0)).await?;
+    println!("  secret response size: {size} bytes (checked: PEM, key first)");
+    let mut health = Vec::new();
+    let mut secret = Vec::new();
+    for round in 0..a.rounds.max(1) {
+        if a.rounds > 1 {
+            println!("  round {}", round + 1);
+        }
+        health.push(
+            measure(
+                "GET /healthz (baseline)",
+                &server,
+                common,
+                a.connections,
+                healthz_op(),
+            )
+            .await?,
+        );
+        secret.push(
+            measure(
+                "GET /secrets/{name}",
+                &server,
+                common,
+                a.connections,
+                secret_op(a.certs),
+            )
+            .await?,
+        );
+    }
+    let (rss, hwm) = server.memory_kib()?;
+    println!(
+        "  server memory: VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+        mib(rss),
+        mib(hwm)
+    );
+    server.stop();
+    let h = median_by(&health, Stats::rate);
+    let s = median_by(&secret, Stats::rate);
+    let p99 = median_by(&secret, |s| f64::from(s.p99));
+    // The ratio of each round (adjacent windows), then the median.
+    let mut ratios: Vec<f64> = secret
+        .iter()
+        .zip(&health)
+        .map(|(s, h)| s.rate() / h.rate().max(1e-9))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let ratio = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+    if ratios.len() > 1 {
+        println!(
+            "  per-round ratios: {}",
+            ratios
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    println!("RESULT get-secret {}:", a.kty.label());
+    let mut ok = check(
+        "throughput >= 20,000 req/s",
+        s >= 20_000.0,
+        &format!("{s:.0} req/s"),
+    );
+    ok &= check(
+        "ratio to /healthz >= 0.5",
+        ratio >= 0.5,
+        &format!("median of per-round ratios {ratio:.3} (median rates {s:.0} / {h:.0})"),
+    );
+    ok &= check("p99 < 10 ms", p99 < 10_000.0, &ms(p99 as u32));
+    Ok(ok)
+}
+
+fn median_by(v: &[Stats], f: impl Fn(&Stats) -> f64) -> f64 {
+    let mut x: Vec<f64> = v.iter().map(f).collect();
+    x.sort_by(f64::total_cmp);
+    x.get(x.len() / 2).copied().unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. create
+
+/// Target 2 settings.
+#[derive(clap::Args, Debug)]
+pub struct CreateArgs {
+    /// Concurrent clients (one connection each).
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Key types to measure.
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [Kty::Ec, Kty::Rsa])]
+    kty: Vec<Kty>,
+    /// Threads of the in-process key generation baseline (the server has 2 cores).
+    #[arg(long, default_value_t = 2)]
+    baseline_threads: usize,
+    /// Measurement seconds per window for RSA (its key generation rate is noisy; default 3 ×
+    /// --duration).
+    #[arg(long)]
+    rsa_duration: Option<f64>,
+    /// Rounds of (baseline window, server window).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+}
+
+/// In-process baseline: `threads` threads doing `f` for `d`; returns operations per second.
+fn baseline_rate(threads: usize, d: Duration, f: fn() -> Result<()>) -> Result<f64> {
+    let start = Instant::now();
+    let end = start + d;
+    let handles: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            std::thread::spawn(move || -> Result<u64> {
+                let mut n = 0;
+                // Count only what finishes inside the window.
+                loop {
+                    f()?;
+                    if Instant::now() > end {
+                        return Ok(n);
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h.join().map_err(|_| anyhow!("baseline thread failed"))??;
+    }
+    Ok(total as f64 / d.as_secs_f64())
+}
+
+fn rsa_keygen() -> Result<()> {
+    aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+        .map_err(|_| anyhow!("RSA key generation failed"))?;
+    Ok(())
+}
+
+fn ec_keygen_and_sign() -> Result<()> {
+    let k = certvault_crypto::PrivateKey::generate(Kty::Ec.alg()).map_err(|e| anyhow!("{e}"))?;
+    let params = certvault_crypto::CertParams {
+        subject: "CN=baseline".into(),
+        not_before: 1_700_000_000,
+        not_after: 1_800_000_000,
+        ..certvault_crypto::CertParams::default()
+    };
+    certvault_crypto::self_signed(&k, &params).map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Runs target 2. Each round measures the in-process baseline (server idle) and then the
+/// server, so that machine noise hits both alike; the figures are the totals over the rounds.
+pub async fn create(common: &Common, a: &CreateArgs) -> Result<bool> {
+    let mut ok = true;
+    for &kty in &a.kty {
+        let duration = match kty {
+            Kty::Rsa => Duration::from_secs_f64(
+                a.rsa_duration
+                    .unwrap_or(common.duration.as_secs_f64() * 3.0)
+                    .max(1.0),
+            ),
+            Kty::Ec => common.duration,
+        };
+        let rounds = a.rounds.max(1);
+        println!(
+            "== create: {} Self certificates, {} clients (POST create + GET pending), durable commits, {rounds} x {:.0}s windows",
+            kty.label(),
+            a.clients,
+            duration.as_secs_f64()
+        );
+        let (base_label, f): (&str, fn() -> Result<()>) = match kty {
+            Kty::Rsa => ("aws-lc-rs RSA-2048 key generation", rsa_keygen),
+            Kty::Ec => (
+                "EC P-256 key generation + self-signed certificate",
+                ec_keygen_and_sign,
+            ),
+        };
+        let threads = a.baseline_threads;
+        let dir = common.tempdir("certvault-bench-create-")?;
+        let mut server = Server::start(
+            &common.server_bin,
+            &dir.path().join("data"),
+            &dir.path().join("server.log"),
+        )
+        .await?;
+        let (mut base_ops, mut server_ops, mut errors) = (0.0, 0.0, 0);
+        for round in 0..rounds {
+            let busy0 = load::machine_busy_secs();
+            let base =
+                tokio::task::spawn_blocking(move || baseline_rate(threads, duration, f)).await??;
+            let other = match (busy0, load::machine_busy_secs()) {
+                (Some(a0), Some(a1)) => {
+                    format!(
+                        "{:.2}",
+                        ((a1 - a0) / duration.as_secs_f64() - threads as f64).max(0.0)
+                    )
+                }
+                _ => "?".into(),
+            };
+            println!(
+                "  round {}: baseline in-process {base_label}, {threads} threads: {base:.1}/s  (cpu other {other})",
+                round + 1
+            );
+            base_ops += base * duration.as_secs_f64();
+            let l = Load {
+                connections: a.clients,
+                warmup: common.warmup,
+                duration,
+                server_pid: server.pid(),
+            };
+            let op = Arc::new(CreateOp {
+                kty,
+                tag: format!("r{round}"),
+            });
+            let s = load::run(&server.target, l, op, 7 + round as u64).await?;
+            println!(
+                "  round {}: {:<25} {}",
+                round + 1,
+                "create + poll (per cert)",
+                s.line()
+            );
+            server_ops += s.ops as f64;
+            errors += s.errors;
+        }
+        server.stop();
+        let secs = duration.as_secs_f64() * rounds as f64;
+        let rate = server_ops / secs;
+        let base = base_ops / secs;
+        println!("RESULT create {}:", kty.label());
+        match kty {
+            Kty::Ec => {
+                ok &= check(
+                    "certificates/s >= 1,000",
+                    rate >= 1000.0,
+                    &format!(
+                        "{rate:.0}/s (in-process keygen+sign {base:.0}/s, ratio {:.3})",
+                        rate / base
+                    ),
+                );
+            }
+            Kty::Rsa => {
+                let ratio = rate / base;
+                ok &= check(
+                    "ratio to in-process RSA-2048 keygen (2 threads) >= 0.8",
+                    ratio >= 0.8,
+                    &format!("{rate:.1}/s / {base:.1}/s = {ratio:.3}"),
+                );
+            }
+        }
+        if errors > 0 {
+            ok = check("no errors", false, &format!("{errors} errors")) && ok;
+        }
+    }
+    Ok(ok)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. scale
+
+/// How the million versions are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// `--base-certs` certificates with `--total / --base-certs` versions each (deep history).
+    Versions,
+    /// `--total` certificates with one version each.
+    Certs,
+}
+
+/// Target 3 settings.
+#[derive(clap::Args, Debug)]
+pub struct ScaleArgs {
+    /// Certificate versions in the store in the large phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    total: usize,
+    /// Certificates of the baseline phase (one version each).
+    #[arg(long, default_value_t = 1000)]
+    base_certs: usize,
+    /// Layout of the large phase.
+    #[arg(long, value_enum, default_value_t = Shape::Versions)]
+    shape: Shape,
+    /// Concurrent keep-alive connections for GET secret.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Key type of the seeded certificates.
+    #[arg(long, value_enum, default_value_t = Kty::Rsa)]
+    kty: Kty,
+    /// Distinct key pairs the seeded versions cycle through (each version is sealed on its own).
+    #[arg(long, default_value_t = 16)]
+    key_pool: usize,
+}
+
+struct Phase {
+    secret: Stats,
+    list: Stats,
+    rss: u64,
+    hwm: u64,
+    rss_idle: u64,
+}
+
+async fn scale_phase(
+    common: &Common,
+    dir: &std::path::Path,
+    live_certs: usize,
+    connections: usize,
+    label: &str,
+) -> Result<Phase> {
+    let mut server = Server::start(
+        &common.server_bin,
+        &dir.join("data"),
+        &dir.join("server.log"),
+    )
+    .await?;
+    let (rss_idle, _) = server.memory_kib()?;
+    check_secret(&server.target, &cert_name(0)).await?;
+    check_secret(&server.target, &cert_name(live_certs - 1)).await?;
+    let secret = measure(
+        &format!("GET /secrets/{{name}} [{label}]"),
+        &server,
+        common,
+        connections,
+        secret_op(live_certs),
+    )
+    .await?;
+    let list = measure(
+        &format!("GET /certificates?maxresults=25 [{label}]"),
+        &server,
+        common,
+        1,
+        list_op(),
+    )
+    .await?;
+    let (rss, hwm) = server.memory_kib()?;
+    println!(
+        "  server memory [{label}]: VmRSS idle {:.1} MiB, after load {:.1} MiB, VmHWM {:.1} MiB",
+        mib(rss_idle),
+        mib(rss),
+        mib(hwm)
+    );
+    server.stop();
+    Ok(Phase {
+        secret,
+        list,
+        rss,
+        hwm,
+        rss_idle,
+    })
+}
+
+/// Runs target 3.
+pub async fn scale(common: &Common, a: &ScaleArgs) -> Result<bool> {
+    let base = a.base_certs.max(1);
+    let (plan, live) = match a.shape {
+        Shape::Versions => {
+            let per = (a.total / base).max(1);
+            (
+                Plan {
+                    certs: 0..base,
+                    versions: per - 1,
+                },
+                base,
+            )
+        }
+        Shape::Certs => (
+            Plan {
+                certs: base..a.total.max(base),
+                versions: 1,
+            },
+            a.total.max(base),
+        ),
+    };
+    let total = base + plan.certs.len() * plan.versions;
+    println!(
+        "== scale: {} {} versions in the store ({}), GET secret with {} connections, first list page, RSS",
+        total,
+        a.kty.label(),
+        match a.shape {
+            Shape::Versions => format!("{base} certificates x {} versions", plan.versions + 1),
+            Shape::Certs => format!("{live} certificates x 1 version"),
+        },
+        a.connections
+    );
+    let dir = common.tempdir("certvault-bench-scale-")?;
+    let data = dir.path().join("data");
+    println!("  phase A: seeding {base} certificates x 1 version");
+    seed::seed(
+        &data,
+        a.kty,
+        &[Plan {
+            certs: 0..base,
+            versions: 1,
+        }],
+        a.key_pool,
+    )
+    .await
+    .context("seeding phase A")?;
+    let pa = scale_phase(common, dir.path(), base, a.connections, "1k").await?;
+    println!(
+        "  phase B: seeding {} more versions",
+        plan.certs.len() * plan.versions
+    );
+    seed::seed(&data, a.kty, &[plan], a.key_pool)
+        .await
+        .context("seeding phase B")?;
+    let db = std::fs::metadata(data.join("certvault.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!("  database size: {:.1} MiB", db as f64 / 1024.0 / 1024.0);
+    let pb = scale_phase(common, dir.path(), live, a.connections, "1M").await?;
+
+    println!(
+        "RESULT scale {} ({total} versions, shape {:?}):",
+        a.kty.label(),
+        a.shape
+    );
+    let ratio = f64::from(pb.secret.p99) / f64::from(pa.secret.p99.max(1));
+    let mut ok = check(
+        "GET secret p99 <= 2 x the 1,000-certificate p99",
+        ratio <= 2.0,
+        &format!(
+            "{} / {} = {ratio:.2} (throughput {:.0} vs {:.0} req/s)",
+            ms(pb.secret.p99),
+            ms(pa.secret.p99),
+            pb.secret.rate(),
+            pa.secret.rate()
+        ),
+    );
+    ok &= check(
+        "first list page p99 < 5 ms",
+        pb.list.p99 < 5000,
+        &format!(
+            "p50 {} p99 {} (1,000-certificate store: p50 {} p99 {})",
+            ms(pb.list.p50),
+            ms(pb.list.p99),
+            ms(pa.list.p50),
+            ms(pa.list.p99)
+        ),
+    );
+    ok &= check(
+        "server RSS < 200 MB",
+        (pb.hwm.max(pb.rss) as f64) * 1024.0 < 200e6,
+        &format!(
+            "VmHWM {:.1} MiB, VmRSS {:.1} MiB (idle {:.1}); 1,000-certificate store VmHWM {:.1} MiB",
+            mib(pb.hwm),
+            mib(pb.rss),
+            mib(pb.rss_idle),
+            mib(pa.hwm)
+        ),
+    );
+    Ok(ok)
+}
