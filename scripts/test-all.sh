@@ -40,7 +40,9 @@ APT_PACKAGES=(
   "pkg-config:pkg-config"
   "gcc:gcc"
   "softhsm2:softhsm2-util"
-  # later: "pebble:pebble", "bind9:named", "softhsm2:softhsm2-util",
+  # pkcs11-tool: an independent look at the token's key attributes in tests/sdk/test_hsm.py
+  "opensc:pkcs11-tool"
+  # later: "pebble:pebble", "bind9:named",
   #        "postgresql", "chromium:chromium"
 )
 

@@ -284,6 +284,25 @@ pub async fn get_secret(common: &Common, a: &GetSecretArgs) -> Result<bool> {
         .collect();
     ratios.sort_by(f64::total_cmp);
     let ratio = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+    // Noise-independent view: CPU time (server + load generator) per request.
+    let mut cpu_ratios: Vec<f64> = secret
+        .iter()
+        .zip(&health)
+        .filter_map(|(s, h)| {
+            let (ss, sc) = s.cpu_us_per_op()?;
+            let (hs, hc) = h.cpu_us_per_op()?;
+            println!(
+                "  cpu per request: /healthz server {hs:.1} us + client {hc:.1} us; secret server {ss:.1} us + client {sc:.1} us"
+            );
+            Some((hs + hc) / (ss + sc))
+        })
+        .collect();
+    cpu_ratios.sort_by(f64::total_cmp);
+    if let Some(r) = cpu_ratios.get(cpu_ratios.len() / 2) {
+        println!(
+            "  CPU-normalised ratio (healthz cpu/request over secret cpu/request, median): {r:.3}"
+        );
+    }
     if ratios.len() > 1 {
         println!(
             "  per-round ratios: {}",
@@ -628,7 +647,14 @@ pub async fn scale(common: &Common, a: &ScaleArgs) -> Result<bool> {
     )
     .await
     .context("seeding phase A")?;
-    let pa = scale_phase(common, dir.path(), base, a.connections, "1k").await?;
+    let pa = scale_phase(
+        common,
+        dir.path(),
+        base,
+        a.connections,
+        &format!("A: {base}"),
+    )
+    .await?;
     println!(
         "  phase B: seeding {} more versions",
         plan.certs.len() * plan.versions
@@ -640,7 +666,14 @@ pub async fn scale(common: &Common, a: &ScaleArgs) -> Result<bool> {
         .map(|m| m.len())
         .unwrap_or(0);
     println!("  database size: {:.1} MiB", db as f64 / 1024.0 / 1024.0);
-    let pb = scale_phase(common, dir.path(), live, a.connections, "1M").await?;
+    let pb = scale_phase(
+        common,
+        dir.path(),
+        live,
+        a.connections,
+        &format!("B: {total}"),
+    )
+    .await?;
 
     println!(
         "RESULT scale {} ({total} versions, shape {:?}):",

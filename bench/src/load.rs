@@ -151,6 +151,12 @@ impl Stats {
         }
     }
 
+    /// CPU microseconds per operation of the server and of this load generator.
+    pub fn cpu_us_per_op(&self) -> Option<(f64, f64)> {
+        let per = |c: Option<f64>| c.map(|c| c * self.secs * 1e6 / (self.ops.max(1) as f64));
+        Some((per(self.server_cores)?, per(self.client_cores)?))
+    }
+
     /// A one-line summary.
     pub fn line(&self) -> String {
         let cores = |c: Option<f64>| c.map_or_else(|| "?".to_owned(), |c| format!("{c:.2}"));

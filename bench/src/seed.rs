@@ -116,6 +116,8 @@ pub async fn seed(
         public_port: None,
         max_body: 1 << 20,
         recoverable_days: 90,
+        pkcs11: None,
+        new_master_key: certvault_server::masterkey::MasterKind::File,
     };
     let clock: certvault_core::clock::SharedClock = Arc::new(certvault_core::SystemClock);
     let now = clock.now();

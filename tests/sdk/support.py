@@ -133,6 +133,9 @@ class CertvaultServer:
     proc: Optional[subprocess.Popen] = None
     _log_file: Any = None
     starts: int = 0
+    # Extra `serve` arguments and environment (e.g. the PKCS#11 settings).
+    extra_args: list = field(default_factory=list)
+    extra_env: dict = field(default_factory=dict)
 
     # --- derived
     @property
@@ -170,6 +173,7 @@ class CertvaultServer:
             f"127.0.0.1:{self.port}",
             "--base-domain",
             self.domain,
+            *self.extra_args,
         ]
 
     # --- lifecycle
@@ -183,6 +187,7 @@ class CertvaultServer:
         env.setdefault("NO_COLOR", "1")
         # One debug line per request, so a failing test can show what the server saw.
         env.setdefault("CERTVAULT_LOG", "info,certvault_server=debug")
+        env.update(self.extra_env)
         self.proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,

@@ -98,13 +98,16 @@ fn begin_label(line: &str) -> Option<&str> {
 }
 
 fn push_block(out: &mut String, label: &str, der: &[u8]) {
-    let b64 = Zeroizing::new(STANDARD.encode(der));
     out.push_str("-----BEGIN ");
     out.push_str(label);
     out.push_str("-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        // base64 output is ASCII, so every chunk is valid UTF-8.
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+    // 48 input bytes are one 64-column line: encode line by line straight into `out` (no
+    // whole-block copy to allocate and wipe), through one wiped line buffer.
+    let mut line = Zeroizing::new([0u8; 64]);
+    for chunk in der.chunks(48) {
+        let n = STANDARD.encode_slice(chunk, &mut line[..]).unwrap_or(0);
+        // base64 output is ASCII, so it is valid UTF-8.
+        out.push_str(std::str::from_utf8(line.get(..n).unwrap_or_default()).unwrap_or_default());
         out.push('\n');
     }
     out.push_str("-----END ");
@@ -149,6 +152,23 @@ pub fn to_pem_pkcs8<C: AsRef<[u8]>>(pkcs8: Option<&[u8]>, chain: &[C]) -> String
 mod tests {
     use super::*;
     use crate::KeyAlg;
+
+    #[test]
+    fn blocks_are_64_column_base64() {
+        for n in 0..300usize {
+            let der: Vec<u8> = (0..n).map(|i| (i * 7 + n) as u8).collect();
+            let b64 = STANDARD.encode(&der);
+            let mut want = String::from("-----BEGIN X-----\n");
+            for chunk in b64.as_bytes().chunks(64) {
+                want.push_str(std::str::from_utf8(chunk).unwrap());
+                want.push('\n');
+            }
+            want.push_str("-----END X-----\n");
+            let mut got = String::new();
+            push_block(&mut got, "X", &der);
+            assert_eq!(got, want, "{n} bytes");
+        }
+    }
 
     #[test]
     fn pkcs8_pem_matches_key_pem() {

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Body, json as json_response};
+use crate::masterkey::MasterKind;
 use crate::state::AppState;
 
 /// The reserved path prefix.
@@ -18,20 +19,53 @@ pub const PREFIX: &str = "/admin/";
 pub async fn dispatch(
     state: &Arc<AppState>,
     parts: &Parts,
-    _body: Bytes,
+    body: Bytes,
 ) -> ApiResult<Response<Body>> {
     let path = parts.uri.path().trim_end_matches('/');
     match (path, &parts.method) {
         ("/admin/v1/master-key/rotate", &Method::POST) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Rotate {
+                to: Option<String>,
+            }
+            let req: Rotate = if body.is_empty() {
+                Rotate { to: None }
+            } else {
+                serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::bad(format!("Invalid request body: {e}")))?
+            };
+            let kind = match req.to.as_deref() {
+                None => None,
+                Some("file") => Some(MasterKind::File),
+                Some("pkcs11") => {
+                    if state.hsm.is_none() {
+                        return Err(ApiError::bad(
+                            "No PKCS#11 token is configured (--pkcs11-module), so the master key cannot move into one.",
+                        ));
+                    }
+                    Some(MasterKind::Pkcs11)
+                }
+                Some(other) => {
+                    return Err(ApiError::bad(format!(
+                        "'to' must be 'file' or 'pkcs11', not '{}'.",
+                        certvault_core::names::truncate(other, 20)
+                    )));
+                }
+            };
             let started = state.clock.now();
             let vaults = state
-                .rotate_master_key()
+                .rotate_master_key(kind)
                 .await
                 .map_err(|e| ApiError::internal(&e))?;
-            tracing::info!(vaults, "master key rotated");
+            let kind = match state.master.kind() {
+                MasterKind::File => "file",
+                MasterKind::Pkcs11 => "pkcs11",
+            };
+            tracing::info!(vaults, kind, "master key rotated");
             Ok(json_response(
                 StatusCode::OK,
-                &json!({"rotated_at": started, "vault_keys_rewrapped": vaults}),
+                &json!({"rotated_at": started, "vault_keys_rewrapped": vaults, "master_key": kind}),
             ))
         }
         _ => Err(ApiError::new(

@@ -18,7 +18,7 @@ pub struct DataDir {
     /// The store.
     pub store: SqliteStore,
     /// The master key.
-    pub master: SymKey,
+    pub master: MasterKey,
     /// The backup key.
     pub backup_key: SymKey,
     /// SHA-256 of the admin token.
@@ -37,7 +37,8 @@ pub struct DataDir {
     pub server_key_path: PathBuf,
 }
 
-use crate::masterkey::{self, BACKUP_KEY_AAD, MASTER_CHECK_AAD};
+use crate::masterkey::{self, BACKUP_KEY_AAD, MASTER_CHECK_AAD, MasterKey, MasterKind};
+use certvault_hsm::Hsm;
 
 fn io_err(path: &Path, e: std::io::Error) -> ServerError {
     ServerError::DataDir(format!("{}: {e}", path.display()))
@@ -77,6 +78,8 @@ pub async fn open_data_dir(
     dir: &Path,
     base_domain: &str,
     now: i64,
+    hsm: Option<&Hsm>,
+    new_master: MasterKind,
 ) -> Result<DataDir, ServerError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
@@ -86,7 +89,7 @@ pub async fn open_data_dir(
 
     // master key
     let master = if master_path.exists() {
-        masterkey::read_key_file(&master_path)?
+        masterkey::read_key_file(&master_path, hsm)?
     } else {
         if db_existed {
             return Err(ServerError::MasterKey(format!(
@@ -96,7 +99,7 @@ pub async fn open_data_dir(
                 master_path.display()
             )));
         }
-        let key = SymKey::generate().map_err(ServerError::crypto)?;
+        let key = MasterKey::generate(new_master, hsm)?;
         masterkey::write_key_file(&master_path, &key)?;
         key
     };
@@ -109,7 +112,7 @@ pub async fn open_data_dir(
         .await
         .map_err(|e| ServerError::Store(e.to_string()))?;
     let master = match check {
-        Some(sealed) => match masterkey::resolve_at_start(&master_path, master, &sealed) {
+        Some(sealed) => match masterkey::resolve_at_start(&master_path, master, &sealed, hsm) {
             Ok(k) => k,
             Err(e) => {
                 store.close();
@@ -117,8 +120,7 @@ pub async fn open_data_dir(
             }
         },
         None => {
-            let sealed = certvault_crypto::seal(&master, MASTER_CHECK_AAD, b"certvault")
-                .map_err(ServerError::crypto)?;
+            let sealed = master.seal(MASTER_CHECK_AAD, b"certvault")?;
             store
                 .put_meta("master_check", sealed, true)
                 .await
@@ -134,14 +136,12 @@ pub async fn open_data_dir(
         .map_err(|e| ServerError::Store(e.to_string()))?
     {
         Some(sealed) => {
-            let raw = certvault_crypto::open(&master, BACKUP_KEY_AAD, &sealed)
-                .map_err(ServerError::crypto)?;
+            let raw = master.open(BACKUP_KEY_AAD, &sealed)?;
             SymKey::from_slice(&raw).map_err(ServerError::crypto)?
         }
         None => {
             let k = SymKey::generate().map_err(ServerError::crypto)?;
-            let sealed = certvault_crypto::seal(&master, BACKUP_KEY_AAD, k.as_bytes())
-                .map_err(ServerError::crypto)?;
+            let sealed = master.seal(BACKUP_KEY_AAD, k.as_bytes())?;
             store
                 .put_meta("backup_key", sealed, false)
                 .await

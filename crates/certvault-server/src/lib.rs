@@ -38,6 +38,9 @@ pub enum ServerError {
     /// A cryptographic step failed.
     #[error("crypto: {0}")]
     Crypto(String),
+    /// The PKCS#11 token failed or is misconfigured.
+    #[error("pkcs11: {0}")]
+    Hsm(String),
     /// Binding or serving failed.
     #[error("listener: {0}")]
     Io(String),
@@ -64,6 +67,43 @@ pub struct ServeOptions {
     pub max_body: usize,
     /// Soft-delete retention for new vaults.
     pub recoverable_days: i64,
+    /// The PKCS#11 token for HSM keys (and optionally the master key), if any.
+    pub pkcs11: Option<Pkcs11Options>,
+    /// The kind of master key a new data directory gets.
+    pub new_master_key: masterkey::MasterKind,
+}
+
+/// PKCS#11 settings. The PIN comes from a file or an environment variable, never a flag.
+#[derive(Debug, Clone)]
+pub struct Pkcs11Options {
+    /// The module (e.g. /usr/lib/softhsm/libsofthsm2.so).
+    pub module: PathBuf,
+    /// The token label.
+    pub token: String,
+    /// A file holding the PIN (mode 0600).
+    pub pin_file: Option<PathBuf>,
+    /// An environment variable holding the PIN.
+    pub pin_env: Option<String>,
+    /// Sessions kept open and logged in.
+    pub pool_size: usize,
+}
+
+/// Opens the PKCS#11 token (blocking work, off the runtime).
+pub async fn open_hsm(o: &Pkcs11Options) -> Result<certvault_hsm::Hsm, ServerError> {
+    let o = o.clone();
+    tokio::task::spawn_blocking(move || {
+        let pin = certvault_hsm::read_pin(o.pin_file.as_deref(), o.pin_env.as_deref())
+            .map_err(masterkey::hsm_err)?;
+        certvault_hsm::Hsm::open(certvault_hsm::HsmConfig {
+            module: o.module,
+            token_label: o.token,
+            pin,
+            pool_size: o.pool_size,
+        })
+        .map_err(masterkey::hsm_err)
+    })
+    .await
+    .map_err(|e| ServerError::Hsm(e.to_string()))?
 }
 
 /// A started server.
@@ -86,7 +126,18 @@ pub struct Started {
 /// Opens the data directory, binds the listener and returns the server ready to run.
 pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, ServerError> {
     let now = clock.now();
-    let dd = bootstrap::open_data_dir(&opts.data_dir, &opts.base_domain, now).await?;
+    let hsm = match &opts.pkcs11 {
+        Some(o) => Some(open_hsm(o).await?),
+        None => None,
+    };
+    let dd = bootstrap::open_data_dir(
+        &opts.data_dir,
+        &opts.base_domain,
+        now,
+        hsm.as_ref(),
+        opts.new_master_key,
+    )
+    .await?;
     let tls = Arc::new(bootstrap::tls_config(
         &dd.server_cert_path,
         &dd.server_key_path,
@@ -105,11 +156,12 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
     };
     let state = Arc::new(AppState::new(
         dd.store,
-        masterkey::MasterKeys::new(masterkey::MasterKey::File(dd.master), dd.master_path),
+        masterkey::MasterKeys::new(dd.master, dd.master_path),
         dd.backup_key,
         http,
         clock,
         vec![dd.admin_token_hash],
+        hsm,
     ));
     if state
         .store
@@ -152,11 +204,14 @@ impl Started {
 async fn purge_loop(state: Arc<AppState>) {
     loop {
         match state.store.purge_due(state.clock.now()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                purged = n,
-                "purged certificates past their scheduled purge date"
-            ),
+            Ok((0, _)) => {}
+            Ok((n, refs)) => {
+                tracing::info!(
+                    purged = n,
+                    "purged certificates past their scheduled purge date"
+                );
+                state.destroy_hsm_keys(refs).await;
+            }
             Err(e) => tracing::warn!(error = %e, "scheduled purge failed"),
         }
         tokio::time::sleep(std::time::Duration::from_secs(600)).await;

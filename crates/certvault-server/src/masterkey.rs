@@ -12,7 +12,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use certvault_crypto::{CryptoError, SymKey};
+use certvault_crypto::SymKey;
+use certvault_hsm::{Hsm, KeyRef};
 use certvault_store::{SealedKind, SqliteStore};
 use zeroize::Zeroizing;
 
@@ -33,24 +34,86 @@ pub const SEALED_META: &[(&str, &[u8])] = &[
 /// A master key.
 #[derive(Debug)]
 pub enum MasterKey {
-    /// A 256-bit AES key from `master.key`.
+    /// A 256-bit AES key held in `master.key`.
     File(SymKey),
+    /// A non-extractable AES-256 key inside a PKCS#11 token; `master.key` holds its reference.
+    Pkcs11 {
+        /// The token.
+        hsm: Hsm,
+        /// The key.
+        key: KeyRef,
+    },
+}
+
+/// Which kind of master key a rotation makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MasterKind {
+    /// A key file.
+    File,
+    /// A key inside the configured PKCS#11 token.
+    Pkcs11,
 }
 
 impl MasterKey {
     /// Seals `plaintext` under the master key.
-    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, ServerError> {
         match self {
-            Self::File(k) => certvault_crypto::seal(k, aad, plaintext),
+            Self::File(k) => certvault_crypto::seal(k, aad, plaintext).map_err(ServerError::crypto),
+            Self::Pkcs11 { hsm, key } => hsm.aes_seal(key, aad, plaintext).map_err(hsm_err),
         }
     }
 
     /// Opens what [`MasterKey::seal`] sealed.
-    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, ServerError> {
         match self {
-            Self::File(k) => certvault_crypto::open(k, aad, sealed),
+            Self::File(k) => certvault_crypto::open(k, aad, sealed).map_err(ServerError::crypto),
+            Self::Pkcs11 { hsm, key } => hsm.aes_open(key, aad, sealed).map_err(hsm_err),
         }
     }
+
+    /// The kind of key.
+    pub fn kind(&self) -> MasterKind {
+        match self {
+            Self::File(_) => MasterKind::File,
+            Self::Pkcs11 { .. } => MasterKind::Pkcs11,
+        }
+    }
+
+    /// A new master key of `kind`.
+    pub fn generate(kind: MasterKind, hsm: Option<&Hsm>) -> Result<Self, ServerError> {
+        match kind {
+            MasterKind::File => Ok(Self::File(SymKey::generate().map_err(ServerError::crypto)?)),
+            MasterKind::Pkcs11 => {
+                let hsm = hsm.ok_or_else(|| {
+                    ServerError::MasterKey(
+                        "a PKCS#11 master key needs a token: configure --pkcs11-module".into(),
+                    )
+                })?;
+                let suffix =
+                    hex::encode(certvault_crypto::random_bytes(6).map_err(ServerError::crypto)?);
+                let key = hsm
+                    .generate_aes_key(&format!("certvault-master-{suffix}"))
+                    .map_err(hsm_err)?;
+                Ok(Self::Pkcs11 {
+                    hsm: hsm.clone(),
+                    key,
+                })
+            }
+        }
+    }
+
+    /// What `master.key` holds for this key: the hex key, or the token key's reference.
+    fn file_text(&self) -> Zeroizing<String> {
+        match self {
+            Self::File(k) => Zeroizing::new(format!("{}\n", hex::encode(k.as_bytes()))),
+            Self::Pkcs11 { key, .. } => Zeroizing::new(format!("{key}\n")),
+        }
+    }
+}
+
+/// An HSM error as a start/serve error.
+pub fn hsm_err(e: certvault_hsm::HsmError) -> ServerError {
+    ServerError::Hsm(e.to_string())
 }
 
 /// The master key in use, and the other key a sealed value read around a rotation may be under.
@@ -85,13 +148,13 @@ impl MasterKeys {
     }
 
     /// Seals under the current key.
-    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, ServerError> {
         self.keys().0.seal(aad, plaintext)
     }
 
     /// Opens with the current key, or with the other one (the incoming key while a rotation
     /// commits, the previous key after it).
-    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, ServerError> {
         let (current, next) = self.keys();
         match current.open(aad, sealed) {
             Ok(v) => Ok(v),
@@ -109,16 +172,31 @@ impl MasterKeys {
         }
     }
 
-    /// Re-wraps every vault key and sealed `meta` value under a new file master key, then makes
-    /// it the master key. Returns how many vault keys were re-wrapped.
-    pub async fn rotate(&self, store: &SqliteStore) -> Result<usize, ServerError> {
+    /// The kind of the current key.
+    pub fn kind(&self) -> MasterKind {
+        self.keys().0.kind()
+    }
+
+    /// Re-wraps every vault key and sealed `meta` value under a new master key of `kind` (the
+    /// current kind when `None`), then makes it the master key. Returns how many vault keys
+    /// were re-wrapped.
+    pub async fn rotate(
+        &self,
+        store: &SqliteStore,
+        kind: Option<MasterKind>,
+        hsm: Option<&Hsm>,
+    ) -> Result<usize, ServerError> {
         let _exclusive = self.rotation.write().await;
-        let new_key = SymKey::generate().map_err(ServerError::crypto)?;
+        let (old, _) = self.keys();
+        let kind = kind.unwrap_or_else(|| old.kind());
+        let hsm = hsm.cloned();
+        let new = tokio::task::spawn_blocking(move || MasterKey::generate(kind, hsm.as_ref()))
+            .await
+            .map_err(|e| ServerError::MasterKey(e.to_string()))??;
+        let new = Arc::new(new);
         let next_path = next_path(&self.file);
         let _ = std::fs::remove_file(&next_path);
-        write_key_file(&next_path, &new_key)?;
-        let new = Arc::new(MasterKey::File(new_key));
-        let (old, _) = self.keys();
+        write_key_file(&next_path, &new)?;
         // From here until the swap, values may be sealed under either key.
         self.set(old.clone(), Some(new.clone()));
         let (o, n) = (old.clone(), new.clone());
@@ -172,16 +250,15 @@ fn sync_dir(file: &Path) {
     }
 }
 
-/// Writes a key file (hex, mode 0600, fsync); fails if it exists.
-pub fn write_key_file(path: &Path, key: &SymKey) -> Result<(), ServerError> {
+/// Writes a master key file (mode 0600, fsync); fails if it exists.
+pub fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), ServerError> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(|e| ServerError::MasterKey(format!("{}: {e}", path.display())))?;
-    let text = Zeroizing::new(format!("{}\n", hex::encode(key.as_bytes())));
-    f.write_all(text.as_bytes())
+    f.write_all(key.file_text().as_bytes())
         .map_err(|e| ServerError::MasterKey(format!("{}: {e}", path.display())))?;
     f.sync_all()
         .map_err(|e| ServerError::MasterKey(format!("{}: {e}", path.display())))?;
@@ -189,27 +266,52 @@ pub fn write_key_file(path: &Path, key: &SymKey) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Reads a key file written by [`write_key_file`].
-pub fn read_key_file(path: &Path) -> Result<SymKey, ServerError> {
+/// Reads a master key file: a hex key, or the reference of a key in the configured token.
+pub fn read_key_file(path: &Path, hsm: Option<&Hsm>) -> Result<MasterKey, ServerError> {
     let text = Zeroizing::new(
         std::fs::read_to_string(path)
             .map_err(|e| ServerError::MasterKey(format!("{}: {e}", path.display())))?,
     );
-    let bytes = Zeroizing::new(hex::decode(text.trim()).map_err(|_| {
+    let text = text.trim();
+    if text.starts_with("pkcs11:") {
+        let key: KeyRef = text.parse().map_err(|e: certvault_hsm::HsmError| {
+            ServerError::MasterKey(format!("{}: {e}", path.display()))
+        })?;
+        let hsm = hsm.filter(|h| h.token_label() == key.token()).ok_or_else(|| {
+            ServerError::MasterKey(format!(
+                "the master key lives in PKCS#11 token '{}': start certvault with --pkcs11-module and \
+                 --pkcs11-token {} (and its PIN)",
+                key.token(),
+                key.token()
+            ))
+        })?;
+        return Ok(MasterKey::Pkcs11 {
+            hsm: hsm.clone(),
+            key,
+        });
+    }
+    let bytes = Zeroizing::new(hex::decode(text).map_err(|_| {
         ServerError::MasterKey(format!("{} is not a hex-encoded key", path.display()))
     })?);
-    SymKey::from_slice(&bytes).map_err(|_| {
-        ServerError::MasterKey(format!("{} does not hold a 256-bit key", path.display()))
-    })
+    SymKey::from_slice(&bytes)
+        .map(MasterKey::File)
+        .map_err(|_| {
+            ServerError::MasterKey(format!("{} does not hold a 256-bit key", path.display()))
+        })
 }
 
 /// Decides which master key opens the database at start, finishing or undoing an interrupted
 /// rotation: `master.key` if it opens the check value (a stale `master.key.next` is removed),
 /// else `master.key.next` if it does (it is renamed over `master.key`). `check` is the sealed
 /// check value from the database.
-pub fn resolve_at_start(file: &Path, current: SymKey, check: &[u8]) -> Result<SymKey, ServerError> {
+pub fn resolve_at_start(
+    file: &Path,
+    current: MasterKey,
+    check: &[u8],
+    hsm: Option<&Hsm>,
+) -> Result<MasterKey, ServerError> {
     let next = next_path(file);
-    if certvault_crypto::open(&current, MASTER_CHECK_AAD, check).is_ok() {
+    if current.open(MASTER_CHECK_AAD, check).is_ok() {
         if next.exists() {
             tracing::warn!(file = %next.display(), "removing the key of a master key rotation that did not commit");
             let _ = std::fs::remove_file(&next);
@@ -217,8 +319,8 @@ pub fn resolve_at_start(file: &Path, current: SymKey, check: &[u8]) -> Result<Sy
         return Ok(current);
     }
     if next.exists() {
-        let candidate = read_key_file(&next)?;
-        if certvault_crypto::open(&candidate, MASTER_CHECK_AAD, check).is_ok() {
+        let candidate = read_key_file(&next, hsm)?;
+        if candidate.open(MASTER_CHECK_AAD, check).is_ok() {
             tracing::warn!("finishing an interrupted master key rotation");
             std::fs::rename(&next, file).map_err(|e| {
                 ServerError::MasterKey(format!("cannot install {}: {e}", next.display()))

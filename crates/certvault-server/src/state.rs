@@ -6,7 +6,8 @@ use std::sync::{Arc, RwLock};
 use certvault_core::clock::SharedClock;
 use certvault_crypto::SymKey;
 
-use crate::masterkey::MasterKeys;
+use crate::masterkey::{MasterKeys, MasterKind};
+use certvault_hsm::Hsm;
 use certvault_store::{SqliteStore, Vault};
 
 use crate::error::{ApiError, ApiResult};
@@ -68,6 +69,8 @@ pub struct AppState {
     pub clock: SharedClock,
     /// SHA-256 hashes of the accepted bearer tokens.
     pub token_hashes: Vec<[u8; 32]>,
+    /// The PKCS#11 token, when configured.
+    pub hsm: Option<Hsm>,
     vaults: RwLock<HashMap<String, Arc<VaultCtx>>>,
 }
 
@@ -85,6 +88,7 @@ impl AppState {
         http: HttpSettings,
         clock: SharedClock,
         token_hashes: Vec<[u8; 32]>,
+        hsm: Option<Hsm>,
     ) -> Self {
         Self {
             store,
@@ -93,6 +97,7 @@ impl AppState {
             http,
             clock,
             token_hashes,
+            hsm,
             vaults: RwLock::new(HashMap::new()),
         }
     }
@@ -151,10 +156,48 @@ impl AppState {
             .await?)
     }
 
+    /// Destroys purged keys inside the token (best effort: a failure is logged, the purge
+    /// stands).
+    pub async fn destroy_hsm_keys(&self, refs: Vec<String>) {
+        if refs.is_empty() {
+            return;
+        }
+        let Some(hsm) = self.hsm.clone() else {
+            tracing::warn!(
+                keys = refs.len(),
+                "purged certificates had HSM keys, but no PKCS#11 token is configured: they were not destroyed"
+            );
+            return;
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            for r in refs {
+                match r.parse::<certvault_hsm::KeyRef>() {
+                    Ok(k) if k.token() == hsm.token_label() => {
+                        if let Err(e) = hsm.destroy(&k) {
+                            tracing::warn!(key = %k, error = %e, "could not destroy a purged HSM key");
+                        }
+                    }
+                    Ok(k) => tracing::warn!(key = %k, "a purged HSM key lives in another token; not destroyed"),
+                    Err(e) => tracing::warn!(error = %e, "unreadable HSM key reference"),
+                }
+            }
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "destroying purged HSM keys failed");
+        }
+    }
+
     /// Rotates the master key (see [`MasterKeys::rotate`]), then drops the cached vault keys so
     /// that every vault is loaded again through the new master key.
-    pub async fn rotate_master_key(&self) -> Result<usize, crate::ServerError> {
-        let n = self.master.rotate(&self.store).await?;
+    pub async fn rotate_master_key(
+        &self,
+        kind: Option<MasterKind>,
+    ) -> Result<usize, crate::ServerError> {
+        let n = self
+            .master
+            .rotate(&self.store, kind, self.hsm.as_ref())
+            .await?;
         if let Ok(mut cache) = self.vaults.write() {
             cache.clear();
         }

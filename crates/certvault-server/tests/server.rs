@@ -27,6 +27,8 @@ fn opts(dir: &Path) -> certvault_server::ServeOptions {
         public_port: None,
         max_body: 256 * 1024,
         recoverable_days: 90,
+        pkcs11: None,
+        new_master_key: certvault_server::masterkey::MasterKind::File,
     }
 }
 

@@ -2,7 +2,7 @@
 //! readers.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, LazyLock, Mutex, mpsc};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::oneshot;
@@ -401,6 +401,16 @@ fn replace_operation(conn: &Connection, op: &OperationRecord) -> Result<(), Stor
     Ok(())
 }
 
+/// The distinct `key_ref`s of the versions of the certificates matching `cond` (one `?1`).
+fn key_refs(conn: &Connection, cond: &str, arg: i64) -> Result<Vec<String>, StoreError> {
+    let mut st = conn.prepare(&format!(
+        "SELECT DISTINCT v.key_ref FROM versions v JOIN certificates c ON c.id = v.cert_id \
+         WHERE {cond} AND v.key_ref IS NOT NULL"
+    ))?;
+    let rows = st.query_map([arg], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 fn get_operation(conn: &Connection, cert_id: i64) -> Result<Option<OperationRecord>, StoreError> {
     now_none(conn.query_row(
         &format!("SELECT {OP_COLS} FROM operations WHERE cert_id = ?1"),
@@ -429,6 +439,35 @@ fn get_version(
         |r| ver_row(r, 0),
     ))?
     .ok_or(StoreError::NotFound)
+}
+
+/// The statement of [`SqliteStore::cert_version`], built once per form: the certificate by its
+/// (vault_id, name_key) index, then the version by its (cert_id, version) index or the newest
+/// by the (cert_id, seq) index read backwards, so the cost does not grow with the number of
+/// versions (`?3` is the version id).
+fn cert_version_sql(deleted: bool, which: Which<'_>) -> &'static str {
+    static SQL: LazyLock<[[String; 3]; 2]> = LazyLock::new(|| {
+        let one = |deleted: bool, join: &str| {
+            let del = if deleted { "IS NOT NULL" } else { "IS NULL" };
+            format!(
+                "SELECT {CERT_COLS}, {VER_COLS} FROM certificates c JOIN versions v ON {join} \
+                 WHERE c.vault_id = ?1 AND c.name_key = ?2 AND c.deleted_at {del}"
+            )
+        };
+        [false, true].map(|d| {
+            [
+                one(d, &format!("v.id = {LATEST_VERSION_ID}")),
+                one(d, &format!("v.id = ({LATEST_COMPLETED_ID})")),
+                one(d, "v.cert_id = c.id AND v.version = ?3"),
+            ]
+        })
+    });
+    let form = match which {
+        Which::Latest => 0,
+        Which::LatestCompleted => 1,
+        Which::Version(_) => 2,
+    };
+    SQL[usize::from(deleted)][form].as_str()
 }
 
 /// Which version a read wants.
@@ -674,31 +713,18 @@ impl SqliteStore {
         deleted: bool,
         which: Which<'_>,
     ) -> Result<Option<(CertRecord, VersionRecord)>, StoreError> {
-        let key = name_key.to_owned();
-        // The certificate by its (vault_id, name_key) index, then the version by its
-        // (cert_id, version) index or the newest by the (cert_id, seq) index read backwards: the
-        // cost does not grow with the number of versions. (No bound value may stand alone as a
-        // WHERE term: SQLite re-prepares such a statement on every bind.)
-        let (join, ver) = match which {
-            Which::Latest => (format!("v.id = {LATEST_VERSION_ID}"), None),
-            Which::LatestCompleted => (format!("v.id = ({LATEST_COMPLETED_ID})"), None),
-            Which::Version(v) => (
-                "v.cert_id = c.id AND v.version = ?3".to_owned(),
-                Some(v.to_ascii_lowercase()),
-            ),
+        let ver = match which {
+            Which::Version(v) => Some(v.to_ascii_lowercase()),
+            Which::Latest | Which::LatestCompleted => None,
         };
-        let del = if deleted { "IS NOT NULL" } else { "IS NULL" };
-        let sql = format!(
-            "SELECT {CERT_COLS}, {VER_COLS} FROM certificates c JOIN versions v ON {join} \
-             WHERE c.vault_id = ?1 AND c.name_key = ?2 AND c.deleted_at {del}"
-        );
-        self.read_point(move |c| {
-            let mut st = c.prepare_cached(&sql)?;
+        let sql = cert_version_sql(deleted, which);
+        self.read_point(|c| {
+            let mut st = c.prepare_cached(sql)?;
             let r = match &ver {
-                Some(v) => st.query_row(params![vault_id, key, v], |r| {
+                Some(v) => st.query_row(params![vault_id, name_key, v], |r| {
                     Ok((cert_row(r, 0)?, ver_row(r, 10)?))
                 }),
-                None => st.query_row(params![vault_id, key], |r| {
+                None => st.query_row(params![vault_id, name_key], |r| {
                     Ok((cert_row(r, 0)?, ver_row(r, 10)?))
                 }),
             };
@@ -1038,8 +1064,9 @@ impl SqliteStore {
     }
 
     /// Purges a soft-deleted certificate with all its versions and key material.
-    pub async fn purge(&self, cert_id: i64) -> Result<(), StoreError> {
+    pub async fn purge(&self, cert_id: i64) -> Result<Vec<String>, StoreError> {
         self.write(move |c| {
+            let refs = key_refs(c, "c.id = ?1 AND c.deleted_at IS NOT NULL", cert_id)?;
             let n = c.execute(
                 "DELETE FROM certificates WHERE id = ?1 AND deleted_at IS NOT NULL",
                 [cert_id],
@@ -1047,18 +1074,21 @@ impl SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
-            Ok(())
+            Ok(refs)
         })
         .await
     }
 
-    /// Purges every soft-deleted certificate whose purge date has passed; returns how many.
-    pub async fn purge_due(&self, now: i64) -> Result<usize, StoreError> {
+    /// Purges every soft-deleted certificate whose purge date has passed. Returns how many,
+    /// and the references of keys held outside the database (HSM keys) that went with them.
+    pub async fn purge_due(&self, now: i64) -> Result<(usize, Vec<String>), StoreError> {
         self.write(move |c| {
-            Ok(c.execute(
+            let refs = key_refs(c, "c.purge_at IS NOT NULL AND c.purge_at <= ?1", now)?;
+            let n = c.execute(
                 "DELETE FROM certificates WHERE purge_at IS NOT NULL AND purge_at <= ?1",
                 [now],
-            )?)
+            )?;
+            Ok((n, refs))
         })
         .await
     }
@@ -1360,8 +1390,8 @@ mod tests {
                 .is_some()
         );
         s.soft_delete(c.id, 12, 20).await.unwrap();
-        assert_eq!(s.purge_due(19).await.unwrap(), 0);
-        assert_eq!(s.purge_due(20).await.unwrap(), 1);
+        assert_eq!(s.purge_due(19).await.unwrap().0, 0);
+        assert_eq!(s.purge_due(20).await.unwrap().0, 1);
         assert!(s.certificate(vault.id, "web").await.unwrap().is_none());
     }
 

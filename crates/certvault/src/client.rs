@@ -707,22 +707,28 @@ pub(crate) enum AdminCommand {
     RotateMasterKey {
         #[command(flatten)]
         conn: Conn,
+        /// Move the master key: file (master.key) or pkcs11 (into the server's token).
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
 pub(crate) async fn run_admin(cmd: AdminCommand) -> Result<()> {
     match cmd {
-        AdminCommand::RotateMasterKey { conn } => {
+        AdminCommand::RotateMasterKey { conn, to } => {
             let c = Client::new(&conn)?;
             let url = format!("{}/admin/v1/master-key/rotate", c.base);
-            let (_, v) = c
-                .send(reqwest::Method::POST, &url, Some(&json!({})))
-                .await?;
+            let body = match to {
+                Some(t) => json!({"to": t}),
+                None => json!({}),
+            };
+            let (_, v) = c.send(reqwest::Method::POST, &url, Some(&body)).await?;
             if conn.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "master key rotated: {} vault key(s) re-wrapped; back up the new master.key",
+                    "master key rotated ({}): {} vault key(s) re-wrapped; back up the new master.key",
+                    v["master_key"].as_str().unwrap_or("?"),
                     v["vault_keys_rewrapped"]
                 );
             }

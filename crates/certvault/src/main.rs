@@ -59,6 +59,25 @@ struct ServeArgs {
     /// Days a deleted certificate stays recoverable (7 to 90). Default 90.
     #[arg(long, env = "CERTVAULT_RECOVERABLE_DAYS")]
     recoverable_days: Option<i64>,
+    /// PKCS#11 module for HSM keys (RSA-HSM / EC-HSM policies), e.g.
+    /// /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long, env = "CERTVAULT_PKCS11_MODULE")]
+    pkcs11_module: Option<PathBuf>,
+    /// Label of the PKCS#11 token. Default certvault.
+    #[arg(long, env = "CERTVAULT_PKCS11_TOKEN")]
+    pkcs11_token: Option<String>,
+    /// File holding the token's user PIN (mode 0600). Without it the PIN is read from the
+    /// environment variable CERTVAULT_PKCS11_PIN; it is never taken from a flag.
+    #[arg(long, env = "CERTVAULT_PKCS11_PIN_FILE")]
+    pkcs11_pin_file: Option<PathBuf>,
+    /// Logged-in PKCS#11 sessions kept open. Default 4.
+    #[arg(long, env = "CERTVAULT_PKCS11_SESSIONS")]
+    pkcs11_sessions: Option<usize>,
+    /// Where a NEW data directory's master key lives: file (master.key) or pkcs11 (a
+    /// non-extractable AES key in the token; master.key then holds its reference). An existing
+    /// data directory keeps its key; move it with `certvault admin rotate-master-key --to`.
+    #[arg(long, env = "CERTVAULT_MASTER_KEY")]
+    master_key: Option<String>,
     /// TOML configuration file.
     #[arg(long, env = "CERTVAULT_CONFIG")]
     config: Option<PathBuf>,
@@ -80,6 +99,11 @@ struct FileConfig {
     max_body: Option<usize>,
     recoverable_days: Option<i64>,
     log: Option<String>,
+    pkcs11_module: Option<PathBuf>,
+    pkcs11_token: Option<String>,
+    pkcs11_pin_file: Option<PathBuf>,
+    pkcs11_sessions: Option<usize>,
+    master_key: Option<String>,
 }
 
 fn load_config(path: &Path) -> Result<FileConfig> {
@@ -124,6 +148,29 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if !(7..=90).contains(&recoverable_days) {
         bail!("--recoverable-days must be from 7 to 90");
     }
+    let pkcs11 = match args.pkcs11_module.or(file.pkcs11_module) {
+        Some(module) => Some(certvault_server::Pkcs11Options {
+            module,
+            token: args
+                .pkcs11_token
+                .or(file.pkcs11_token)
+                .unwrap_or_else(|| "certvault".into()),
+            pin_file: args.pkcs11_pin_file.or(file.pkcs11_pin_file),
+            pin_env: Some("CERTVAULT_PKCS11_PIN".into()),
+            pool_size: args
+                .pkcs11_sessions
+                .or(file.pkcs11_sessions)
+                .unwrap_or(4)
+                .clamp(1, 64),
+        }),
+        None => None,
+    };
+    let new_master_key = match args.master_key.or(file.master_key).as_deref() {
+        None | Some("file") => certvault_server::masterkey::MasterKind::File,
+        Some("pkcs11") if pkcs11.is_some() => certvault_server::masterkey::MasterKind::Pkcs11,
+        Some("pkcs11") => bail!("--master-key pkcs11 needs --pkcs11-module"),
+        Some(other) => bail!("--master-key must be file or pkcs11, not '{other}'"),
+    };
     let opts = certvault_server::ServeOptions {
         data_dir: args
             .data_dir
@@ -137,6 +184,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         public_port: args.public_port.or(file.public_port),
         max_body: args.max_body.or(file.max_body).unwrap_or(1024 * 1024),
         recoverable_days,
+        pkcs11,
+        new_master_key,
     };
     let clock: certvault_core::clock::SharedClock = Arc::new(certvault_core::SystemClock);
     let started = certvault_server::start(&opts, clock).await?;

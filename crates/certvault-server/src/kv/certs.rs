@@ -119,6 +119,175 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(&e))?
 }
 
+/// A certificate's private key: sealed in the database, or inside the PKCS#11 token.
+pub enum KeyMaterial {
+    /// A software key.
+    Soft(PrivateKey),
+    /// A key in the token.
+    Hsm {
+        /// The token.
+        hsm: certvault_hsm::Hsm,
+        /// The key.
+        key: certvault_hsm::KeyRef,
+        /// Its public key.
+        public: PublicKey,
+    },
+}
+
+/// The token that holds `key_ref`, or a clear refusal when this server has no such token.
+pub fn hsm_for(
+    ctx: &Ctx<'_>,
+    key_ref: &str,
+) -> ApiResult<(certvault_hsm::Hsm, certvault_hsm::KeyRef)> {
+    let key: certvault_hsm::KeyRef = key_ref.parse().map_err(|e| ApiError::internal(&e))?;
+    match &ctx.state.hsm {
+        Some(h) if h.token_label() == key.token() => Ok((h.clone(), key)),
+        _ => Err(ApiError::forbidden(format!(
+            "The key of this certificate lives in PKCS#11 token '{}', which this server is not \
+             configured to use (--pkcs11-module, --pkcs11-token).",
+            key.token()
+        ))
+        .inner("KeyNotAvailable")),
+    }
+}
+
+/// Maps a token error to the Key Vault error shape.
+pub fn hsm_api_error(e: certvault_hsm::HsmError) -> ApiError {
+    use certvault_hsm::HsmError as H;
+    match e {
+        H::Crypto(c) => ApiError::from(c),
+        H::Decrypt => {
+            ApiError::bad("The ciphertext could not be decrypted with this key and algorithm.")
+        }
+        H::Unsupported(m) => ApiError::bad(format!("Not supported by the PKCS#11 token: {m}")),
+        H::Busy { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "The PKCS#11 token is busy; retry.",
+        ),
+        other => ApiError::internal(&other),
+    }
+}
+
+impl KeyMaterial {
+    /// The key of a stored version.
+    pub fn of_version(ctx: &Ctx<'_>, v: &VersionRecord) -> ApiResult<Self> {
+        match &v.key_ref {
+            Some(r) => {
+                let (hsm, key) = hsm_for(ctx, r)?;
+                let public =
+                    PublicKey::from_spki_der(&v.spki).map_err(|e| ApiError::internal(&e))?;
+                Ok(Self::Hsm { hsm, key, public })
+            }
+            None => Ok(Self::Soft(open_key(ctx, v)?)),
+        }
+    }
+
+    /// A new key for `policy`: in the token for the HSM key types, else in software. Generated
+    /// on a blocking thread.
+    pub async fn generate(
+        ctx: &Ctx<'_>,
+        policy: &Policy,
+        n: &ObjectName,
+        version: &str,
+    ) -> ApiResult<Self> {
+        let alg = key_alg(policy);
+        if !policy.kty().is_hsm() {
+            return blocking(move || {
+                PrivateKey::generate(alg)
+                    .map(Self::Soft)
+                    .map_err(ApiError::from)
+            })
+            .await;
+        }
+        let hsm = ctx.state.hsm.clone().ok_or_else(|| {
+            ApiError::bad(format!(
+                "Key type {} needs a PKCS#11 token, and this server has none configured (--pkcs11-module).",
+                policy.kty().as_str()
+            ))
+        })?;
+        let label = format!(
+            "certvault:{}:{}:{version}",
+            ctx.vault.vault.name,
+            n.as_str()
+        );
+        blocking(move || {
+            let (key, public) = hsm.generate(alg, &label).map_err(hsm_api_error)?;
+            Ok(Self::Hsm { hsm, key, public })
+        })
+        .await
+    }
+
+    /// Whether the key lives in the token.
+    pub fn is_hsm(&self) -> bool {
+        matches!(self, Self::Hsm { .. })
+    }
+
+    /// The public key.
+    pub fn public(&self) -> PublicKey {
+        match self {
+            Self::Soft(k) => k.public_key(),
+            Self::Hsm { public, .. } => public.clone(),
+        }
+    }
+
+    /// What the version row stores: the sealed key, or the token reference.
+    pub fn storage(
+        &self,
+        ctx: &Ctx<'_>,
+        version: &str,
+    ) -> ApiResult<(Option<Vec<u8>>, Option<String>)> {
+        match self {
+            Self::Soft(k) => Ok((Some(seal_key(ctx, version, k)?), None)),
+            Self::Hsm { key, .. } => Ok((None, Some(key.to_string()))),
+        }
+    }
+
+    /// A self-signed certificate (blocking: the token may sign).
+    pub fn self_signed(&self, params: &CertParams) -> ApiResult<Vec<u8>> {
+        match self {
+            Self::Soft(k) => Ok(certvault_crypto::self_signed(k, params)?),
+            Self::Hsm { hsm, key, .. } => {
+                let signer = hsm.signer(key).map_err(hsm_api_error)?;
+                Ok(certvault_crypto::self_signed_with(&signer, params)?)
+            }
+        }
+    }
+
+    /// A CSR (blocking: the token may sign).
+    pub fn csr(&self, params: &CertParams) -> ApiResult<Vec<u8>> {
+        match self {
+            Self::Soft(k) => Ok(certvault_crypto::csr(k, params)?),
+            Self::Hsm { hsm, key, .. } => {
+                let signer = hsm.signer(key).map_err(hsm_api_error)?;
+                Ok(certvault_crypto::csr_with(&signer, params)?)
+            }
+        }
+    }
+
+    /// Signs a digest with Key Vault semantics (blocking).
+    pub fn sign(&self, alg: certvault_crypto::SignAlg, digest: &[u8]) -> ApiResult<Vec<u8>> {
+        match self {
+            Self::Soft(k) => Ok(certvault_crypto::sign(k, alg, digest)?),
+            Self::Hsm { hsm, key, .. } => hsm.sign(key, alg, digest).map_err(hsm_api_error),
+        }
+    }
+
+    /// Decrypts (blocking).
+    pub fn decrypt(
+        &self,
+        alg: certvault_crypto::EncAlg,
+        ct: &[u8],
+    ) -> ApiResult<zeroize::Zeroizing<Vec<u8>>> {
+        match self {
+            Self::Soft(k) => certvault_crypto::decrypt(k, alg, ct).map_err(|_| {
+                ApiError::bad("The ciphertext could not be decrypted with this key and algorithm.")
+            }),
+            Self::Hsm { hsm, key, .. } => hsm.decrypt(key, alg, ct).map_err(hsm_api_error),
+        }
+    }
+}
+
 /// Opens a version's sealed private key.
 pub fn open_key(ctx: &Ctx<'_>, v: &VersionRecord) -> ApiResult<PrivateKey> {
     let blob = v.key_blob.as_ref().ok_or_else(|| {
@@ -214,6 +383,7 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         .unwrap_or(true);
 
     // The key: reused from the newest version when the policy says so, else a new one.
+    let version = VersionId::generate();
     let mut reuse = None;
     if policy.reuse_key()
         && existing.is_some()
@@ -221,23 +391,19 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
             .cert_version(ctx.vault_id(), &n.key(), false, Which::LatestCompleted)
             .await?
     {
-        let k = open_key(ctx, &v)?;
-        if k.alg() == key_alg(&policy) {
+        let k = KeyMaterial::of_version(ctx, &v)?;
+        if k.public().alg() == key_alg(&policy) && k.is_hsm() == policy.kty().is_hsm() {
             reuse = Some(k);
         }
     }
     let key = match reuse {
         Some(k) => k,
-        None => {
-            let alg = key_alg(&policy);
-            blocking(move || PrivateKey::generate(alg).map_err(ApiError::from)).await?
-        }
+        None => KeyMaterial::generate(ctx, &policy, &n, version.as_str()).await?,
     };
-    let version = VersionId::generate();
     let now = ctx.now;
     let request_id = uuid::Uuid::new_v4().simple().to_string();
-    let sealed = seal_key(ctx, version.as_str(), &key)?;
-    let spki = key.public_key().spki_der().to_vec();
+    let (key_blob, key_ref) = key.storage(ctx, version.as_str())?;
+    let spki = key.public().spki_der().to_vec();
     let content_type = policy.content_type().as_str().to_owned();
     let exportable = policy.exportable();
 
@@ -255,8 +421,8 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         tags,
         cer: None,
         chain: vec![],
-        key_blob: Some(sealed),
-        key_ref: None,
+        key_blob,
+        key_ref,
         spki,
         content_type,
         exportable,
@@ -281,9 +447,7 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
         let nbf = now - 600;
         let exp = model::add_months(now, policy.validity_months());
         let params = cert_params(&policy, nbf, exp)?;
-        let der =
-            blocking(move || certvault_crypto::self_signed(&key, &params).map_err(ApiError::from))
-                .await?;
+        let der = blocking(move || key.self_signed(&params)).await?;
         record.cer = Some(der);
         record.enabled = enabled;
         record.nbf = Some(nbf);
@@ -296,8 +460,7 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
             now,
             model::add_months(now, policy.validity_months()),
         )?;
-        let csr =
-            blocking(move || certvault_crypto::csr(&key, &params).map_err(ApiError::from)).await?;
+        let csr = blocking(move || key.csr(&params)).await?;
         op.csr = Some(csr);
     }
     let policy_json = serde_json::to_string(&policy).map_err(|e| ApiError::internal(&e))?;
@@ -935,7 +1098,8 @@ pub async fn purge(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
                 format!("Deleted Certificate not found: {n}"),
             )
         })?;
-    ctx.state.store.purge(cert.id).await?;
+    let refs = ctx.state.store.purge(cert.id).await?;
+    ctx.state.destroy_hsm_keys(refs).await;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Ctx;
-use super::certs::open_key;
+use super::certs::KeyMaterial;
 use super::model::{self, b64url, from_b64url, stored_policy};
 use super::secrets::{check_usable, list_object_versions, list_objects, version_for};
 use crate::error::{ApiError, ApiResult};
@@ -165,11 +165,10 @@ pub async fn operation(
     let out = match op.as_str() {
         "sign" => {
             let alg: SignAlg = body.alg.parse().map_err(|_| unknown_alg(&body.alg))?;
-            let key = open_key(ctx, &v)?;
-            let sig =
-                tokio::task::spawn_blocking(move || certvault_crypto::sign(&key, alg, &value))
-                    .await
-                    .map_err(|e| ApiError::internal(&e))??;
+            let key = KeyMaterial::of_version(ctx, &v)?;
+            let sig = tokio::task::spawn_blocking(move || key.sign(alg, &value))
+                .await
+                .map_err(|e| ApiError::internal(&e))??;
             json!({"kid": kid, "value": b64url(&sig)})
         }
         "verify" => {
@@ -190,16 +189,10 @@ pub async fn operation(
         }
         _ => {
             let alg: EncAlg = body.alg.parse().map_err(|_| unknown_alg(&body.alg))?;
-            let key = open_key(ctx, &v)?;
-            let pt =
-                tokio::task::spawn_blocking(move || certvault_crypto::decrypt(&key, alg, &value))
-                    .await
-                    .map_err(|e| ApiError::internal(&e))?
-                    .map_err(|_| {
-                        ApiError::bad(
-                            "The ciphertext could not be decrypted with this key and algorithm.",
-                        )
-                    })?;
+            let key = KeyMaterial::of_version(ctx, &v)?;
+            let pt = tokio::task::spawn_blocking(move || key.decrypt(alg, &value))
+                .await
+                .map_err(|e| ApiError::internal(&e))??;
             json!({"kid": kid, "value": b64url(&pt)})
         }
     };
