@@ -1,6 +1,7 @@
 //! Software keys: generation, PKCS#8 import/export, public keys (SPKI) and JWK members.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
@@ -239,10 +240,24 @@ impl PublicKey {
 ///
 /// `Debug` prints `[redacted]`; the type deliberately does not implement `Serialize`,
 /// `PartialEq` or `Display`.
+///
+/// The parsed aws-lc key pair is kept after first use, so a key held for many operations is
+/// parsed (and, for RSA, checked) once.
 #[derive(Clone)]
 pub struct PrivateKey {
     pkcs8: Zeroizing<Vec<u8>>,
     public: PublicKey,
+    parsed: Arc<Parsed>,
+}
+
+/// Key pairs parsed on first use.
+#[derive(Default)]
+struct Parsed {
+    rsa: OnceLock<RsaKeyPair>,
+    /// ECDSA with fixed-width `r‖s` signatures (Key Vault `sign`).
+    ec_fixed: OnceLock<EcdsaKeyPair>,
+    /// ECDSA with DER signatures (X.509).
+    ec_asn1: OnceLock<EcdsaKeyPair>,
 }
 
 impl fmt::Debug for PrivateKey {
@@ -339,6 +354,7 @@ impl PrivateKey {
         Ok(Self {
             pkcs8: Zeroizing::new(pkcs8.as_ref().to_vec()),
             public,
+            parsed: Arc::default(),
         })
     }
 
@@ -350,6 +366,7 @@ impl PrivateKey {
         Ok(Self {
             pkcs8: Zeroizing::new(pkcs8.as_ref().to_vec()),
             public,
+            parsed: Arc::default(),
         })
     }
 
@@ -373,16 +390,42 @@ impl PrivateKey {
         &self.public
     }
 
-    pub(crate) fn rsa_key_pair(&self) -> Result<RsaKeyPair, CryptoError> {
-        RsaKeyPair::from_pkcs8(&self.pkcs8).map_err(|_| CryptoError::internal("RSA key unusable"))
+    pub(crate) fn rsa_key_pair(&self) -> Result<&RsaKeyPair, CryptoError> {
+        if let Some(kp) = self.parsed.rsa.get() {
+            return Ok(kp);
+        }
+        let kp = RsaKeyPair::from_pkcs8(&self.pkcs8)
+            .map_err(|_| CryptoError::internal("RSA key unusable"))?;
+        Ok(self.parsed.rsa.get_or_init(|| kp))
     }
 
-    pub(crate) fn ecdsa_key_pair(
-        &self,
+    /// The ECDSA key pair that signs with fixed-width `r‖s` (Key Vault `sign`).
+    pub(crate) fn ecdsa_fixed_key_pair(&self) -> Result<&EcdsaKeyPair, CryptoError> {
+        let KeyAlg::Ec(curve) = self.alg() else {
+            return Err(CryptoError::internal("not an EC key"));
+        };
+        Self::cached_ec(&self.parsed.ec_fixed, ecdsa_fixed_alg(curve)?, &self.pkcs8)
+    }
+
+    /// The ECDSA key pair that signs with DER signatures (X.509).
+    pub(crate) fn ecdsa_asn1_key_pair(&self) -> Result<&EcdsaKeyPair, CryptoError> {
+        let KeyAlg::Ec(curve) = self.alg() else {
+            return Err(CryptoError::internal("not an EC key"));
+        };
+        Self::cached_ec(&self.parsed.ec_asn1, ecdsa_signing_alg(curve)?, &self.pkcs8)
+    }
+
+    fn cached_ec<'a>(
+        cell: &'a OnceLock<EcdsaKeyPair>,
         alg: &'static EcdsaSigningAlgorithm,
-    ) -> Result<EcdsaKeyPair, CryptoError> {
-        EcdsaKeyPair::from_pkcs8(alg, &self.pkcs8)
-            .map_err(|_| CryptoError::internal("EC key unusable"))
+        pkcs8: &[u8],
+    ) -> Result<&'a EcdsaKeyPair, CryptoError> {
+        if let Some(kp) = cell.get() {
+            return Ok(kp);
+        }
+        let kp = EcdsaKeyPair::from_pkcs8(alg, pkcs8)
+            .map_err(|_| CryptoError::internal("EC key unusable"))?;
+        Ok(cell.get_or_init(|| kp))
     }
 
     /// Signs a message for an X.509 structure with the algorithm of [`KeyAlg::x509_sig_alg`]
@@ -401,8 +444,8 @@ impl PrivateKey {
                 .map_err(|_| CryptoError::internal("RSA signing failed"))?;
                 Ok(sig)
             }
-            KeyAlg::Ec(curve) => {
-                let kp = self.ecdsa_key_pair(ecdsa_signing_alg(curve)?)?;
+            KeyAlg::Ec(_) => {
+                let kp = self.ecdsa_asn1_key_pair()?;
                 let sig = kp
                     .sign(&aws_lc_rs::rand::SystemRandom::new(), msg)
                     .map_err(|_| CryptoError::internal("ECDSA signing failed"))?;
@@ -498,6 +541,15 @@ pub(crate) fn coord_len(curve: Curve) -> Result<usize, CryptoError> {
         Curve::P256 => Ok(32),
         Curve::P384 => Ok(48),
         Curve::P521 => Ok(66),
+        Curve::P256K => Err(p256k_refused()),
+    }
+}
+
+fn ecdsa_fixed_alg(curve: Curve) -> Result<&'static EcdsaSigningAlgorithm, CryptoError> {
+    match curve {
+        Curve::P256 => Ok(&signature::ECDSA_P256_SHA256_FIXED_SIGNING),
+        Curve::P384 => Ok(&signature::ECDSA_P384_SHA384_FIXED_SIGNING),
+        Curve::P521 => Ok(&signature::ECDSA_P521_SHA512_FIXED_SIGNING),
         Curve::P256K => Err(p256k_refused()),
     }
 }

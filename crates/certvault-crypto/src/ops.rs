@@ -277,12 +277,8 @@ pub fn sign(key: &PrivateKey, alg: SignAlg, digest: &[u8]) -> Result<Vec<u8>, Cr
             Ok(sig)
         }
         KeyAlg::Ec(_) => {
-            let signing = match alg {
-                SignAlg::ES256 => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-                SignAlg::ES384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
-                _ => &signature::ECDSA_P521_SHA512_FIXED_SIGNING,
-            };
-            let kp = key.ecdsa_key_pair(signing)?;
+            // `prepare` checked that the algorithm fits the key's curve.
+            let kp = key.ecdsa_fixed_key_pair()?;
             let sig = kp
                 .sign_digest(&d)
                 .map_err(|_| CryptoError::internal("ECDSA signing failed"))?;

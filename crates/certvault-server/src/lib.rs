@@ -210,6 +210,7 @@ async fn purge_loop(state: Arc<AppState>) {
                     purged = n,
                     "purged certificates past their scheduled purge date"
                 );
+                state.key_cache.clear();
                 state.destroy_hsm_keys(refs).await;
             }
             Err(e) => tracing::warn!(error = %e, "scheduled purge failed"),

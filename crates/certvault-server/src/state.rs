@@ -71,6 +71,9 @@ pub struct AppState {
     pub token_hashes: Vec<[u8; 32]>,
     /// The PKCS#11 token, when configured.
     pub hsm: Option<Hsm>,
+    /// Opened software keys used for key operations, so that a key signing many times is
+    /// decrypted and parsed once.
+    pub key_cache: KeyCache,
     vaults: RwLock<HashMap<String, Arc<VaultCtx>>>,
 }
 
@@ -98,6 +101,7 @@ impl AppState {
             clock,
             token_hashes,
             hsm,
+            key_cache: KeyCache::new(4096),
             vaults: RwLock::new(HashMap::new()),
         }
     }
@@ -202,5 +206,46 @@ impl AppState {
             cache.clear();
         }
         Ok(n)
+    }
+}
+
+/// A bounded map from (certificate row, version) to the opened private key.
+#[derive(Debug)]
+pub struct KeyCache {
+    map: std::sync::Mutex<HashMap<(i64, String), certvault_crypto::PrivateKey>>,
+    cap: usize,
+}
+
+impl KeyCache {
+    /// An empty cache holding at most `cap` keys.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            map: std::sync::Mutex::new(HashMap::new()),
+            cap,
+        }
+    }
+
+    /// The cached key.
+    pub fn get(&self, id: &(i64, String)) -> Option<certvault_crypto::PrivateKey> {
+        self.map.lock().ok().and_then(|m| m.get(id).cloned())
+    }
+
+    /// Caches a key, evicting an arbitrary one when full.
+    pub fn put(&self, id: (i64, String), key: certvault_crypto::PrivateKey) {
+        if let Ok(mut m) = self.map.lock() {
+            if m.len() >= self.cap
+                && let Some(victim) = m.keys().next().cloned()
+            {
+                m.remove(&victim);
+            }
+            m.insert(id, key);
+        }
+    }
+
+    /// Forgets every key (e.g. after a purge).
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.map.lock() {
+            m.clear();
+        }
     }
 }

@@ -179,7 +179,15 @@ impl KeyMaterial {
                     PublicKey::from_spki_der(&v.spki).map_err(|e| ApiError::internal(&e))?;
                 Ok(Self::Hsm { hsm, key, public })
             }
-            None => Ok(Self::Soft(open_key(ctx, v)?)),
+            None => {
+                let id = (v.cert_id, v.version.clone());
+                if let Some(k) = ctx.state.key_cache.get(&id) {
+                    return Ok(Self::Soft(k));
+                }
+                let k = open_key(ctx, v)?;
+                ctx.state.key_cache.put(id, k.clone());
+                Ok(Self::Soft(k))
+            }
         }
     }
 
@@ -1099,6 +1107,7 @@ pub async fn purge(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
             )
         })?;
     let refs = ctx.state.store.purge(cert.id).await?;
+    ctx.state.key_cache.clear();
     ctx.state.destroy_hsm_keys(refs).await;
     Ok(empty(StatusCode::NO_CONTENT))
 }
