@@ -224,10 +224,11 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>, request_id: &str) 
         .map(str::trim);
     let caller = match token {
         None => return unauthorized(state, "AKV10000: Request is missing a Bearer or PoP token."),
-        Some(t) if !state.token_ok(t) => {
-            return unauthorized(state, "AKV10022: Invalid bearer token.");
-        }
-        Some(_) => crate::auth::Caller::admin("admin"),
+        Some(t) => match crate::auth::authenticate(state, t).await {
+            Ok(c) => c,
+            Err(crate::auth::AuthError::Invalid(msg)) => return unauthorized(state, msg),
+            Err(crate::auth::AuthError::Unavailable(e)) => return error_response(&e),
+        },
     };
     let (parts, body) = req.into_parts();
     let body = match read_body(body, state.http.max_body).await {

@@ -522,7 +522,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` inside the group transaction; resolves once it is durably committed.
-    async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    pub(crate) async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
@@ -542,7 +542,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` on a pooled reader connection on a blocking thread.
-    async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    pub(crate) async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
