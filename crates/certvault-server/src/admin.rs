@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode, request::Parts};
 use serde_json::json;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Body, json as json_response};
 use crate::masterkey::MasterKind;
@@ -20,7 +21,9 @@ pub async fn dispatch(
     state: &Arc<AppState>,
     parts: &Parts,
     body: Bytes,
+    caller: &Caller,
 ) -> ApiResult<Response<Body>> {
+    caller.require_admin()?;
     let path = parts.uri.path().trim_end_matches('/');
     match (path, &parts.method) {
         ("/admin/v1/master-key/rotate", &Method::POST) => {

@@ -1,11 +1,67 @@
-//! Who is calling, and what they may do.
+//! Who is calling, and what they may do: bearer tokens resolve to principals; a principal holds
+//! Key Vault permissions per vault (access policies), or is an administrator.
 
-use certvault_core::access::Permission;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
-use std::sync::Arc;
+use certvault_core::access::{Permission, Permissions};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The principal's name.
+    pub principal: String,
+    /// Administrators hold every permission in every vault and may use the admin API.
+    pub admin: bool,
+    /// Permissions per vault row id (empty for administrators).
+    pub permissions: HashMap<i64, Permissions>,
+    /// When the token stops being valid.
+    pub expires: Option<i64>,
+}
+
+impl Caller {
+    /// An administrator (used where no token is involved, e.g. in tests).
+    pub fn admin(name: &str) -> Self {
+        Self {
+            principal: name.to_owned(),
+            admin: true,
+            permissions: HashMap::new(),
+            expires: None,
+        }
+    }
+
+    /// Refuses with 403 unless the caller holds `need` in the vault.
+    pub fn authorize(&self, vault_id: i64, need: Permission) -> ApiResult<()> {
+        if self.admin
+            || self
+                .permissions
+                .get(&vault_id)
+                .is_some_and(|p| p.allows(need))
+        {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "The principal '{}' does not have {need} permission on this vault.",
+            self.principal
+        ))
+        .inner("ForbiddenByPolicy"))
+    }
+
+    /// Refuses with 403 unless the caller is an administrator.
+    pub fn require_admin(&self) -> ApiResult<()> {
+        if self.admin {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "The principal '{}' is not an administrator.",
+            self.principal
+        ))
+        .inner("ForbiddenByPolicy"))
+    }
+}
 
 /// Why a bearer token was not accepted.
 #[derive(Debug)]
@@ -17,41 +73,101 @@ pub enum AuthError {
     Unavailable(ApiError),
 }
 
+/// How long a resolved token is trusted without looking at the store again. Changes made
+/// through this server's admin API take effect at once (the cache is cleared); this bounds how
+/// long a change made elsewhere (another replica) takes.
+const CACHE_SECONDS: i64 = 30;
+const CACHE_MAX: usize = 10_000;
+
+/// Resolved tokens by SHA-256 of the token.
+#[derive(Debug, Default)]
+pub struct AuthCache {
+    entries: RwLock<HashMap<[u8; 32], (Arc<Caller>, i64)>>,
+}
+
+impl AuthCache {
+    fn get(&self, hash: &[u8; 32], now: i64) -> Option<Arc<Caller>> {
+        let entries = self.entries.read().ok()?;
+        let (caller, at) = entries.get(hash)?;
+        (now - at < CACHE_SECONDS).then(|| caller.clone())
+    }
+
+    fn put(&self, hash: [u8; 32], caller: Arc<Caller>, now: i64) {
+        if let Ok(mut e) = self.entries.write() {
+            if e.len() >= CACHE_MAX {
+                e.retain(|_, (_, at)| now - *at < CACHE_SECONDS);
+                if e.len() >= CACHE_MAX {
+                    e.clear();
+                }
+            }
+            e.insert(hash, (caller, now));
+        }
+    }
+
+    /// Forgets every resolved token (after any change to principals, tokens, policies or
+    /// vaults).
+    pub fn clear(&self) {
+        if let Ok(mut e) = self.entries.write() {
+            e.clear();
+        }
+    }
+}
+
 /// Resolves a bearer token to its caller.
-pub async fn authenticate(state: &Arc<AppState>, token: &str) -> Result<Caller, AuthError> {
-    if state.token_ok(token) {
-        return Ok(Caller::admin("admin"));
+pub async fn authenticate(state: &Arc<AppState>, token: &str) -> Result<Arc<Caller>, AuthError> {
+    const INVALID: &str = "AKV10022: Invalid bearer token.";
+    let now = state.clock.now();
+    let hash = certvault_crypto::sha256(token.as_bytes());
+    let caller = match state.auth_cache.get(&hash, now) {
+        Some(c) => c,
+        None => {
+            let store_err = |e| AuthError::Unavailable(ApiError::from(e));
+            let (tok, principal) = state
+                .store
+                .token_by_hash(hash.to_vec())
+                .await
+                .map_err(store_err)?
+                .ok_or(AuthError::Invalid(INVALID))?;
+            if tok.revoked.is_some() || principal.disabled {
+                return Err(AuthError::Invalid(INVALID));
+            }
+            let mut permissions = HashMap::new();
+            if !principal.admin {
+                for p in state
+                    .store
+                    .principal_access_policies(principal.id)
+                    .await
+                    .map_err(store_err)?
+                {
+                    let perms: Permissions = serde_json::from_str(&p.permissions)
+                        .map_err(|e| AuthError::Unavailable(ApiError::internal(&e)))?;
+                    permissions.insert(p.vault_id, perms);
+                }
+            }
+            let caller = Arc::new(Caller {
+                principal: principal.name,
+                admin: principal.admin,
+                permissions,
+                expires: tok.expires,
+            });
+            state.auth_cache.put(hash, caller.clone(), now);
+            caller
+        }
+    };
+    if caller.expires.is_some_and(|e| now >= e) {
+        return Err(AuthError::Invalid(
+            "AKV10022: The bearer token has expired.",
+        ));
     }
-    Err(AuthError::Invalid("AKV10022: Invalid bearer token."))
+    Ok(caller)
 }
 
-/// An authenticated caller.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The principal's name.
-    pub principal: String,
-    /// Administrators hold every permission in every vault and may use the admin API.
-    pub admin: bool,
-}
-
-impl Caller {
-    /// The bootstrap administrator.
-    pub fn admin(name: &str) -> Self {
-        Self {
-            principal: name.to_owned(),
-            admin: true,
-        }
-    }
-
-    /// Refuses with 403 unless the caller holds `need` in the vault.
-    pub fn authorize(&self, _vault_id: i64, need: Permission) -> ApiResult<()> {
-        if self.admin {
-            return Ok(());
-        }
-        Err(ApiError::forbidden(format!(
-            "The caller '{}' does not have {need} permission on this vault.",
-            self.principal
-        ))
-        .inner("ForbiddenByPolicy"))
-    }
+/// A new random bearer token: `cvt_` and 43 base64url characters (256 bits).
+pub fn new_token() -> Result<String, ApiError> {
+    use base64::Engine;
+    let bytes = certvault_crypto::random_bytes(32).map_err(|e| ApiError::internal(&e))?;
+    Ok(format!(
+        "cvt_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
 }

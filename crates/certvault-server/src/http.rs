@@ -236,7 +236,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>, request_id: &str) 
         Err(e) => return error_response(&e),
     };
     let result = if parts.uri.path().starts_with(crate::admin::PREFIX) {
-        crate::admin::dispatch(state, &parts, body).await
+        crate::admin::dispatch(state, &parts, body, &caller).await
     } else {
         crate::kv::dispatch(state, &parts, body, request_id, &caller).await
     };

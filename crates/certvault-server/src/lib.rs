@@ -160,9 +160,27 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         dd.backup_key,
         http,
         clock,
-        vec![dd.admin_token_hash],
         hsm,
     ));
+    let store_err = |e: certvault_store::StoreError| ServerError::Store(e.to_string());
+    let admin = match state.store.principal("admin").await.map_err(store_err)? {
+        Some(p) => p,
+        None => state
+            .store
+            .create_principal("admin", true, Some("bootstrap administrator".into()), now)
+            .await
+            .map_err(store_err)?,
+    };
+    state
+        .store
+        .ensure_token(
+            admin.id,
+            dd.admin_token_hash.to_vec(),
+            "bootstrap (admin.token)",
+            now,
+        )
+        .await
+        .map_err(store_err)?;
     if state
         .store
         .vault("default")

@@ -67,8 +67,8 @@ pub struct AppState {
     pub http: HttpSettings,
     /// The clock.
     pub clock: SharedClock,
-    /// SHA-256 hashes of the accepted bearer tokens.
-    pub token_hashes: Vec<[u8; 32]>,
+    /// Resolved bearer tokens.
+    pub auth_cache: crate::auth::AuthCache,
     /// The PKCS#11 token, when configured.
     pub hsm: Option<Hsm>,
     /// Opened software keys used for key operations, so that a key signing many times is
@@ -90,7 +90,6 @@ impl AppState {
         backup_key: SymKey,
         http: HttpSettings,
         clock: SharedClock,
-        token_hashes: Vec<[u8; 32]>,
         hsm: Option<Hsm>,
     ) -> Self {
         Self {
@@ -99,25 +98,11 @@ impl AppState {
             backup_key,
             http,
             clock,
-            token_hashes,
+            auth_cache: crate::auth::AuthCache::default(),
             hsm,
             key_cache: KeyCache::new(4096),
             vaults: RwLock::new(HashMap::new()),
         }
-    }
-
-    /// Checks a bearer token in constant time against the accepted hashes.
-    pub fn token_ok(&self, token: &str) -> bool {
-        let h = certvault_crypto::sha256(token.as_bytes());
-        let mut ok = false;
-        for known in &self.token_hashes {
-            let mut diff = 0u8;
-            for (a, b) in known.iter().zip(h.iter()) {
-                diff |= a ^ b;
-            }
-            ok |= diff == 0;
-        }
-        ok
     }
 
     /// The vault named `name_key`, with its key, cached after the first load.
@@ -158,6 +143,13 @@ impl AppState {
             .store
             .create_vault(name, wrapped, self.http.recoverable_days, self.clock.now())
             .await?)
+    }
+
+    /// Drops a vault from the cache (deleted, recovered or changed).
+    pub fn forget_vault(&self, name_key: &str) {
+        if let Ok(mut cache) = self.vaults.write() {
+            cache.remove(name_key);
+        }
     }
 
     /// Destroys purged keys inside the token (best effort: a failure is logged, the purge

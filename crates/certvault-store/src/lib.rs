@@ -5,10 +5,12 @@
 //! The store knows nothing of cryptography: private keys reach it already sealed.
 #![forbid(unsafe_code)]
 
+mod access;
 mod error;
 mod records;
 mod sqlite;
 
+pub use access::{PolicyRecord, PrincipalRecord, TokenRecord};
 pub use error::{Conflict, StoreError};
 pub use records::*;
 pub use sqlite::{SqliteStore, Which};

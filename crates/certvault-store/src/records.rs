@@ -13,6 +13,10 @@ pub struct Vault {
     pub recoverable_days: i64,
     /// Creation time.
     pub created: i64,
+    /// When it was soft-deleted.
+    pub deleted_at: Option<i64>,
+    /// When it will be purged.
+    pub purge_at: Option<i64>,
 }
 
 /// A certificate (the object that owns versions).

@@ -96,6 +96,7 @@ ALTER TABLE versions ADD COLUMN preserve_order INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE versions ADD COLUMN key_ops TEXT;
 "#,
+    crate::access::MIGRATION,
 ];
 
 type Job = Box<dyn WriteJob>;
@@ -647,17 +648,10 @@ impl SqliteStore {
         let key = name_key.to_owned();
         self.read(move |c| {
             now_none(c.query_row(
-                "SELECT id, name, wrapped_key, recoverable_days, created FROM vaults WHERE name_key = ?1",
+                "SELECT id, name, wrapped_key, recoverable_days, created, deleted_at, purge_at FROM vaults \
+                 WHERE name_key = ?1 AND deleted_at IS NULL",
                 [key],
-                |r| {
-                    Ok(Vault {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        wrapped_key: r.get(2)?,
-                        recoverable_days: r.get(3)?,
-                        created: r.get(4)?,
-                    })
-                },
+                crate::access::vault_row,
             ))
         })
         .await
@@ -681,7 +675,15 @@ impl SqliteStore {
             if n == 0 {
                 return Err(StoreError::Conflict(Conflict::Exists));
             }
-            Ok(Vault { id: c.last_insert_rowid(), name, wrapped_key, recoverable_days, created: now })
+            Ok(Vault {
+                id: c.last_insert_rowid(),
+                name,
+                wrapped_key,
+                recoverable_days,
+                created: now,
+                deleted_at: None,
+                purge_at: None,
+            })
         })
         .await
     }
