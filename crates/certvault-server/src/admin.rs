@@ -25,6 +25,9 @@ pub async fn dispatch(
 ) -> ApiResult<Response<Body>> {
     caller.require_admin()?;
     let path = parts.uri.path().trim_end_matches('/');
+    if let Some(r) = crate::admin_access::dispatch(state, parts, &body, path).await {
+        return r;
+    }
     match (path, &parts.method) {
         ("/admin/v1/master-key/rotate", &Method::POST) => {
             #[derive(serde::Deserialize)]

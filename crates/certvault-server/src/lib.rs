@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_access;
 pub mod auth;
 pub mod bootstrap;
 pub mod error;
@@ -232,6 +233,16 @@ async fn purge_loop(state: Arc<AppState>) {
                 state.destroy_hsm_keys(refs).await;
             }
             Err(e) => tracing::warn!(error = %e, "scheduled purge failed"),
+        }
+        match state.store.purge_due_vaults(state.clock.now()).await {
+            Ok((0, _)) => {}
+            Ok((n, refs)) => {
+                tracing::info!(purged = n, "purged vaults past their scheduled purge date");
+                state.key_cache.clear();
+                state.auth_cache.clear();
+                state.destroy_hsm_keys(refs).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "scheduled vault purge failed"),
         }
         tokio::time::sleep(std::time::Duration::from_secs(600)).await;
     }
