@@ -79,10 +79,13 @@ pub enum AuthError {
 const CACHE_SECONDS: i64 = 30;
 const CACHE_MAX: usize = 10_000;
 
+/// A resolved token and when it was resolved.
+type Cached = (Arc<Caller>, i64);
+
 /// Resolved tokens by SHA-256 of the token.
 #[derive(Debug, Default)]
 pub struct AuthCache {
-    entries: RwLock<HashMap<[u8; 32], (Arc<Caller>, i64)>>,
+    entries: RwLock<HashMap<[u8; 32], Cached>>,
 }
 
 impl AuthCache {
