@@ -923,3 +923,496 @@ pub(crate) async fn run_key(cmd: KeyCommand) -> Result<()> {
             .ok_or_else(|| anyhow!("no value in the answer"))?,
     )
 }
+
+impl Client {
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let url = format!("{}/admin/v1/{path}", self.base);
+        Ok(self.send(method, &url, body).await?.1)
+    }
+}
+
+fn print_json_or(v: &Value, json_out: bool, text: impl FnOnce(&Value)) -> Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        text(v);
+    }
+    Ok(())
+}
+
+/// Vaults (admin).
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum VaultCommand {
+    /// Create a vault; it answers at once at https://<name>.<base-domain>.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        /// Vault name (a DNS label).
+        name: String,
+        /// Days a deleted certificate (and the vault itself) stays recoverable.
+        #[arg(long)]
+        recoverable_days: Option<i64>,
+    },
+    /// List vaults (--deleted: the soft-deleted ones).
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// List soft-deleted vaults.
+        #[arg(long)]
+        deleted: bool,
+    },
+    /// Show a vault.
+    Get {
+        #[command(flatten)]
+        conn: Conn,
+        /// Vault name.
+        name: String,
+    },
+    /// Soft-delete a vault (recoverable until its purge date).
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        /// Vault name.
+        name: String,
+    },
+    /// Recover a soft-deleted vault.
+    Recover {
+        #[command(flatten)]
+        conn: Conn,
+        /// Vault name.
+        name: String,
+    },
+    /// Purge a soft-deleted vault and everything in it.
+    Purge {
+        #[command(flatten)]
+        conn: Conn,
+        /// Vault name.
+        name: String,
+    },
+}
+
+fn vault_line(v: &Value) -> Vec<String> {
+    vec![
+        v["name"].as_str().unwrap_or("").to_owned(),
+        v["url"].as_str().unwrap_or("").to_owned(),
+        v["recoverable_days"].to_string(),
+        fmt_time(v["deleted_at"].as_i64()),
+    ]
+}
+
+pub(crate) async fn run_vault(cmd: VaultCommand) -> Result<()> {
+    use reqwest::Method as M;
+    let (conn, method, path, body) = match cmd {
+        VaultCommand::Create {
+            conn,
+            name,
+            recoverable_days,
+        } => {
+            let mut b = json!({"name": name});
+            if let Some(d) = recoverable_days {
+                b["recoverable_days"] = json!(d);
+            }
+            (conn, M::POST, "vaults".to_owned(), Some(b))
+        }
+        VaultCommand::List { conn, deleted } => {
+            let c = Client::new(&conn)?;
+            let v = c
+                .admin(
+                    M::GET,
+                    if deleted { "deleted-vaults" } else { "vaults" },
+                    None,
+                )
+                .await?;
+            return print_json_or(&v, conn.json, |v| {
+                let rows: Vec<Vec<String>> = v["vaults"]
+                    .as_array()
+                    .map(|a| a.iter().map(vault_line).collect())
+                    .unwrap_or_default();
+                print_table(&rows, &["NAME", "URL", "RECOVERABLE DAYS", "DELETED"]);
+            });
+        }
+        VaultCommand::Get { conn, name } => (conn, M::GET, format!("vaults/{name}"), None),
+        VaultCommand::Delete { conn, name } => (conn, M::DELETE, format!("vaults/{name}"), None),
+        VaultCommand::Recover { conn, name } => (
+            conn,
+            M::POST,
+            format!("deleted-vaults/{name}/recover"),
+            None,
+        ),
+        VaultCommand::Purge { conn, name } => {
+            (conn, M::DELETE, format!("deleted-vaults/{name}"), None)
+        }
+    };
+    let c = Client::new(&conn)?;
+    let v = c.admin(method, &path, body.as_ref()).await?;
+    print_json_or(&v, conn.json, |v| {
+        if v.is_null() {
+            println!("done");
+        } else {
+            print_table(
+                &[vault_line(v)],
+                &["NAME", "URL", "RECOVERABLE DAYS", "DELETED"],
+            );
+        }
+    })
+}
+
+/// Principals and their tokens (admin).
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum PrincipalCommand {
+    /// Create a principal; its first token is printed once.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        /// Principal name.
+        name: String,
+        /// Make it an administrator.
+        #[arg(long)]
+        admin: bool,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+        /// Do not create a token now.
+        #[arg(long)]
+        no_token: bool,
+        /// Label of the first token.
+        #[arg(long)]
+        token_label: Option<String>,
+        /// Days until the first token expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<i64>,
+    },
+    /// List principals.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a principal with its tokens and access policies.
+    Get {
+        #[command(flatten)]
+        conn: Conn,
+        /// Principal name.
+        name: String,
+    },
+    /// Disable a principal: its tokens stop working.
+    Disable {
+        #[command(flatten)]
+        conn: Conn,
+        /// Principal name.
+        name: String,
+    },
+    /// Enable a disabled principal.
+    Enable {
+        #[command(flatten)]
+        conn: Conn,
+        /// Principal name.
+        name: String,
+    },
+    /// Delete a principal with its tokens and policies.
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        /// Principal name.
+        name: String,
+    },
+    /// Create a token for a principal (printed once).
+    TokenCreate {
+        #[command(flatten)]
+        conn: Conn,
+        /// Principal name.
+        name: String,
+        /// Label.
+        #[arg(long)]
+        label: Option<String>,
+        /// Days until it expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<i64>,
+    },
+    /// List a principal's tokens (never their values).
+    TokenList {
+        #[command(flatten)]
+        conn: Conn,
+        /// Principal name.
+        name: String,
+    },
+    /// Revoke a token.
+    TokenRevoke {
+        #[command(flatten)]
+        conn: Conn,
+        /// Principal name.
+        name: String,
+        /// Token id (from token-list).
+        id: i64,
+    },
+}
+
+fn principal_line(p: &Value) -> Vec<String> {
+    vec![
+        p["name"].as_str().unwrap_or("").to_owned(),
+        p["admin"].to_string(),
+        p["disabled"].to_string(),
+        p["description"].as_str().unwrap_or("").to_owned(),
+    ]
+}
+
+fn token_line(t: &Value) -> Vec<String> {
+    vec![
+        t["id"].to_string(),
+        t["label"].as_str().unwrap_or("").to_owned(),
+        fmt_time(t["created"].as_i64()),
+        fmt_time(t["expires"].as_i64()),
+        fmt_time(t["revoked"].as_i64()),
+    ]
+}
+
+pub(crate) async fn run_principal(cmd: PrincipalCommand) -> Result<()> {
+    use reqwest::Method as M;
+    const P_HEAD: [&str; 4] = ["NAME", "ADMIN", "DISABLED", "DESCRIPTION"];
+    const T_HEAD: [&str; 5] = ["ID", "LABEL", "CREATED", "EXPIRES", "REVOKED"];
+    match cmd {
+        PrincipalCommand::Create {
+            conn,
+            name,
+            admin,
+            description,
+            no_token,
+            token_label,
+            expires_in_days,
+        } => {
+            let c = Client::new(&conn)?;
+            let body = json!({"name": name, "admin": admin, "description": description, "token": !no_token,
+                              "token_label": token_label, "token_expires_in_days": expires_in_days});
+            let v = c.admin(M::POST, "principals", Some(&body)).await?;
+            print_json_or(&v, conn.json, |v| {
+                print_table(&[principal_line(&v["principal"])], &P_HEAD);
+                if let Some(t) = v["token"]["token"].as_str() {
+                    println!("\ntoken (shown once; store it now): {t}");
+                }
+            })
+        }
+        PrincipalCommand::List { conn } => {
+            let c = Client::new(&conn)?;
+            let v = c.admin(M::GET, "principals", None).await?;
+            print_json_or(&v, conn.json, |v| {
+                let rows: Vec<Vec<String>> = v["principals"]
+                    .as_array()
+                    .map(|a| a.iter().map(principal_line).collect())
+                    .unwrap_or_default();
+                print_table(&rows, &P_HEAD);
+            })
+        }
+        PrincipalCommand::Get { conn, name } => {
+            let c = Client::new(&conn)?;
+            let v = c.admin(M::GET, &format!("principals/{name}"), None).await?;
+            print_json_or(&v, conn.json, |v| {
+                print_table(&[principal_line(v)], &P_HEAD);
+                let tokens: Vec<Vec<String>> = v["tokens"]
+                    .as_array()
+                    .map(|a| a.iter().map(token_line).collect())
+                    .unwrap_or_default();
+                println!();
+                print_table(&tokens, &T_HEAD);
+                for p in v["access_policies"].as_array().into_iter().flatten() {
+                    println!(
+                        "\nvault {}: {}",
+                        p["vault"].as_str().unwrap_or(""),
+                        p["permissions"]
+                    );
+                }
+            })
+        }
+        PrincipalCommand::Disable { conn, name } => set_disabled(conn, &name, true).await,
+        PrincipalCommand::Enable { conn, name } => set_disabled(conn, &name, false).await,
+        PrincipalCommand::Delete { conn, name } => {
+            let c = Client::new(&conn)?;
+            let v = c
+                .admin(M::DELETE, &format!("principals/{name}"), None)
+                .await?;
+            print_json_or(&v, conn.json, |_| println!("deleted principal {name}"))
+        }
+        PrincipalCommand::TokenCreate {
+            conn,
+            name,
+            label,
+            expires_in_days,
+        } => {
+            let c = Client::new(&conn)?;
+            let body = json!({"label": label, "expires_in_days": expires_in_days});
+            let v = c
+                .admin(M::POST, &format!("principals/{name}/tokens"), Some(&body))
+                .await?;
+            print_json_or(&v, conn.json, |v| {
+                print_table(&[token_line(v)], &T_HEAD);
+                println!(
+                    "\ntoken (shown once; store it now): {}",
+                    v["token"].as_str().unwrap_or("")
+                );
+            })
+        }
+        PrincipalCommand::TokenList { conn, name } => {
+            let c = Client::new(&conn)?;
+            let v = c
+                .admin(M::GET, &format!("principals/{name}/tokens"), None)
+                .await?;
+            print_json_or(&v, conn.json, |v| {
+                let rows: Vec<Vec<String>> = v["tokens"]
+                    .as_array()
+                    .map(|a| a.iter().map(token_line).collect())
+                    .unwrap_or_default();
+                print_table(&rows, &T_HEAD);
+            })
+        }
+        PrincipalCommand::TokenRevoke { conn, name, id } => {
+            let c = Client::new(&conn)?;
+            let v = c
+                .admin(M::DELETE, &format!("principals/{name}/tokens/{id}"), None)
+                .await?;
+            print_json_or(&v, conn.json, |v| print_table(&[token_line(v)], &T_HEAD))
+        }
+    }
+}
+
+async fn set_disabled(conn: Conn, name: &str, disabled: bool) -> Result<()> {
+    let c = Client::new(&conn)?;
+    let v = c
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("principals/{name}"),
+            Some(&json!({"disabled": disabled})),
+        )
+        .await?;
+    print_json_or(&v, conn.json, |v| {
+        print_table(
+            &[principal_line(v)],
+            &["NAME", "ADMIN", "DISABLED", "DESCRIPTION"],
+        )
+    })
+}
+
+/// Access policies: a principal's permissions in a vault (admin).
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum PolicyCommand {
+    /// Set (replace) a principal's permissions in a vault. Names as in Key Vault, comma
+    /// separated, or `all`; e.g. --certificates get,list --secrets get.
+    Set {
+        #[command(flatten)]
+        conn: Conn,
+        /// Vault name.
+        #[arg(long)]
+        vault: String,
+        /// Principal name.
+        #[arg(long)]
+        principal: String,
+        /// Certificate permissions.
+        #[arg(long, value_delimiter = ',')]
+        certificates: Vec<String>,
+        /// Key permissions.
+        #[arg(long, value_delimiter = ',')]
+        keys: Vec<String>,
+        /// Secret permissions.
+        #[arg(long, value_delimiter = ',')]
+        secrets: Vec<String>,
+    },
+    /// Show the access policies of a vault.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Vault name.
+        #[arg(long)]
+        vault: String,
+    },
+    /// Remove a principal's access policy in a vault.
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        /// Vault name.
+        #[arg(long)]
+        vault: String,
+        /// Principal name.
+        #[arg(long)]
+        principal: String,
+    },
+}
+
+fn policy_line(p: &Value) -> Vec<String> {
+    let list = |k: &str| {
+        p["permissions"][k]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    vec![
+        p["principal"].as_str().unwrap_or("").to_owned(),
+        list("certificates"),
+        list("keys"),
+        list("secrets"),
+    ]
+}
+
+pub(crate) async fn run_policy(cmd: PolicyCommand) -> Result<()> {
+    use reqwest::Method as M;
+    const HEAD: [&str; 4] = ["PRINCIPAL", "CERTIFICATES", "KEYS", "SECRETS"];
+    match cmd {
+        PolicyCommand::Set {
+            conn,
+            vault,
+            principal,
+            certificates,
+            keys,
+            secrets,
+        } => {
+            let c = Client::new(&conn)?;
+            let body = json!({"certificates": certificates, "keys": keys, "secrets": secrets});
+            let v = c
+                .admin(
+                    M::PUT,
+                    &format!("vaults/{vault}/access-policies/{principal}"),
+                    Some(&body),
+                )
+                .await?;
+            print_json_or(&v, conn.json, |v| print_table(&[policy_line(v)], &HEAD))
+        }
+        PolicyCommand::List { conn, vault } => {
+            let c = Client::new(&conn)?;
+            let v = c
+                .admin(M::GET, &format!("vaults/{vault}/access-policies"), None)
+                .await?;
+            print_json_or(&v, conn.json, |v| {
+                let rows: Vec<Vec<String>> = v["access_policies"]
+                    .as_array()
+                    .map(|a| a.iter().map(policy_line).collect())
+                    .unwrap_or_default();
+                print_table(&rows, &HEAD);
+            })
+        }
+        PolicyCommand::Delete {
+            conn,
+            vault,
+            principal,
+        } => {
+            let c = Client::new(&conn)?;
+            c.admin(
+                M::DELETE,
+                &format!("vaults/{vault}/access-policies/{principal}"),
+                None,
+            )
+            .await?;
+            if conn.json {
+                println!("{{}}");
+            } else {
+                println!("removed the access policy of {principal} in {vault}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -31,6 +31,15 @@ enum Command {
     /// Use a certificate's key (sign, verify, encrypt, decrypt, wrap, unwrap).
     #[command(subcommand)]
     Key(client::KeyCommand),
+    /// Manage vaults (admin).
+    #[command(subcommand)]
+    Vault(client::VaultCommand),
+    /// Manage principals and their tokens (admin).
+    #[command(subcommand)]
+    Principal(client::PrincipalCommand),
+    /// Manage access policies: who may do what in a vault (admin).
+    #[command(subcommand)]
+    Policy(client::PolicyCommand),
     /// Administer a running server.
     #[command(subcommand)]
     Admin(client::AdminCommand),
@@ -268,6 +277,9 @@ fn main() -> ExitCode {
             Command::Cert(cmd) => client::run_cert(cmd).await,
             Command::Admin(cmd) => client::run_admin(cmd).await,
             Command::Key(cmd) => client::run_key(cmd).await,
+            Command::Vault(cmd) => client::run_vault(cmd).await,
+            Command::Principal(cmd) => client::run_principal(cmd).await,
+            Command::Policy(cmd) => client::run_policy(cmd).await,
         }
     });
     match result {

@@ -348,3 +348,94 @@ fn key_commands_sign_verify_encrypt_decrypt_wrap_unwrap() {
     assert!(!ok);
     assert!(err.contains("403 Forbidden"), "{err}");
 }
+
+#[test]
+fn vaults_principals_tokens_and_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let srv = serve(&dir);
+    let (ok, out, err) = cli(
+        &srv,
+        &dir,
+        &["vault", "create", "team", "--recoverable-days", "30"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("https://team.cli.test:"), "{out}");
+    let (ok, out, err) = cli(&srv, &dir, &["principal", "create", "reader", "--json"]);
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let token = created["token"]["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("cvt_"));
+    let (ok, _, err) = cli(
+        &srv,
+        &dir,
+        &[
+            "policy",
+            "set",
+            "--vault",
+            "default",
+            "--principal",
+            "reader",
+            "--certificates",
+            "get,list",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&srv, &dir, &["policy", "list", "--vault", "default"]);
+    assert!(
+        ok && out.contains("reader") && out.contains("get,list"),
+        "{out}{err}"
+    );
+
+    let as_reader = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("CERTVAULT_URL", &srv.url)
+            .env("CERTVAULT_TOKEN", &token)
+            .env("CERTVAULT_CACERT", dir.join("tls/ca.pem"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = as_reader(&["cert", "list"]);
+    assert!(ok, "{err}");
+    let (ok, err) = as_reader(&["cert", "create", "x", "--subject", "CN=x"]);
+    assert!(
+        !ok && err.contains("403 Forbidden") && err.contains("certificates/create"),
+        "{err}"
+    );
+    let (ok, err) = as_reader(&["principal", "list"]);
+    assert!(!ok && err.contains("not an administrator"), "{err}");
+
+    // revoking the token (and disabling the principal) locks it out at once
+    let (ok, out, err) = cli(&srv, &dir, &["principal", "token-list", "reader", "--json"]);
+    assert!(ok, "{err}");
+    let tokens: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = tokens["tokens"][0]["id"].to_string();
+    let (ok, _, err) = cli(&srv, &dir, &["principal", "token-revoke", "reader", &id]);
+    assert!(ok, "{err}");
+    let (ok, err) = as_reader(&["cert", "list"]);
+    assert!(!ok && err.contains("401"), "{err}");
+
+    // the last administrator cannot be disabled
+    let (ok, _, err) = cli(&srv, &dir, &["principal", "disable", "admin"]);
+    assert!(!ok && err.contains("last enabled administrator"), "{err}");
+
+    // vault soft delete, recover, delete, purge
+    for (args, want) in [
+        (vec!["vault", "delete", "team"], true),
+        (vec!["vault", "get", "team"], false),
+        (vec!["vault", "recover", "team"], true),
+        (vec!["vault", "get", "team"], true),
+        (vec!["vault", "delete", "team"], true),
+        (vec!["vault", "purge", "team"], true),
+        (vec!["vault", "recover", "team"], false),
+        (vec!["vault", "delete", "default"], false),
+    ] {
+        let (ok, out, err) = cli(&srv, &dir, &args);
+        assert_eq!(ok, want, "{args:?}: {out}{err}");
+    }
+}
