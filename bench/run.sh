@@ -3,25 +3,37 @@
 #
 #   bench/run.sh                      # all three targets with the default settings
 #   bench/run.sh get-secret [args]    # one benchmark; args go to certvault-bench
+#                                     # (--wrk adds a wrk second opinion: apt-get install wrk)
 #   bench/run.sh create --kty ec
 #   bench/run.sh scale --shape certs
 #   DURATION=10 WARMUP=3 bench/run.sh  # seconds per figure / warm-up
 #
-# The benchmarks start target/release/certvault themselves on a free 127.0.0.1 port with a
+# The benchmarks start the release server themselves on a free 127.0.0.1 port with a
 # temporary data directory and stop it afterwards. Nothing secret is printed.
+#
+# The two binaries are copied to a private directory first: the target directory is shared
+# with other builds, and a rebuild in the middle of a run would otherwise swap the server
+# under the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p certvault -p certvault-bench
-BENCH=target/release/certvault-bench
-COMMON=(--duration "${DURATION:-10}" --warmup "${WARMUP:-3}")
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BIN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/certvault-bench-bin.XXXXXX")
+trap 'rm -rf "$BIN_DIR"' EXIT
+cp "$TARGET_DIR/release/certvault" "$TARGET_DIR/release/certvault-bench" "$BIN_DIR/"
+BENCH="$BIN_DIR/certvault-bench"
+COMMON=(--server-bin "$BIN_DIR/certvault" --duration "${DURATION:-10}" --warmup "${WARMUP:-3}")
+echo "certvault-bench: commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)'), $(date -u '+%Y-%m-%d %H:%M UTC')"
 if [ $# -gt 0 ]; then
     cmd=$1
     shift
-    exec "$BENCH" "$cmd" "${COMMON[@]}" "$@"
+    status=0
+    "$BENCH" "$cmd" "${COMMON[@]}" "$@" || status=$?
+    exit $status
 fi
 status=0
-"$BENCH" get-secret "${COMMON[@]}" --kty rsa || status=1
-"$BENCH" get-secret "${COMMON[@]}" --kty ec || status=1
+"$BENCH" get-secret "${COMMON[@]}" --kty rsa --wrk || status=1
+"$BENCH" get-secret "${COMMON[@]}" --kty ec --wrk || status=1
 "$BENCH" create "${COMMON[@]}" --kty ec rsa || status=1
 "$BENCH" scale "${COMMON[@]}" --shape versions || status=1
 "$BENCH" scale "${COMMON[@]}" --shape certs || status=1

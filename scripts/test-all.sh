@@ -197,9 +197,23 @@ ensure_venv() {
     "$PY" -m pip check || die "pip check failed"
     echo "$want" >"$VENV_STAMP"
   fi
-  "$PY" -c 'import azure.keyvault.certificates, azure.keyvault.secrets, azure.keyvault.keys, cryptography, requests, pytest' \
+  "$PY" -c 'import azure.keyvault.certificates, azure.keyvault.secrets, azure.keyvault.keys, azure.identity, msal, cryptography, requests, pytest' \
     || die "venv is broken (imports fail); delete $VENV and rerun"
-  "$PY" -m pip freeze | grep -iE '^(azure-|cryptography|pytest|requests)' | sed 's/^/  /'
+  "$PY" -m pip freeze | grep -iE '^(azure-|msal|cryptography|pytest|requests)' | sed 's/^/  /'
+}
+
+# The Azure SDKs (azure-identity, MSAL) read the managed-identity challenge key file only from
+# this directory on Linux; certvault's identity endpoint writes its key files there
+# (tests/sdk/test_identity.py).
+ARC_KEY_DIR=/var/opt/azcmagent/tokens
+ensure_arc_key_dir() {
+  if [[ ! -d "$ARC_KEY_DIR" ]]; then
+    [[ $(id -u) -eq 0 ]] || die "$ARC_KEY_DIR is missing and this is not root: create it (mode 0700, owned by the user running the tests)"
+    mkdir -p "$ARC_KEY_DIR" || die "cannot create $ARC_KEY_DIR"
+    chmod 0700 "$ARC_KEY_DIR"
+  fi
+  [[ -w "$ARC_KEY_DIR" ]] || die "$ARC_KEY_DIR is not writable by $(id -un)"
+  echo "managed-identity key directory: $ARC_KEY_DIR"
 }
 
 # ------------------------------------------------------------------ services
@@ -274,4 +288,7 @@ if wanted clippy; then run_stage "cargo clippy" cargo clippy --workspace --all-t
 export CERTVAULT_TEST_PYTHON="$PY"
 if wanted test; then run_stage "cargo test" cargo test --workspace --locked; fi
 if wanted build || wanted sdk; then run_stage "cargo build (certvault)" cargo build --locked -p certvault; fi
-if wanted sdk; then run_stage "SDK conformance suite (tests/sdk)" run_sdk_suite; fi
+if wanted sdk; then
+  setup_stage "setup: managed-identity key directory" ensure_arc_key_dir
+  run_stage "SDK conformance suite (tests/sdk)" run_sdk_suite
+fi

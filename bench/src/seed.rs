@@ -118,6 +118,8 @@ pub async fn seed(
         recoverable_days: 90,
         pkcs11: None,
         new_master_key: certvault_server::masterkey::MasterKind::File,
+        jwt: None,
+        identity: None,
     };
     let clock: certvault_core::clock::SharedClock = Arc::new(certvault_core::SystemClock);
     let now = clock.now();

@@ -1,7 +1,7 @@
 //! Starts and stops the release server as a child process on a free loopback port.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,10 @@ pub const BASE_DOMAIN: &str = "certvault.test";
 /// A running server process.
 pub struct Server {
     child: Option<Child>,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its data directory (the admin token is `admin.token` in it).
+    pub data_dir: PathBuf,
     /// How to reach it.
     pub target: Target,
 }
@@ -76,6 +80,8 @@ impl Server {
             {
                 return Ok(Self {
                     child: guard.0.take(),
+                    addr,
+                    data_dir: data_dir.to_owned(),
                     target: t,
                 });
             }

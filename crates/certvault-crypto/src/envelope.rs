@@ -82,6 +82,19 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// HMAC-SHA256 of the concatenation of `parts` under `key` (the audit chain).
+pub fn hmac_sha256(key: &SymKey, parts: &[&[u8]]) -> [u8; 32] {
+    let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key.as_bytes());
+    let mut ctx = aws_lc_rs::hmac::Context::with_key(&k);
+    for p in parts {
+        ctx.update(p);
+    }
+    let tag = ctx.sign();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
 /// SHA-1 (certificate thumbprints and key identifiers only).
 pub fn sha1(data: &[u8]) -> [u8; 20] {
     let d = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, data);

@@ -141,3 +141,18 @@ fn random_and_hashes() {
         "a9993e364706816aba3e25717850c26c9cd0d89d"
     );
 }
+
+#[test]
+fn hmac_sha256_matches_a_reference_and_parts_concatenate() {
+    let key: [u8; 32] = core::array::from_fn(|i| u8::try_from(i).unwrap());
+    let k = SymKey::from_bytes(key);
+    // Python: hmac.new(bytes(range(32)), b"what do ya want for nothing?", sha256)
+    let want = "099805f4ac310786968565c098db515cc50862b420ae31e20238312344bed36a";
+    let one = hmac_sha256(&k, &[b"what do ya want for nothing?"]);
+    let two = hmac_sha256(&k, &[b"what do ya want ", b"", b"for nothing?"]);
+    let hex: String = one.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, want);
+    assert_eq!(one, two);
+    let other = SymKey::from_bytes([1; 32]);
+    assert_ne!(hmac_sha256(&other, &[b"what do ya want for nothing?"]), one);
+}

@@ -116,7 +116,8 @@ impl AuthCache {
     }
 }
 
-/// Resolves a bearer token to its caller.
+/// Resolves a bearer token to its caller: a certvault token (by its hash), or, when JWT
+/// authentication is configured, a JWT from the identity provider (see [`crate::jwt`]).
 pub async fn authenticate(state: &Arc<AppState>, token: &str) -> Result<Arc<Caller>, AuthError> {
     const INVALID: &str = "AKV10022: Invalid bearer token.";
     let now = state.clock.now();
@@ -125,15 +126,30 @@ pub async fn authenticate(state: &Arc<AppState>, token: &str) -> Result<Arc<Call
         Some(c) => c,
         None => {
             let store_err = |e| AuthError::Unavailable(ApiError::from(e));
-            let (tok, principal) = state
-                .store
-                .token_by_hash(hash.to_vec())
-                .await
-                .map_err(store_err)?
-                .ok_or(AuthError::Invalid(INVALID))?;
-            if tok.revoked.is_some() || principal.disabled {
-                return Err(AuthError::Invalid(INVALID));
-            }
+            let (principal, expires) = match &state.jwt {
+                Some(jwt) if crate::jwt::looks_like_jwt(token) => {
+                    match jwt.resolve(&state.store, token, now).await {
+                        Ok((p, until)) => (p, Some(until)),
+                        Err(Ok(refused)) => {
+                            tracing::debug!(reason = %refused, "JWT refused");
+                            return Err(AuthError::Invalid(refused.message()));
+                        }
+                        Err(Err(e)) => return Err(store_err(e)),
+                    }
+                }
+                _ => {
+                    let (tok, principal) = state
+                        .store
+                        .token_by_hash(hash.to_vec())
+                        .await
+                        .map_err(store_err)?
+                        .ok_or(AuthError::Invalid(INVALID))?;
+                    if tok.revoked.is_some() || principal.disabled {
+                        return Err(AuthError::Invalid(INVALID));
+                    }
+                    (principal, tok.expires)
+                }
+            };
             let mut permissions = HashMap::new();
             if !principal.admin {
                 for p in state
@@ -151,7 +167,7 @@ pub async fn authenticate(state: &Arc<AppState>, token: &str) -> Result<Arc<Call
                 principal: principal.name,
                 admin: principal.admin,
                 permissions,
-                expires: tok.expires,
+                expires,
             });
             state.auth_cache.put(hash, caller.clone(), now);
             caller

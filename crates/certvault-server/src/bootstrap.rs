@@ -21,6 +21,8 @@ pub struct DataDir {
     pub master: MasterKey,
     /// The backup key.
     pub backup_key: SymKey,
+    /// The audit key (HMAC key of the audit chain).
+    pub audit_key: SymKey,
     /// SHA-256 of the admin token.
     pub admin_token_hash: [u8; 32],
     /// The admin token, when it was created by this start (to print once).
@@ -37,7 +39,9 @@ pub struct DataDir {
     pub server_key_path: PathBuf,
 }
 
-use crate::masterkey::{self, BACKUP_KEY_AAD, MASTER_CHECK_AAD, MasterKey, MasterKind};
+use crate::masterkey::{
+    self, AUDIT_KEY_AAD, BACKUP_KEY_AAD, MASTER_CHECK_AAD, MasterKey, MasterKind,
+};
 use certvault_hsm::Hsm;
 
 fn io_err(path: &Path, e: std::io::Error) -> ServerError {
@@ -150,6 +154,32 @@ pub async fn open_data_dir(
         }
     };
 
+    // audit key: like the backup key, but never replaced (the chain depends on it)
+    let audit_key = match store
+        .meta("audit_key")
+        .await
+        .map_err(|e| ServerError::Store(e.to_string()))?
+    {
+        Some(sealed) => {
+            let raw = master.open(AUDIT_KEY_AAD, &sealed)?;
+            SymKey::from_slice(&raw).map_err(ServerError::crypto)?
+        }
+        None => {
+            let k = SymKey::generate().map_err(ServerError::crypto)?;
+            let sealed = master.seal(AUDIT_KEY_AAD, k.as_bytes())?;
+            let written = store
+                .put_meta("audit_key", sealed, true)
+                .await
+                .map_err(|e| ServerError::Store(e.to_string()))?;
+            if !written {
+                return Err(ServerError::Store(
+                    "the audit key appeared while it was being created".into(),
+                ));
+            }
+            k
+        }
+    };
+
     // admin token
     let token_path = dir.join("admin.token");
     let mut new_admin_token = None;
@@ -181,6 +211,7 @@ pub async fn open_data_dir(
         master,
         master_path,
         backup_key,
+        audit_key,
         admin_token_hash,
         new_admin_token,
         ca_path,

@@ -196,7 +196,12 @@ async fn handle(
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let mut resp = route(&state, req, &request_id).await;
+    let target = crate::audit::target(&method, req.uri(), req.headers(), &state.http.base_domain);
+    let mut who = crate::audit::Who::Nobody;
+    let resp = route(&state, req, &request_id, &mut who).await;
+    // Every request but /healthz is recorded before its response leaves; if the record cannot
+    // be written the client gets a 500 instead (fail closed).
+    let mut resp = crate::audit::after_request(&state, resp, target, who, peer, &request_id).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-ms-request-id", v);
     }
@@ -204,7 +209,13 @@ async fn handle(
     resp
 }
 
-async fn route(state: &Arc<AppState>, req: Request<Incoming>, request_id: &str) -> Response<Body> {
+async fn route(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    request_id: &str,
+    who: &mut crate::audit::Who,
+) -> Response<Body> {
+    use crate::audit::Who;
     let path = req.uri().path();
     if path == "/healthz" && req.method() == http::Method::GET {
         let mut r = Response::new(Full::new(Bytes::from_static(b"ok\n")));
@@ -223,13 +234,33 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>, request_id: &str) 
         })
         .map(str::trim);
     let caller = match token {
-        None => return unauthorized(state, "AKV10000: Request is missing a Bearer or PoP token."),
+        None => {
+            const MISSING: &str = "AKV10000: Request is missing a Bearer or PoP token.";
+            *who = Who::Anonymous {
+                operation: "auth.invalid",
+                reason: MISSING,
+            };
+            return unauthorized(state, MISSING);
+        }
         Some(t) => match crate::auth::authenticate(state, t).await {
             Ok(c) => c,
-            Err(crate::auth::AuthError::Invalid(msg)) => return unauthorized(state, msg),
-            Err(crate::auth::AuthError::Unavailable(e)) => return error_response(&e),
+            Err(crate::auth::AuthError::Invalid(msg)) => {
+                *who = Who::Anonymous {
+                    operation: "auth.invalid",
+                    reason: msg,
+                };
+                return unauthorized(state, msg);
+            }
+            Err(crate::auth::AuthError::Unavailable(e)) => {
+                *who = Who::Anonymous {
+                    operation: "auth.unavailable",
+                    reason: "the token could not be checked",
+                };
+                return error_response(&e);
+            }
         },
     };
+    *who = Who::Principal(caller.principal.clone());
     let (parts, body) = req.into_parts();
     let body = match read_body(body, state.http.max_body).await {
         Ok(b) => b,

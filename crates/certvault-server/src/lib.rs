@@ -4,10 +4,13 @@
 
 pub mod admin;
 pub mod admin_access;
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod error;
 pub mod http;
+pub mod identity;
+pub mod jwt;
 pub mod kv;
 pub mod masterkey;
 pub mod state;
@@ -45,6 +48,9 @@ pub enum ServerError {
     /// Binding or serving failed.
     #[error("listener: {0}")]
     Io(String),
+    /// A setting is invalid (JWT authentication, identity endpoint).
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl ServerError {
@@ -72,6 +78,10 @@ pub struct ServeOptions {
     pub pkcs11: Option<Pkcs11Options>,
     /// The kind of master key a new data directory gets.
     pub new_master_key: masterkey::MasterKind,
+    /// JWT bearer tokens from an identity provider, when enabled.
+    pub jwt: Option<jwt::JwtSettings>,
+    /// The managed-identity token endpoint, when enabled.
+    pub identity: Option<identity::IdentitySettings>,
 }
 
 /// PKCS#11 settings. The PIN comes from a file or an environment variable, never a flag.
@@ -120,13 +130,23 @@ pub struct Started {
     pub new_admin_token: Option<String>,
     /// The shared state.
     pub state: Arc<AppState>,
+    /// The bound address of the managed-identity endpoint, when enabled.
+    pub identity_addr: Option<SocketAddr>,
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    identity: Option<(tokio::net::TcpListener, identity::IdentitySettings)>,
 }
 
 /// Opens the data directory, binds the listener and returns the server ready to run.
 pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, ServerError> {
     let now = clock.now();
+    let identity = match &opts.identity {
+        Some(i) => {
+            identity::prepare(i)?;
+            Some((identity::bind(i).await?, i.clone()))
+        }
+        None => None,
+    };
     let hsm = match &opts.pkcs11 {
         Some(o) => Some(open_hsm(o).await?),
         None => None,
@@ -155,14 +175,40 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         max_body: opts.max_body,
         recoverable_days: opts.recoverable_days,
     };
-    let state = Arc::new(AppState::new(
-        dd.store,
-        masterkey::MasterKeys::new(dd.master, dd.master_path),
-        dd.backup_key,
-        http,
-        clock,
-        hsm,
-    ));
+    let jwt = match &opts.jwt {
+        Some(s) => {
+            let loaded = match jwt::JwtAuth::new(s.clone(), &http.resource()) {
+                Ok(auth) => auth.load().await.map(|keys| (auth, keys)),
+                Err(e) => Err(e),
+            };
+            let (auth, keys) = match loaded {
+                Ok(x) => x,
+                Err(e) => {
+                    dd.store.close();
+                    return Err(e);
+                }
+            };
+            tracing::info!(issuer = %s.issuer, audiences = ?auth.audiences(), keys, "JWT authentication enabled");
+            Some(auth)
+        }
+        None => None,
+    };
+    let identity_addr = match &identity {
+        Some((l, _)) => Some(l.local_addr().map_err(|e| ServerError::Io(e.to_string()))?),
+        None => None,
+    };
+    let state = Arc::new(
+        AppState::new(
+            dd.store,
+            masterkey::MasterKeys::new(dd.master, dd.master_path),
+            dd.backup_key,
+            dd.audit_key,
+            http,
+            clock,
+            hsm,
+        )
+        .with_jwt(jwt),
+    );
     let store_err = |e: certvault_store::StoreError| ServerError::Store(e.to_string());
     let admin = match state.store.principal("admin").await.map_err(store_err)? {
         Some(p) => p,
@@ -200,8 +246,10 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         token_path: dd.token_path,
         new_admin_token: dd.new_admin_token,
         state,
+        identity_addr,
         listener,
         tls,
+        identity,
     })
 }
 
@@ -210,7 +258,22 @@ impl Started {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let store = self.state.store.clone();
         let purger = tokio::spawn(purge_loop(self.state.clone()));
+        let (stop_identity, identity_stopped) = tokio::sync::watch::channel(false);
+        let identity = self.identity.map(|(listener, settings)| {
+            let endpoint = Arc::new(identity::IdentityEndpoint::new(
+                self.state.clone(),
+                settings,
+            ));
+            let mut stopped = identity_stopped;
+            tokio::spawn(endpoint.serve(listener, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }))
+        });
         http::serve(self.listener, self.tls, self.state, shutdown).await;
+        let _ = stop_identity.send(true);
+        if let Some(task) = identity {
+            let _ = task.await;
+        }
         purger.abort();
         let _ = purger.await;
         store.close();
@@ -231,6 +294,13 @@ async fn purge_loop(state: Arc<AppState>) {
                 );
                 state.key_cache.clear();
                 state.destroy_hsm_keys(refs).await;
+                state
+                    .auditor
+                    .system_logged(
+                        "certificates.purge-scheduled",
+                        serde_json::json!({"purged": n}),
+                    )
+                    .await;
             }
             Err(e) => tracing::warn!(error = %e, "scheduled purge failed"),
         }
@@ -241,6 +311,10 @@ async fn purge_loop(state: Arc<AppState>) {
                 state.key_cache.clear();
                 state.auth_cache.clear();
                 state.destroy_hsm_keys(refs).await;
+                state
+                    .auditor
+                    .system_logged("vaults.purge-scheduled", serde_json::json!({"purged": n}))
+                    .await;
             }
             Err(e) => tracing::warn!(error = %e, "scheduled vault purge failed"),
         }

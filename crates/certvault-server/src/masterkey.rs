@@ -24,11 +24,14 @@ use crate::state::vault_key_aad;
 pub const MASTER_CHECK_AAD: &[u8] = b"certvault/master-check/v1";
 /// AAD of the sealed backup key.
 pub const BACKUP_KEY_AAD: &[u8] = b"certvault/backup-key/v1";
+/// AAD of the sealed audit key (the HMAC key of the audit chain).
+pub const AUDIT_KEY_AAD: &[u8] = b"certvault/audit-key/v1";
 
 /// `meta` entries sealed under the master key, with their AAD.
 pub const SEALED_META: &[(&str, &[u8])] = &[
     ("master_check", MASTER_CHECK_AAD),
     ("backup_key", BACKUP_KEY_AAD),
+    ("audit_key", AUDIT_KEY_AAD),
 ];
 
 /// A master key.

@@ -63,12 +63,16 @@ pub struct AppState {
     pub master: MasterKeys,
     /// The key backups are sealed with.
     pub backup_key: SymKey,
+    /// The audit trail.
+    pub auditor: crate::audit::Auditor,
     /// HTTP settings.
     pub http: HttpSettings,
     /// The clock.
     pub clock: SharedClock,
     /// Resolved bearer tokens.
     pub auth_cache: crate::auth::AuthCache,
+    /// JWT bearer tokens from an identity provider, when configured.
+    pub jwt: Option<crate::jwt::JwtAuth>,
     /// The PKCS#11 token, when configured.
     pub hsm: Option<Hsm>,
     /// Opened software keys used for key operations, so that a key signing many times is
@@ -88,21 +92,30 @@ impl AppState {
         store: SqliteStore,
         master: MasterKeys,
         backup_key: SymKey,
+        audit_key: SymKey,
         http: HttpSettings,
         clock: SharedClock,
         hsm: Option<Hsm>,
     ) -> Self {
         Self {
+            auditor: crate::audit::Auditor::new(store.clone(), audit_key, clock.clone()),
             store,
             master,
             backup_key,
             http,
             clock,
             auth_cache: crate::auth::AuthCache::default(),
+            jwt: None,
             hsm,
             key_cache: KeyCache::new(4096),
             vaults: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Accepts JWTs verified by `jwt` as bearer tokens.
+    pub fn with_jwt(mut self, jwt: Option<crate::jwt::JwtAuth>) -> Self {
+        self.jwt = jwt;
+        self
     }
 
     /// The vault named `name_key`, with its key, cached after the first load.

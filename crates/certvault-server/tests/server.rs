@@ -29,6 +29,8 @@ fn opts(dir: &Path) -> certvault_server::ServeOptions {
         recoverable_days: 90,
         pkcs11: None,
         new_master_key: certvault_server::masterkey::MasterKind::File,
+        jwt: None,
+        identity: None,
     }
 }
 

@@ -449,6 +449,23 @@ impl SqliteStore {
         .await
     }
 
+    /// Deletes the tokens labelled `label` that expired before `before` (e.g. the short-lived
+    /// tokens of the managed identity endpoint); returns how many.
+    pub async fn delete_expired_tokens(
+        &self,
+        label: &str,
+        before: i64,
+    ) -> Result<usize, StoreError> {
+        let label = label.to_owned();
+        self.write(move |c| {
+            Ok(c.execute(
+                "DELETE FROM tokens WHERE label = ?1 AND expires IS NOT NULL AND expires < ?2",
+                params![label, before],
+            )?)
+        })
+        .await
+    }
+
     /// The token with this hash and its principal.
     pub async fn token_by_hash(
         &self,
@@ -581,6 +598,13 @@ mod tests {
         let (found, owner) = s.token_by_hash(vec![7; 32]).await.unwrap().unwrap();
         assert_eq!((found.id, owner.name.as_str()), (t.id, "Bob"));
         assert!(s.token_by_hash(vec![8; 32]).await.unwrap().is_none());
+        s.add_token(p.id, vec![9; 32], Some("mi".into()), Some(50), 2)
+            .await
+            .unwrap();
+        assert_eq!(s.delete_expired_tokens("mi", 50).await.unwrap(), 0);
+        assert_eq!(s.delete_expired_tokens("ci", 100).await.unwrap(), 0);
+        assert_eq!(s.delete_expired_tokens("mi", 51).await.unwrap(), 1);
+        assert!(s.token_by_hash(vec![9; 32]).await.unwrap().is_none());
         let revoked = s.revoke_token(p.id, t.id, 5).await.unwrap();
         assert_eq!(revoked.revoked, Some(5));
         s.set_access_policy(v.id, p.id, r#"{"certificates":["get"]}"#.into(), 3)

@@ -6,11 +6,16 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod audit;
 mod error;
 mod records;
 mod sqlite;
 
 pub use access::{PolicyRecord, PrincipalRecord, TokenRecord};
+pub use audit::{
+    AuditChain, AuditFilter, AuditMac, AuditProblem, AuditProblemKind, AuditRecord,
+    AuditVerification, HEAD_LOST_OPERATION, NewAuditRecord,
+};
 pub use error::{Conflict, StoreError};
 pub use records::*;
 pub use sqlite::{SqliteStore, Which};

@@ -97,6 +97,7 @@ ALTER TABLE versions ADD COLUMN preserve_order INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE versions ADD COLUMN key_ops TEXT;
 "#,
     crate::access::MIGRATION,
+    crate::audit::MIGRATION,
 ];
 
 type Job = Box<dyn WriteJob>;

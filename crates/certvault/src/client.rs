@@ -10,6 +10,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
+mod audit;
+pub(crate) use audit::{AuditCommand, run_audit};
+
 const API_VERSION: &str = "2025-07-01";
 
 /// How to reach the server. Without flags or variables, a `./certvault-data` directory next to

@@ -43,6 +43,9 @@ enum Command {
     /// Administer a running server.
     #[command(subcommand)]
     Admin(client::AdminCommand),
+    /// Query, export and verify the audit trail (admin).
+    #[command(subcommand)]
+    Audit(client::AuditCommand),
 }
 
 /// Settings of `certvault serve`; each also reads a `CERTVAULT_*` variable and a key of the
@@ -87,6 +90,59 @@ struct ServeArgs {
     /// data directory keeps its key; move it with `certvault admin rotate-master-key --to`.
     #[arg(long, env = "CERTVAULT_MASTER_KEY")]
     master_key: Option<String>,
+    /// Accept JWT bearer tokens from the identity provider with this issuer (`iss`). Off when
+    /// unset; needs --jwt-jwks-file or --jwt-jwks-url.
+    #[arg(long, env = "CERTVAULT_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Accepted JWT audiences (`aud`), comma-separated. Default: the challenge resource
+    /// https://<base-domain>[:port].
+    #[arg(long, env = "CERTVAULT_JWT_AUDIENCE", value_delimiter = ',')]
+    jwt_audience: Vec<String>,
+    /// The identity provider's JSON Web Key Set, from a file.
+    #[arg(long, env = "CERTVAULT_JWT_JWKS_FILE")]
+    jwt_jwks_file: Option<PathBuf>,
+    /// The identity provider's JSON Web Key Set, from an https:// URL (http:// only on a
+    /// loopback host).
+    #[arg(long, env = "CERTVAULT_JWT_JWKS_URL")]
+    jwt_jwks_url: Option<String>,
+    /// Extra CA certificates (PEM) to trust for the JWKS URL, besides the system's.
+    #[arg(long, env = "CERTVAULT_JWT_JWKS_CA")]
+    jwt_jwks_ca: Option<PathBuf>,
+    /// Least seconds between two loads of the JWKS (on an unknown `kid`). Default 60.
+    #[arg(long, env = "CERTVAULT_JWT_JWKS_REFRESH")]
+    jwt_jwks_refresh: Option<u64>,
+    /// Accepted JWT algorithms, comma-separated, from RS256 RS384 RS512 PS256 PS384 PS512
+    /// ES256 ES384. Default: all of them.
+    #[arg(long, env = "CERTVAULT_JWT_ALGORITHMS", value_delimiter = ',')]
+    jwt_algorithms: Vec<String>,
+    /// Clock skew allowed for `exp` and `nbf`, in seconds. Default 60.
+    #[arg(long, env = "CERTVAULT_JWT_CLOCK_SKEW")]
+    jwt_clock_skew: Option<i64>,
+    /// The claim whose value is the principal's name (sub, oid, appid, preferred_username, …).
+    /// Default sub. The config file's [jwt_principals] table can map values to names instead.
+    #[arg(long, env = "CERTVAULT_JWT_PRINCIPAL_CLAIM")]
+    jwt_principal_claim: Option<String>,
+    /// Let a JWT authenticate an administrator principal (refused by default).
+    #[arg(long, env = "CERTVAULT_JWT_ALLOW_ADMIN")]
+    jwt_allow_admin: bool,
+    /// Serve a managed-identity (Azure Arc style) token endpoint over plain HTTP on this
+    /// loopback address, e.g. 127.0.0.1:40342. Off when unset; needs --identity-principal.
+    #[arg(long, env = "CERTVAULT_IDENTITY_LISTEN")]
+    identity_listen: Option<SocketAddr>,
+    /// The principal whose tokens the identity endpoint issues.
+    #[arg(long, env = "CERTVAULT_IDENTITY_PRINCIPAL")]
+    identity_principal: Option<String>,
+    /// Where the identity endpoint writes its challenge key files. Default
+    /// /var/opt/azcmagent/tokens, the only directory the Azure SDKs read them from on Linux.
+    #[arg(long, env = "CERTVAULT_IDENTITY_KEY_DIR")]
+    identity_key_dir: Option<PathBuf>,
+    /// Lifetime of identity endpoint tokens in seconds (300 to 86400). Default 3600.
+    #[arg(long, env = "CERTVAULT_IDENTITY_TOKEN_LIFETIME")]
+    identity_token_lifetime: Option<i64>,
+    /// Make challenge key files readable by the directory's group (0640 instead of 0600), for
+    /// applications that run as another user in that group.
+    #[arg(long, env = "CERTVAULT_IDENTITY_KEY_GROUP_READABLE")]
+    identity_key_group_readable: bool,
     /// TOML configuration file.
     #[arg(long, env = "CERTVAULT_CONFIG")]
     config: Option<PathBuf>,
@@ -113,6 +169,119 @@ struct FileConfig {
     pkcs11_pin_file: Option<PathBuf>,
     pkcs11_sessions: Option<usize>,
     master_key: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<Vec<String>>,
+    jwt_jwks_file: Option<PathBuf>,
+    jwt_jwks_url: Option<String>,
+    jwt_jwks_ca: Option<PathBuf>,
+    jwt_jwks_refresh: Option<u64>,
+    jwt_algorithms: Option<Vec<String>>,
+    jwt_clock_skew: Option<i64>,
+    jwt_principal_claim: Option<String>,
+    jwt_allow_admin: Option<bool>,
+    /// Claim value → principal name; when present, only the values it lists are accepted.
+    jwt_principals: Option<std::collections::HashMap<String, String>>,
+    identity_listen: Option<SocketAddr>,
+    identity_principal: Option<String>,
+    identity_key_dir: Option<PathBuf>,
+    identity_token_lifetime: Option<i64>,
+    identity_key_group_readable: Option<bool>,
+}
+
+/// JWT settings from flags, variables and the file (flags and variables win).
+fn jwt_settings(
+    args: &mut ServeArgs,
+    file: &mut FileConfig,
+) -> Result<Option<certvault_server::jwt::JwtSettings>> {
+    use certvault_server::jwt::{JwksSource, JwtSettings};
+    let issuer = args.jwt_issuer.take().or(file.jwt_issuer.take());
+    let jwks_file = args.jwt_jwks_file.take().or(file.jwt_jwks_file.take());
+    let jwks_url = args.jwt_jwks_url.take().or(file.jwt_jwks_url.take());
+    let Some(issuer) = issuer else {
+        if jwks_file.is_some() || jwks_url.is_some() || file.jwt_principals.is_some() {
+            bail!(
+                "JWT settings were given without --jwt-issuer (which turns JWT authentication on)"
+            );
+        }
+        return Ok(None);
+    };
+    let jwks = match (jwks_file, jwks_url) {
+        (Some(f), None) => JwksSource::File(f),
+        (None, Some(url)) => JwksSource::Url {
+            url,
+            ca_file: args.jwt_jwks_ca.take().or(file.jwt_jwks_ca.take()),
+        },
+        (Some(_), Some(_)) => bail!("give one of --jwt-jwks-file and --jwt-jwks-url, not both"),
+        (None, None) => bail!("--jwt-issuer needs --jwt-jwks-file or --jwt-jwks-url"),
+    };
+    let mut s = JwtSettings::new(issuer, jwks);
+    let nonempty = |v: Vec<String>| -> Vec<String> {
+        v.into_iter()
+            .map(|x| x.trim().to_owned())
+            .filter(|x| !x.is_empty())
+            .collect()
+    };
+    s.audiences = nonempty(if args.jwt_audience.is_empty() {
+        file.jwt_audience.take().unwrap_or_default()
+    } else {
+        std::mem::take(&mut args.jwt_audience)
+    });
+    s.algorithms = nonempty(if args.jwt_algorithms.is_empty() {
+        file.jwt_algorithms.take().unwrap_or_default()
+    } else {
+        std::mem::take(&mut args.jwt_algorithms)
+    });
+    if let Some(v) = args.jwt_clock_skew.or(file.jwt_clock_skew) {
+        s.clock_skew = v;
+    }
+    if let Some(v) = args.jwt_jwks_refresh.or(file.jwt_jwks_refresh) {
+        s.jwks_refresh_seconds = v;
+    }
+    if let Some(v) = args
+        .jwt_principal_claim
+        .take()
+        .or(file.jwt_principal_claim.take())
+    {
+        s.principal_claim = v;
+    }
+    s.principal_map = file.jwt_principals.take().unwrap_or_default();
+    s.allow_admin = args.jwt_allow_admin || file.jwt_allow_admin.unwrap_or(false);
+    Ok(Some(s))
+}
+
+/// Identity endpoint settings from flags, variables and the file (flags and variables win).
+fn identity_settings(
+    args: &mut ServeArgs,
+    file: &mut FileConfig,
+) -> Result<Option<certvault_server::identity::IdentitySettings>> {
+    let listen = args.identity_listen.or(file.identity_listen);
+    let principal = args
+        .identity_principal
+        .take()
+        .or(file.identity_principal.take());
+    let (listen, principal) = match (listen, principal) {
+        (None, None) => return Ok(None),
+        (Some(l), Some(p)) => (l, p),
+        (Some(_), None) => bail!("--identity-listen needs --identity-principal"),
+        (None, Some(_)) => bail!("--identity-principal needs --identity-listen"),
+    };
+    let mut s = certvault_server::identity::IdentitySettings::new(listen, principal);
+    if let Some(d) = args
+        .identity_key_dir
+        .take()
+        .or(file.identity_key_dir.take())
+    {
+        s.key_dir = d;
+    }
+    if let Some(l) = args
+        .identity_token_lifetime
+        .or(file.identity_token_lifetime)
+    {
+        s.token_lifetime = l;
+    }
+    s.group_readable =
+        args.identity_key_group_readable || file.identity_key_group_readable.unwrap_or(false);
+    Ok(Some(s))
 }
 
 fn load_config(path: &Path) -> Result<FileConfig> {
@@ -131,11 +300,13 @@ fn valid_domain(d: &str) -> bool {
         })
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
-    let file = match &args.config {
+async fn serve(mut args: ServeArgs) -> Result<()> {
+    let mut file = match &args.config {
         Some(p) => load_config(p)?,
         None => FileConfig::default(),
     };
+    let jwt = jwt_settings(&mut args, &mut file)?;
+    let identity = identity_settings(&mut args, &mut file)?;
     let log = args
         .log
         .clone()
@@ -195,6 +366,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         recoverable_days,
         pkcs11,
         new_master_key,
+        jwt,
+        identity,
     };
     let clock: certvault_core::clock::SharedClock = Arc::new(certvault_core::SystemClock);
     let started = certvault_server::start(&opts, clock).await?;
@@ -209,6 +382,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         "  vault URLs: https://<vault>.{}:{port} (any other host name reaches the vault 'default')",
         opts.base_domain
     );
+    if let Some(a) = started.identity_addr {
+        eprintln!("  managed identity endpoint: http://{a}/metadata/identity/oauth2/token");
+        eprintln!(
+            "    applications: IDENTITY_ENDPOINT=http://{a}/metadata/identity/oauth2/token IMDS_ENDPOINT=http://{a}"
+        );
+    }
     match &started.new_admin_token {
         Some(t) => {
             eprintln!(
@@ -276,6 +455,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Cert(cmd) => client::run_cert(cmd).await,
             Command::Admin(cmd) => client::run_admin(cmd).await,
+            Command::Audit(cmd) => client::run_audit(cmd).await,
             Command::Key(cmd) => client::run_key(cmd).await,
             Command::Vault(cmd) => client::run_vault(cmd).await,
             Command::Principal(cmd) => client::run_principal(cmd).await,

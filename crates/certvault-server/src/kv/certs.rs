@@ -52,11 +52,14 @@ pub async fn live(
                 .ok_or_else(|| ApiError::cert_not_found(&format!("{n}/{v}")));
         }
     };
-    ctx.state
+    let found = ctx
+        .state
         .store
         .cert_version(ctx.vault_id(), &n.key(), false, which)
         .await?
-        .ok_or_else(|| ApiError::cert_not_found(n.as_str()))
+        .ok_or_else(|| ApiError::cert_not_found(n.as_str()))?;
+    let _ = ctx.resolved_version.set(found.1.version.clone());
+    Ok(found)
 }
 
 async fn has_pending_op(ctx: &Ctx<'_>, cert_id: i64) -> ApiResult<bool> {

@@ -206,10 +206,13 @@ fn unknown_alg(alg: &str) -> ApiError {
     ))
 }
 
-/// DELETE or PATCH on a managed key.
+/// DELETE or PATCH on a managed key: 403 with the inner code `KeyManagedByKeyVault` (as
+/// secrets answer `SecretManagedByKeyVault`), never confused with a permission denial
+/// (`ForbiddenByPolicy`).
 pub async fn refuse(_ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     Err(ApiError::forbidden(format!(
         "The key '{}' is managed by its certificate; change or delete the certificate instead.",
         certvault_core::names::truncate(seg, 127)
-    )))
+    ))
+    .inner("KeyManagedByKeyVault"))
 }

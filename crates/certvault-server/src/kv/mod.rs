@@ -43,6 +43,8 @@ pub struct Ctx<'a> {
     pub request_id: &'a str,
     /// Who is calling.
     pub caller: &'a Caller,
+    /// The version a handler resolved for a request naming none (for the audit record).
+    pub resolved_version: std::sync::OnceLock<String>,
 }
 
 impl Ctx<'_> {
@@ -182,7 +184,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
     q.unwrap_or("")
         .split('&')
         .filter(|p| !p.is_empty())
@@ -226,7 +228,7 @@ fn api_version_ok(v: &str) -> bool {
 
 /// Resolves the vault from the host name: `<vault>.<base-domain>` names a vault; any other
 /// host reaches `default`.
-fn vault_from_host(host: &str, base_domain: &str) -> String {
+pub(crate) fn vault_from_host(host: &str, base_domain: &str) -> String {
     let name = host_without_port(host);
     let suffix_len = base_domain.len() + 1;
     if name.len() > suffix_len
@@ -299,6 +301,7 @@ pub async fn dispatch(
         now: state.clock.now(),
         request_id,
         caller,
+        resolved_version: std::sync::OnceLock::new(),
     };
     let path = parts.uri.path();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -372,8 +375,10 @@ pub async fn dispatch(
             p(C, "update"),
             Box::pin(certs::cancel_pending(&ctx, seg(1))),
         ),
+        // Key Vault's DeleteCertificateOperation requires certificates/update (REST spec),
+        // not delete: it abandons the order, the certificate itself stays.
         (["certificates", _, "pending"], &M::DELETE) => (
-            p(C, "delete"),
+            p(C, "update"),
             Box::pin(certs::delete_pending(&ctx, seg(1))),
         ),
         (["certificates", _, "pending", "merge"], &M::POST) => {
@@ -445,7 +450,12 @@ pub async fn dispatch(
         _ => return Err(no_route(m, path)),
     };
     ctx.caller.authorize(ctx.vault_id(), need)?;
-    handler.await
+    let mut resp = handler.await?;
+    if let Some(v) = ctx.resolved_version.get() {
+        resp.extensions_mut()
+            .insert(crate::audit::ResolvedVersion(v.clone()));
+    }
+    Ok(resp)
 }
 
 /// A handler's future.

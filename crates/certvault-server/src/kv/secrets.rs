@@ -46,11 +46,14 @@ pub async fn version_for(
                 .ok_or_else(|| not_found(&format!("{n}/{v}")));
         }
     };
-    ctx.state
+    let found = ctx
+        .state
         .store
         .cert_version(ctx.vault_id(), &n.key(), false, which)
         .await?
-        .ok_or_else(|| not_found(n.as_str()))
+        .ok_or_else(|| not_found(n.as_str()))?;
+    let _ = ctx.resolved_version.set(found.1.version.clone());
+    Ok(found)
 }
 
 /// A version's private key as the PKCS#8 DER sealed at rest, without parsing it; the same
@@ -278,12 +281,15 @@ pub async fn versions(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     list_object_versions(ctx, "secrets", seg, secret_not_found, secret_item).await
 }
 
-/// PUT, PATCH or DELETE on a managed secret.
+/// PUT, PATCH or DELETE on a managed secret: 403 with Key Vault's inner code
+/// `SecretManagedByKeyVault`, which also tells it apart from a permission denial
+/// (`ForbiddenByPolicy`).
 pub async fn refuse(_ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     Err(ApiError::forbidden(format!(
         "The secret '{}' is managed by its certificate; change or delete the certificate instead.",
         certvault_core::names::truncate(seg, 127)
-    )))
+    ))
+    .inner("SecretManagedByKeyVault"))
 }
 
 #[cfg(test)]
