@@ -290,7 +290,19 @@ pub async fn dispatch(
         )));
     }
     let vault_name = vault_from_host(&host, &state.http.base_domain);
-    let vault = state.vault(&vault_name).await?;
+    // Only administrators learn whether a vault exists; anyone else gets the same 403 for a
+    // missing vault as for one they hold no permission in.
+    let vault = match state.vault(&vault_name).await {
+        Ok(v) => v,
+        Err(e) if e.status == StatusCode::NOT_FOUND && !caller.admin => {
+            return Err(ApiError::forbidden(format!(
+                "The principal '{}' has no access to this vault.",
+                caller.principal
+            ))
+            .inner("ForbiddenByPolicy"));
+        }
+        Err(e) => return Err(e),
+    };
     let ctx = Ctx {
         state,
         vault,
