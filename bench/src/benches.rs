@@ -26,7 +26,7 @@ fn create_body(kty: Kty, name: &str) -> Result<Bytes> {
 }
 
 /// POST create, then GET pending until the status is no longer `inProgress`.
-async fn create_and_wait(conn: &mut Conn, kty: Kty, name: &str) -> Result<u64> {
+pub(crate) async fn create_and_wait(conn: &mut Conn, kty: Kty, name: &str) -> Result<u64> {
     let r = conn
         .request(
             Method::POST,
@@ -121,7 +121,7 @@ fn secret_op(n: usize) -> Arc<dyn Op> {
     }))
 }
 
-fn healthz_op() -> Arc<dyn Op> {
+pub(crate) fn healthz_op() -> Arc<dyn Op> {
     Arc::new(GetOp(|_: &mut Rng| "/healthz".to_owned()))
 }
 
@@ -131,7 +131,7 @@ fn list_op() -> Arc<dyn Op> {
     }))
 }
 
-async fn measure(
+pub(crate) async fn measure(
     label: &str,
     server: &Server,
     common: &Common,
@@ -425,7 +425,7 @@ async fn run_wrk(
     Ok(rps)
 }
 
-fn median_by(v: &[Stats], f: impl Fn(&Stats) -> f64) -> f64 {
+pub(crate) fn median_by(v: &[Stats], f: impl Fn(&Stats) -> f64) -> f64 {
     let mut x: Vec<f64> = v.iter().map(f).collect();
     x.sort_by(f64::total_cmp);
     x.get(x.len() / 2).copied().unwrap_or(0.0)

@@ -10,6 +10,7 @@ mod load;
 mod net;
 mod seed;
 mod server;
+mod sign;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +58,8 @@ enum Cmd {
     Create(benches::CreateArgs),
     /// Target 3: GET secret, list and RSS with many certificate versions in the store.
     Scale(benches::ScaleArgs),
+    /// Keys issue: ES256 and RS256 sign through the API vs /healthz and in-process signing.
+    Sign(sign::SignArgs),
 }
 
 fn default_server_bin() -> PathBuf {
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
             Cmd::GetSecret(a) => benches::get_secret(&common, &a).await,
             Cmd::Create(a) => benches::create(&common, &a).await,
             Cmd::Scale(a) => benches::scale(&common, &a).await,
+            Cmd::Sign(a) => sign::sign(&common, &a).await,
         }
     });
     match r {
