@@ -109,18 +109,7 @@ pub async fn seed(
     plans: &[Plan],
     pool: usize,
 ) -> Result<u64> {
-    let opts = certvault_server::ServeOptions {
-        data_dir: data_dir.to_owned(),
-        listen: "127.0.0.1:0".parse()?,
-        base_domain: BASE_DOMAIN.into(),
-        public_port: None,
-        max_body: 1 << 20,
-        recoverable_days: 90,
-        pkcs11: None,
-        new_master_key: certvault_server::masterkey::MasterKind::File,
-        jwt: None,
-        identity: None,
-    };
+    let opts = certvault_server::ServeOptions::local(data_dir, BASE_DOMAIN);
     let clock: certvault_core::clock::SharedClock = Arc::new(certvault_core::SystemClock);
     let now = clock.now();
     let started = certvault_server::start(&opts, clock)

@@ -84,6 +84,25 @@ pub struct ServeOptions {
     pub identity: Option<identity::IdentitySettings>,
 }
 
+impl ServeOptions {
+    /// Defaults for a server on a free loopback port with `data_dir` and `base_domain`: 1 MiB
+    /// bodies, 90 days' retention, a file master key, no token, no JWT, no identity endpoint.
+    pub fn local(data_dir: &std::path::Path, base_domain: &str) -> Self {
+        Self {
+            data_dir: data_dir.to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            base_domain: base_domain.to_owned(),
+            public_port: None,
+            max_body: 1024 * 1024,
+            recoverable_days: 90,
+            pkcs11: None,
+            new_master_key: masterkey::MasterKind::File,
+            jwt: None,
+            identity: None,
+        }
+    }
+}
+
 /// PKCS#11 settings. The PIN comes from a file or an environment variable, never a flag.
 #[derive(Debug, Clone)]
 pub struct Pkcs11Options {

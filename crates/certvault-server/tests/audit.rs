@@ -21,16 +21,8 @@ struct Server {
 
 fn opts(dir: &Path) -> certvault_server::ServeOptions {
     certvault_server::ServeOptions {
-        data_dir: dir.to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        base_domain: "certvault.test".into(),
-        public_port: None,
         max_body: 256 * 1024,
-        recoverable_days: 90,
-        pkcs11: None,
-        new_master_key: certvault_server::masterkey::MasterKind::File,
-        jwt: None,
-        identity: None,
+        ..certvault_server::ServeOptions::local(dir, "certvault.test")
     }
 }
 
