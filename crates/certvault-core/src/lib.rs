@@ -6,9 +6,10 @@
 pub mod access;
 pub mod clock;
 pub mod error;
+pub mod lifecycle;
 pub mod names;
 pub mod policy;
 
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, SystemClock, TestClock};
 pub use error::CoreError;
 pub use names::{ObjectName, VersionId};

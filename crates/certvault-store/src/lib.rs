@@ -8,6 +8,8 @@
 mod access;
 mod audit;
 mod error;
+mod jobs;
+mod outbox;
 mod records;
 mod sqlite;
 
@@ -17,5 +19,10 @@ pub use audit::{
     AuditVerification, HEAD_LOST_OPERATION, NewAuditRecord,
 };
 pub use error::{Conflict, StoreError};
+pub use jobs::{CLAIM_SELECT, Job, JobNext, Scheduler};
+pub use outbox::{
+    ChannelRecord, CurrentVersion, DELIVERY_SELECT, DeliveryFilter, DeliveryJob, DeliveryNext,
+    DeliveryOutcome, DeliveryRecord, EventFilter, EventRecord, LifecycleView, Mark, NewEvent,
+};
 pub use records::*;
 pub use sqlite::{SqliteStore, Which};

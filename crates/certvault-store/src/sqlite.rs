@@ -98,6 +98,8 @@ ALTER TABLE versions ADD COLUMN key_ops TEXT;
 "#,
     crate::access::MIGRATION,
     crate::audit::MIGRATION,
+    crate::jobs::MIGRATION,
+    crate::outbox::MIGRATION,
 ];
 
 type Job = Box<dyn WriteJob>;

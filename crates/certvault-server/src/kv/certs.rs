@@ -340,6 +340,16 @@ struct CreateBody {
 
 /// POST /certificates/{n}/create
 pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    create_with(ctx, seg, false).await
+}
+
+/// Create (or create again: renew) with the body of `ctx`; `force_new_key` makes a new key
+/// even when the policy says `reuse_key` (renew with rekey).
+pub async fn create_with(
+    ctx: &Ctx<'_>,
+    seg: &str,
+    force_new_key: bool,
+) -> ApiResult<Response<Body>> {
     let n = name(seg)?;
     let body: CreateBody = ctx.json()?;
     let store = &ctx.state.store;
@@ -397,6 +407,7 @@ pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     let version = VersionId::generate();
     let mut reuse = None;
     if policy.reuse_key()
+        && !force_new_key
         && existing.is_some()
         && let Some((_, v)) = store
             .cert_version(ctx.vault_id(), &n.key(), false, Which::LatestCompleted)

@@ -1,7 +1,7 @@
 //! The Key Vault data-plane wire API: certificates, and the managed key and secret of each
 //! certificate version. Routes are matched on path segments, ignoring the case of route words.
 
-mod certs;
+pub(crate) mod certs;
 mod issuers;
 mod keys;
 mod model;

@@ -1,0 +1,447 @@
+//! The lifecycle engine: a background task that claims due scheduler items (one per
+//! certificate, see `certvault_store::Scheduler`), plans each with
+//! [`certvault_core::lifecycle::plan`], and does what is due — renew, mail the contacts, send
+//! an expiry notice — recording the events, marks and the item's next due time in one
+//! transaction. Renewal on demand (admin API, CLI) goes through [`renew`] as well.
+//!
+//! Every decision reads the server's [`certvault_core::Clock`], so a test clock drives it.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use certvault_core::ObjectName;
+use certvault_core::lifecycle::{self as planner, Item, VersionFacts};
+use certvault_core::policy::Policy;
+use certvault_store::{Job, JobNext, Mark, NewEvent, Scheduler};
+use serde_json::json;
+
+use crate::audit::Outcome;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::notify::{DeliverySettings, Notifier, SmtpSettings};
+use crate::state::AppState;
+
+/// How long a claimed item stays leased (seconds of the server clock).
+pub const JOB_LEASE: i64 = 300;
+
+/// Items claimed per pass.
+pub const JOB_BATCH: i64 = 256;
+
+/// Settings of the lifecycle engine and of notification delivery.
+#[derive(Debug, Clone)]
+pub struct LifecycleSettings {
+    /// Run the engine and the delivery worker (off only in special set-ups and tests).
+    pub enabled: bool,
+    /// Expiry notice offsets in days before expiry.
+    pub notice_days: Vec<u32>,
+    /// Wall-clock pause between passes when nothing is due.
+    pub tick: Duration,
+    /// Renewals run at the same time.
+    pub renew_concurrency: usize,
+    /// Delivery of events to channels and e-mail.
+    pub delivery: DeliverySettings,
+    /// The SMTP server for e-mail to vault contacts; none: e-mail deliveries are skipped.
+    pub smtp: Option<SmtpSettings>,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            notice_days: planner::DEFAULT_NOTICE_DAYS.to_vec(),
+            tick: Duration::from_secs(1),
+            renew_concurrency: 32,
+            delivery: DeliverySettings::default(),
+            smtp: None,
+        }
+    }
+}
+
+/// The engine's shared state: settings, wake-ups and the work in flight in this process.
+pub struct Lifecycle {
+    /// Settings.
+    pub settings: LifecycleSettings,
+    /// Wakes the engine and the delivery worker (new work, test clock moved).
+    pub wake: tokio::sync::Notify,
+    /// Wakes the delivery worker.
+    pub wake_delivery: tokio::sync::Notify,
+    /// The lease owner name of this process.
+    pub owner: String,
+    /// Outgoing webhooks and e-mail.
+    pub notifier: Notifier,
+    jobs_in_flight: Mutex<HashSet<i64>>,
+    pub(crate) deliveries_in_flight: Mutex<HashSet<i64>>,
+}
+
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle")
+            .field("settings", &self.settings)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::with_notifier(LifecycleSettings::default(), Notifier::default())
+    }
+}
+
+impl Lifecycle {
+    /// The engine state for `settings` (builds the HTTP client and the SMTP transport).
+    pub fn new(settings: LifecycleSettings) -> Result<Self, crate::ServerError> {
+        let notifier = Notifier::new(&settings.delivery, settings.smtp.as_ref())?;
+        Ok(Self::with_notifier(settings, notifier))
+    }
+
+    fn with_notifier(settings: LifecycleSettings, notifier: Notifier) -> Self {
+        Self {
+            settings,
+            wake: tokio::sync::Notify::new(),
+            wake_delivery: tokio::sync::Notify::new(),
+            owner: format!("certvault-{}", uuid::Uuid::new_v4().simple()),
+            notifier,
+            jobs_in_flight: Mutex::new(HashSet::new()),
+            deliveries_in_flight: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Wakes both workers (e.g. after the test clock moved).
+    pub fn wake_all(&self) {
+        self.wake.notify_one();
+        self.wake_delivery.notify_one();
+    }
+
+    fn begin_job(&self, id: i64) -> bool {
+        self.jobs_in_flight
+            .lock()
+            .map(|mut s| s.insert(id))
+            .unwrap_or(false)
+    }
+
+    fn end_job(&self, id: i64) {
+        if let Ok(mut s) = self.jobs_in_flight.lock() {
+            s.remove(&id);
+        }
+    }
+}
+
+/// Runs the engine until the task is aborted.
+pub async fn run_engine(state: Arc<AppState>) {
+    let lc = &state.lifecycle;
+    match state.store.release_leases(state.clock.now()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            items = n,
+            "lifecycle items leased by an earlier run are due again"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not release lifecycle leases"),
+    }
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        lc.settings.renew_concurrency.max(1),
+    ));
+    loop {
+        let now = state.clock.now();
+        let claimed = match state
+            .store
+            .claim_due(now, &lc.owner, JOB_LEASE, JOB_BATCH)
+            .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, "lifecycle pass failed");
+                tokio::time::sleep(lc.settings.tick).await;
+                continue;
+            }
+        };
+        let full = i64::try_from(claimed.len()).unwrap_or(0) >= JOB_BATCH;
+        for job in claimed {
+            if !lc.begin_job(job.id) {
+                continue;
+            }
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let st = state.clone();
+            tokio::spawn(async move {
+                let id = job.id;
+                if let Err(e) = run_job(&st, &job).await {
+                    tracing::warn!(job = id, error = %e, "lifecycle item failed; it is retried after its lease");
+                }
+                st.lifecycle.end_job(id);
+                drop(permit);
+            });
+        }
+        if !full {
+            tokio::select! {
+                () = lc.wake.notified() => {}
+                () = tokio::time::sleep(lc.settings.tick) => {}
+            }
+        }
+    }
+}
+
+/// Plans or does one claimed item.
+async fn run_job(state: &Arc<AppState>, job: &Job) -> Result<(), certvault_store::StoreError> {
+    let store = &state.store;
+    let done = |next| async move { store.finish_job(job, next).await.map(|_| ()) };
+    let Some(cert_id) = job.cert_id else {
+        return done(JobNext::Done).await;
+    };
+    let now = state.clock.now();
+    let view = match store.lifecycle_view(cert_id).await? {
+        Some(v) if !v.deleted => v,
+        _ => return done(JobNext::Done).await,
+    };
+    let Some(cur) = &view.current else {
+        return done(JobNext::Done).await;
+    };
+    let policy: Policy = match serde_json::from_str(&view.policy) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(certificate = %view.name, error = %e, "unreadable stored policy; no lifecycle actions");
+            return done(JobNext::Done).await;
+        }
+    };
+    let facts = VersionFacts {
+        nbf: cur.nbf,
+        exp: cur.exp,
+        created: cur.created,
+        made: cur.made,
+        op_in_progress: view.op_in_progress,
+        marks: &cur.marks,
+        seed: planner::seed_of(&cur.version),
+    };
+    let Some(p) = planner::plan(&policy, &facts, &state.lifecycle.settings.notice_days, now)
+    else {
+        return done(JobNext::Done).await;
+    };
+    if p.at > now {
+        let payload = json!({"version": cur.version, "item": p.item.name(), "at": p.at});
+        return done(JobNext::At {
+            due: p.at,
+            payload: Some(payload.to_string()),
+            attempts: 0,
+        })
+        .await;
+    }
+    let exp = cur.exp.unwrap_or(now);
+    let base = json!({
+        "nbf": cur.nbf,
+        "exp": cur.exp,
+        "seconds_to_expiry": exp - now,
+    });
+    let replan = JobNext::At {
+        due: now,
+        payload: None,
+        attempts: 0,
+    };
+    match p.item {
+        Item::Renew { attempt, .. } => {
+            let object = format!("certificates/{}", view.name);
+            match renew(state, &view.vault, &view.name, false).await {
+                Ok(r) => {
+                    tracing::info!(vault = %view.vault, certificate = %view.name, version = %r.version, status = %r.status, "certificate renewed by its lifetime action");
+                    if let Err(e) = state
+                        .auditor
+                        .system(
+                            "certificates.autorenew",
+                            Some(&view.vault),
+                            Some(&object),
+                            Outcome::Ok,
+                            Some(json!({"previous": cur.version, "version": r.version, "status": r.status})),
+                        )
+                        .await
+                    {
+                        tracing::error!(error = %e, "a background action could not be recorded in the audit trail");
+                    }
+                    // The new version (or operation) replanned the item in its own transaction.
+                    store.finish_job(job, replan).await?;
+                }
+                Err(e) => {
+                    let n = attempt.saturating_add(1);
+                    let next = now + planner::retry_backoff(n);
+                    tracing::warn!(vault = %view.vault, certificate = %view.name, attempt = n, error = %e.message, "automatic renewal failed");
+                    if let Err(e) = state
+                        .auditor
+                        .system(
+                            "certificates.autorenew",
+                            Some(&view.vault),
+                            Some(&object),
+                            Outcome::Error,
+                            Some(json!({"version": cur.version, "attempt": n, "error": e.message})),
+                        )
+                        .await
+                    {
+                        tracing::error!(error = %e, "a background action could not be recorded in the audit trail");
+                    }
+                    let mut body = base;
+                    body["error"] = json!(e.message);
+                    body["attempt"] = json!(n);
+                    body["next_attempt"] = if next < exp { json!(next) } else { json!(null) };
+                    let ev = NewEvent {
+                        kind: "renewal_failed".into(),
+                        cert_id,
+                        version: Some(cur.version.clone()),
+                        email: true,
+                        dedup: format!("renewal_failed:{cert_id}:{}:{n}", cur.version),
+                        body,
+                        created: now,
+                    };
+                    let mark = Mark {
+                        cert_id,
+                        version: cur.version.clone(),
+                        mark: planner::retry_mark(n, next),
+                    };
+                    store
+                        .job_outcome(job, vec![ev], vec![mark], replan, now)
+                        .await?;
+                }
+            }
+        }
+        item => {
+            let (kind, mut body) = match item {
+                Item::Email { index } => {
+                    let la = policy.lifetime_actions.get(index);
+                    let mut b = base;
+                    b["reason"] = json!("lifetime_action");
+                    b["action"] = json!("EmailContacts");
+                    b["trigger"] = json!(la.map(|l| l.trigger));
+                    ("about_to_expire", b)
+                }
+                Item::Notice { days } => {
+                    let mut b = base;
+                    b["reason"] = json!("expiry_notice");
+                    b["days_before_expiry"] = json!(days);
+                    ("about_to_expire", b)
+                }
+                _ => ("expired", base),
+            };
+            let mark = item.mark().unwrap_or_else(|| "done".into());
+            body["notice"] = json!(mark);
+            let ev = NewEvent {
+                kind: kind.into(),
+                cert_id,
+                version: Some(cur.version.clone()),
+                email: true,
+                dedup: format!("{mark}:{cert_id}:{}", cur.version),
+                body,
+                created: now,
+            };
+            let marks = std::iter::once(mark)
+                .chain(p.also_mark.iter().cloned())
+                .map(|m| Mark {
+                    cert_id,
+                    version: cur.version.clone(),
+                    mark: m,
+                })
+                .collect();
+            store
+                .job_outcome(job, vec![ev], marks, replan, now)
+                .await?;
+        }
+    }
+    state.lifecycle.wake.notify_one();
+    state.lifecycle.wake_delivery.notify_one();
+    Ok(())
+}
+
+/// The result of a renewal.
+#[derive(Debug, Clone)]
+pub struct Renewed {
+    /// The new version.
+    pub version: String,
+    /// `completed`, or `inProgress` when a CSR waits for its merge (issuer Unknown).
+    pub status: String,
+    /// The CSR (base64 DER) to have signed, for issuer Unknown.
+    pub csr: Option<String>,
+}
+
+/// Renews certificate `name` of vault `vault_key`: creates a new version under the stored
+/// policy (the Key Vault "create again"), with a new key when `rekey` or when the policy does
+/// not say `reuse_key`. Refused for imported certificates and while an operation is in
+/// progress. Earlier versions stay as they are.
+pub async fn renew(
+    state: &Arc<AppState>,
+    vault_key: &str,
+    name: &str,
+    rekey: bool,
+) -> ApiResult<Renewed> {
+    let vault = state.vault(&vault_key.to_ascii_lowercase()).await?;
+    let n = ObjectName::parse(name)?;
+    let cert = state
+        .store
+        .certificate(vault.vault.id, &n.key())
+        .await?
+        .filter(|c| c.deleted_at.is_none())
+        .ok_or_else(|| ApiError::cert_not_found(n.as_str()))?;
+    let view = state
+        .store
+        .lifecycle_view(cert.id)
+        .await?
+        .ok_or_else(|| ApiError::cert_not_found(n.as_str()))?;
+    if view.op_in_progress {
+        return Err(ApiError::conflict(
+            "A certificate operation is already in progress for this certificate; merge or cancel it first.",
+        ));
+    }
+    match &view.current {
+        None => {
+            return Err(ApiError::bad(format!(
+                "Certificate {n} has no completed version to renew."
+            )));
+        }
+        Some(c) if !c.made => {
+            return Err(ApiError::bad(format!(
+                "Certificate {n} was imported: certvault did not issue it and cannot renew it. \
+                 Renew it with its issuer and import the new certificate."
+            ))
+            .inner("ImportedCertificateNotRenewable"));
+        }
+        Some(_) => {}
+    }
+    let caller = Caller::admin(crate::audit::SYSTEM);
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let ctx = crate::kv::Ctx {
+        state,
+        vault: vault.clone(),
+        base: vault_url(state, &vault.vault.name),
+        api_version: "7.6".into(),
+        query: vec![],
+        body: Bytes::from_static(b"{}"),
+        now: state.clock.now(),
+        request_id: &request_id,
+        caller: &caller,
+        resolved_version: std::sync::OnceLock::new(),
+    };
+    crate::kv::certs::create_with(&ctx, n.as_str(), rekey).await?;
+    let op = state
+        .store
+        .operation(cert.id)
+        .await?
+        .ok_or_else(|| ApiError::internal(&"the renewal left no operation"))?;
+    use base64::Engine as _;
+    Ok(Renewed {
+        version: op.version,
+        status: op.status,
+        csr: op
+            .csr
+            .map(|c| base64::engine::general_purpose::STANDARD.encode(c)),
+    })
+}
+
+/// `https://<vault>.<base-domain>[:port]`.
+pub fn vault_url(state: &AppState, vault: &str) -> String {
+    let v = vault.to_ascii_lowercase();
+    if state.http.public_port == 443 {
+        format!("https://{v}.{}", state.http.base_domain)
+    } else {
+        format!(
+            "https://{v}.{}:{}",
+            state.http.base_domain, state.http.public_port
+        )
+    }
+}
