@@ -28,6 +28,9 @@ pub async fn dispatch(
     if let Some(r) = crate::admin_access::dispatch(state, parts, &body, path).await {
         return r;
     }
+    if let Some(r) = crate::admin_lifecycle::dispatch(state, parts, &body, path).await {
+        return r;
+    }
     if let Some(r) = crate::audit::admin(state, parts, path, caller).await {
         return r;
     }

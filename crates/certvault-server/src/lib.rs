@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod admin_access;
+pub mod admin_lifecycle;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
@@ -12,7 +13,9 @@ pub mod http;
 pub mod identity;
 pub mod jwt;
 pub mod kv;
+pub mod lifecycle;
 pub mod masterkey;
+pub mod notify;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -82,6 +85,8 @@ pub struct ServeOptions {
     pub jwt: Option<jwt::JwtSettings>,
     /// The managed-identity token endpoint, when enabled.
     pub identity: Option<identity::IdentitySettings>,
+    /// The lifecycle engine, notification delivery and SMTP.
+    pub lifecycle: lifecycle::LifecycleSettings,
 }
 
 impl ServeOptions {
@@ -99,6 +104,7 @@ impl ServeOptions {
             new_master_key: masterkey::MasterKind::File,
             jwt: None,
             identity: None,
+            lifecycle: lifecycle::LifecycleSettings::default(),
         }
     }
 }
@@ -159,6 +165,12 @@ pub struct Started {
 /// Opens the data directory, binds the listener and returns the server ready to run.
 pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, ServerError> {
     let now = clock.now();
+    if clock.is_test() {
+        tracing::warn!(
+            "TEST CLOCK IN USE: time can be moved forward through the admin API; never run this in production"
+        );
+    }
+    let lifecycle = lifecycle::Lifecycle::new(opts.lifecycle.clone())?;
     let identity = match &opts.identity {
         Some(i) => {
             identity::prepare(i)?;
@@ -226,7 +238,8 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
             clock,
             hsm,
         )
-        .with_jwt(jwt),
+        .with_jwt(jwt)
+        .with_lifecycle(lifecycle),
     );
     let store_err = |e: certvault_store::StoreError| ServerError::Store(e.to_string());
     let admin = match state.store.principal("admin").await.map_err(store_err)? {
@@ -277,6 +290,12 @@ impl Started {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let store = self.state.store.clone();
         let purger = tokio::spawn(purge_loop(self.state.clone()));
+        let lifecycle = self.state.lifecycle.settings.enabled.then(|| {
+            (
+                tokio::spawn(lifecycle::run_engine(self.state.clone())),
+                tokio::spawn(notify::run_dispatcher(self.state.clone())),
+            )
+        });
         let (stop_identity, identity_stopped) = tokio::sync::watch::channel(false);
         let identity = self.identity.map(|(listener, settings)| {
             let endpoint = Arc::new(identity::IdentityEndpoint::new(
@@ -295,6 +314,12 @@ impl Started {
         }
         purger.abort();
         let _ = purger.await;
+        if let Some((engine, dispatcher)) = lifecycle {
+            engine.abort();
+            dispatcher.abort();
+            let _ = engine.await;
+            let _ = dispatcher.await;
+        }
         store.close();
         Ok(())
     }

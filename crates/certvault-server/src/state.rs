@@ -78,6 +78,8 @@ pub struct AppState {
     /// Opened software keys used for key operations, so that a key signing many times is
     /// decrypted and parsed once.
     pub key_cache: KeyCache,
+    /// The lifecycle engine and notification delivery (settings, wake-ups, work in flight).
+    pub lifecycle: crate::lifecycle::Lifecycle,
     vaults: RwLock<HashMap<String, Arc<VaultCtx>>>,
 }
 
@@ -108,6 +110,7 @@ impl AppState {
             jwt: None,
             hsm,
             key_cache: KeyCache::new(4096),
+            lifecycle: crate::lifecycle::Lifecycle::default(),
             vaults: RwLock::new(HashMap::new()),
         }
     }
@@ -115,6 +118,12 @@ impl AppState {
     /// Accepts JWTs verified by `jwt` as bearer tokens.
     pub fn with_jwt(mut self, jwt: Option<crate::jwt::JwtAuth>) -> Self {
         self.jwt = jwt;
+        self
+    }
+
+    /// Uses `lifecycle` (settings, SMTP transport) for the lifecycle engine.
+    pub fn with_lifecycle(mut self, lifecycle: crate::lifecycle::Lifecycle) -> Self {
+        self.lifecycle = lifecycle;
         self
     }
 

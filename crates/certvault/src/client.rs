@@ -11,7 +11,9 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 mod audit;
+mod lifecycle;
 pub(crate) use audit::{AuditCommand, run_audit};
+pub(crate) use lifecycle::{ChannelCommand, DeliveryCommand, run_channel, run_delivery};
 
 const API_VERSION: &str = "2025-07-01";
 
@@ -64,6 +66,18 @@ pub(crate) enum CertCommand {
         conn: Conn,
         /// Certificate name.
         name: String,
+    },
+    /// Renew a certificate now: a new version under its policy (a new key with --rekey or
+    /// when the policy does not reuse keys). Imported certificates cannot be renewed; issuer
+    /// Unknown opens a new CSR to merge.
+    Renew {
+        #[command(flatten)]
+        conn: Conn,
+        /// Certificate name.
+        name: String,
+        /// Generate a new key even if the policy says reuse_key.
+        #[arg(long)]
+        rekey: bool,
     },
     /// Download a certificate (cer), or the certificate with its key (pem, pfx).
     Download(DownloadArgs),
@@ -494,6 +508,7 @@ pub(crate) async fn run_cert(cmd: CertCommand) -> Result<()> {
             }
             Ok(())
         }
+        CertCommand::Renew { conn, name, rekey } => lifecycle::renew(&conn, &name, rekey).await,
         CertCommand::Download(a) => download(a).await,
         CertCommand::Delete { conn, name, purge } => {
             let c = Client::new(&conn)?;
@@ -714,10 +729,20 @@ pub(crate) enum AdminCommand {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Show the server's clock, or move a test clock forward (servers started with
+    /// --test-clock only).
+    TestClock {
+        #[command(flatten)]
+        conn: Conn,
+        /// Seconds to move the clock forward.
+        #[arg(long)]
+        advance: Option<i64>,
+    },
 }
 
 pub(crate) async fn run_admin(cmd: AdminCommand) -> Result<()> {
     match cmd {
+        AdminCommand::TestClock { conn, advance } => lifecycle::test_clock(&conn, advance).await,
         AdminCommand::RotateMasterKey { conn, to } => {
             let c = Client::new(&conn)?;
             let url = format!("{}/admin/v1/master-key/rotate", c.base);

@@ -46,6 +46,12 @@ enum Command {
     /// Query, export and verify the audit trail (admin).
     #[command(subcommand)]
     Audit(client::AuditCommand),
+    /// Notification channels of a vault: webhooks and Slack (admin).
+    #[command(subcommand)]
+    Channel(client::ChannelCommand),
+    /// Deliveries of events to channels and e-mail: history, dead letters, replay (admin).
+    #[command(subcommand)]
+    Delivery(client::DeliveryCommand),
 }
 
 /// Settings of `certvault serve`; each also reads a `CERTVAULT_*` variable and a key of the
@@ -143,6 +149,34 @@ struct ServeArgs {
     /// applications that run as another user in that group.
     #[arg(long, env = "CERTVAULT_IDENTITY_KEY_GROUP_READABLE")]
     identity_key_group_readable: bool,
+    /// Expiry notice offsets in days before expiry, comma-separated. Default 30,7,1.
+    #[arg(long, env = "CERTVAULT_NOTICE_DAYS", value_delimiter = ',')]
+    notice_days: Vec<u32>,
+    /// SMTP server for e-mail to vault contacts (off when unset).
+    #[arg(long, env = "CERTVAULT_SMTP_HOST")]
+    smtp_host: Option<String>,
+    /// SMTP port. Default 587 (starttls), 465 (tls), 25 (none).
+    #[arg(long, env = "CERTVAULT_SMTP_PORT")]
+    smtp_port: Option<u16>,
+    /// SMTP connection security: starttls (default), tls, or none.
+    #[arg(long, env = "CERTVAULT_SMTP_TLS")]
+    smtp_tls: Option<String>,
+    /// SMTP user name.
+    #[arg(long, env = "CERTVAULT_SMTP_USERNAME")]
+    smtp_username: Option<String>,
+    /// File holding the SMTP password (mode 0600); else the variable CERTVAULT_SMTP_PASSWORD.
+    #[arg(long, env = "CERTVAULT_SMTP_PASSWORD_FILE")]
+    smtp_password_file: Option<PathBuf>,
+    /// Sender address of notification e-mail. Default certvault@<smtp host>.
+    #[arg(long, env = "CERTVAULT_SMTP_FROM")]
+    smtp_from: Option<String>,
+    /// Attempts before a notification delivery is dead-lettered. Default 20 (about 3 days).
+    #[arg(long, env = "CERTVAULT_DELIVERY_MAX_ATTEMPTS")]
+    delivery_max_attempts: Option<i64>,
+    /// DANGER, tests only: a clock that the admin API can move forward
+    /// (POST /admin/v1/test-clock/advance). Refused unless CERTVAULT_ALLOW_TEST_CLOCK=1.
+    #[arg(long)]
+    test_clock: bool,
     /// TOML configuration file.
     #[arg(long, env = "CERTVAULT_CONFIG")]
     config: Option<PathBuf>,
@@ -186,6 +220,88 @@ struct FileConfig {
     identity_key_dir: Option<PathBuf>,
     identity_token_lifetime: Option<i64>,
     identity_key_group_readable: Option<bool>,
+    notice_days: Option<Vec<u32>>,
+    smtp_host: Option<String>,
+    smtp_port: Option<u16>,
+    smtp_tls: Option<String>,
+    smtp_username: Option<String>,
+    smtp_password_file: Option<PathBuf>,
+    smtp_from: Option<String>,
+    delivery_max_attempts: Option<i64>,
+}
+
+/// Lifecycle and notification settings from flags, variables and the file.
+fn lifecycle_settings(
+    args: &mut ServeArgs,
+    file: &mut FileConfig,
+) -> Result<certvault_server::lifecycle::LifecycleSettings> {
+    use certvault_server::notify::{SmtpSettings, SmtpTls};
+    let mut s = certvault_server::lifecycle::LifecycleSettings::default();
+    let days = if args.notice_days.is_empty() {
+        file.notice_days.take().unwrap_or_default()
+    } else {
+        std::mem::take(&mut args.notice_days)
+    };
+    if !days.is_empty() {
+        if days.iter().any(|d| *d == 0 || *d > 3650) {
+            bail!("--notice-days takes days from 1 to 3650");
+        }
+        s.notice_days = days;
+    }
+    if let Some(n) = args.delivery_max_attempts.or(file.delivery_max_attempts) {
+        if !(1..=100).contains(&n) {
+            bail!("--delivery-max-attempts must be from 1 to 100");
+        }
+        s.delivery.max_attempts = n;
+    }
+    let host = args.smtp_host.take().or(file.smtp_host.take());
+    let Some(host) = host else {
+        if args.smtp_username.is_some() || file.smtp_username.is_some() {
+            bail!("SMTP settings were given without --smtp-host");
+        }
+        return Ok(s);
+    };
+    let tls: SmtpTls = args
+        .smtp_tls
+        .take()
+        .or(file.smtp_tls.take())
+        .unwrap_or_else(|| "starttls".into())
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let port = args.smtp_port.or(file.smtp_port).unwrap_or(match tls {
+        SmtpTls::StartTls => 587,
+        SmtpTls::Tls => 465,
+        SmtpTls::None => 25,
+    });
+    let password = match args
+        .smtp_password_file
+        .take()
+        .or(file.smtp_password_file.take())
+    {
+        Some(p) => Some(zeroize::Zeroizing::new(
+            std::fs::read_to_string(&p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        )),
+        None => std::env::var("CERTVAULT_SMTP_PASSWORD")
+            .ok()
+            .map(zeroize::Zeroizing::new),
+    };
+    let from = args
+        .smtp_from
+        .take()
+        .or(file.smtp_from.take())
+        .unwrap_or_else(|| format!("certvault@{host}"));
+    s.smtp = Some(SmtpSettings {
+        host,
+        port,
+        tls,
+        username: args.smtp_username.take().or(file.smtp_username.take()),
+        password,
+        from,
+    });
+    Ok(s)
 }
 
 /// JWT settings from flags, variables and the file (flags and variables win).
@@ -307,6 +423,12 @@ async fn serve(mut args: ServeArgs) -> Result<()> {
     };
     let jwt = jwt_settings(&mut args, &mut file)?;
     let identity = identity_settings(&mut args, &mut file)?;
+    let lifecycle = lifecycle_settings(&mut args, &mut file)?;
+    if args.test_clock && std::env::var("CERTVAULT_ALLOW_TEST_CLOCK").as_deref() != Ok("1") {
+        bail!(
+            "--test-clock is for tests only and needs the environment variable CERTVAULT_ALLOW_TEST_CLOCK=1"
+        );
+    }
     let log = args
         .log
         .clone()
@@ -368,8 +490,15 @@ async fn serve(mut args: ServeArgs) -> Result<()> {
         new_master_key,
         jwt,
         identity,
+        lifecycle,
     };
-    let clock: certvault_core::clock::SharedClock = Arc::new(certvault_core::SystemClock);
+    let clock: certvault_core::clock::SharedClock = if args.test_clock {
+        eprintln!("!!! certvault runs with a TEST CLOCK: the admin API can move time forward.");
+        eprintln!("!!! Never use --test-clock outside tests.");
+        Arc::new(certvault_core::TestClock::new())
+    } else {
+        Arc::new(certvault_core::SystemClock)
+    };
     let started = certvault_server::start(&opts, clock).await?;
     let port = started.addr.port();
     eprintln!("certvault listening on https://{}", started.addr);
@@ -456,6 +585,8 @@ fn main() -> ExitCode {
             Command::Cert(cmd) => client::run_cert(cmd).await,
             Command::Admin(cmd) => client::run_admin(cmd).await,
             Command::Audit(cmd) => client::run_audit(cmd).await,
+            Command::Channel(cmd) => client::run_channel(cmd).await,
+            Command::Delivery(cmd) => client::run_delivery(cmd).await,
             Command::Key(cmd) => client::run_key(cmd).await,
             Command::Vault(cmd) => client::run_vault(cmd).await,
             Command::Principal(cmd) => client::run_principal(cmd).await,

@@ -399,6 +399,10 @@ pub async fn dispatch(
         (["certificates", _, "create"], &M::POST) => {
             (p(C, "create"), Box::pin(certs::create(&ctx, seg(1))))
         }
+        (["certificates", _, "renew"], &M::POST) => (
+            p(C, "create"),
+            Box::pin(crate::lifecycle::renew_route(&ctx, seg(1))),
+        ),
         (["certificates", _, "import"], &M::POST) => {
             (p(C, "import"), Box::pin(certs::import(&ctx, seg(1))))
         }

@@ -433,6 +433,43 @@ pub async fn renew(
     })
 }
 
+/// POST /certificates/{n}/renew (certvault extension, permission `certificates/create`):
+/// `{"rekey": bool}` optional. Answers 201 with the new version and its status.
+pub async fn renew_route(
+    ctx: &crate::kv::Ctx<'_>,
+    seg: &str,
+) -> ApiResult<http::Response<crate::http::Body>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        rekey: Option<bool>,
+    }
+    let body: Body = if ctx.body.is_empty() {
+        Body { rekey: None }
+    } else {
+        ctx.json()?
+    };
+    let r = renew(
+        ctx.state,
+        &ctx.vault.vault.name,
+        seg,
+        body.rekey.unwrap_or(false),
+    )
+    .await?;
+    let _ = ctx.resolved_version.set(r.version.clone());
+    ctx.state.lifecycle.wake_all();
+    Ok(crate::http::json(
+        http::StatusCode::CREATED,
+        &json!({
+            "id": format!("{}/certificates/{seg}/{}", ctx.base, r.version),
+            "certificate": seg,
+            "version": r.version,
+            "status": r.status,
+            "csr": r.csr,
+        }),
+    ))
+}
+
 /// `https://<vault>.<base-domain>[:port]`.
 pub fn vault_url(state: &AppState, vault: &str) -> String {
     let v = vault.to_ascii_lowercase();
