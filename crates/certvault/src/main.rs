@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server (zero configuration: ./certvault-data, SQLite, HTTPS on 127.0.0.1:8443).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage certificates on a running server.
     #[command(subcommand)]
     Cert(client::CertCommand),
@@ -581,7 +581,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Cert(cmd) => client::run_cert(cmd).await,
             Command::Admin(cmd) => client::run_admin(cmd).await,
             Command::Audit(cmd) => client::run_audit(cmd).await,
