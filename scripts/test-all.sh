@@ -197,9 +197,9 @@ ensure_venv() {
     "$PY" -m pip check || die "pip check failed"
     echo "$want" >"$VENV_STAMP"
   fi
-  "$PY" -c 'import azure.keyvault.certificates, azure.keyvault.secrets, azure.keyvault.keys, azure.identity, msal, cryptography, requests, pytest' \
+  "$PY" -c 'import azure.keyvault.certificates, azure.keyvault.secrets, azure.keyvault.keys, azure.identity, msal, cryptography, requests, pytest, aiosmtpd' \
     || die "venv is broken (imports fail); delete $VENV and rerun"
-  "$PY" -m pip freeze | grep -iE '^(azure-|msal|cryptography|pytest|requests)' | sed 's/^/  /'
+  "$PY" -m pip freeze | grep -iE '^(azure-|msal|cryptography|pytest|requests|aiosmtpd)' | sed 's/^/  /'
 }
 
 # The Azure SDKs (azure-identity, MSAL) read the managed-identity challenge key file only from

@@ -96,7 +96,7 @@ class WebhookReceiver:
             out = [e for e in out if (e.get("certificate_name") or "").lower() == cert.lower()]
         return out
 
-    def wait_for(self, what: str, pred, timeout: float = 30.0) -> list[dict]:
+    def wait_for(self, what: str, pred, timeout: float = 90.0) -> list[dict]:
         return support.wait_until(lambda: (lambda ev: ev if pred(ev) else None)(self.events()),
                                   what, timeout=timeout)
 

@@ -75,7 +75,11 @@ fn ok(v: &Value) -> ApiResult<Response<Body>> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    let body = if body.is_empty() { b"{}".as_slice() } else { body };
+    let body = if body.is_empty() {
+        b"{}".as_slice()
+    } else {
+        body
+    };
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("Invalid request body: {e}")))
 }
 
@@ -92,7 +96,8 @@ fn channel_not_found(c: &str) -> ApiError {
 fn valid_name(s: &str) -> ApiResult<()> {
     if !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         Ok(())
     } else {
@@ -241,13 +246,9 @@ impl Admin<'_> {
         }
         let req: Renew = parse(self.body)?;
         let vault = self.vault(v).await?;
-        let r = crate::lifecycle::renew(
-            self.state,
-            &vault.vault.name,
-            n,
-            req.rekey.unwrap_or(false),
-        )
-        .await?;
+        let r =
+            crate::lifecycle::renew(self.state, &vault.vault.name, n, req.rekey.unwrap_or(false))
+                .await?;
         self.state.lifecycle.wake_all();
         Ok(json_response(
             StatusCode::CREATED,
@@ -333,13 +334,18 @@ impl Admin<'_> {
             created: now,
             updated: now,
         };
-        let ch = self.state.store.create_channel(ch).await.map_err(|e| match e {
-            certvault_store::StoreError::Conflict(_) => ApiError::conflict(format!(
-                "A channel named '{}' exists in this vault.",
-                req.name
-            )),
-            other => other.into(),
-        })?;
+        let ch = self
+            .state
+            .store
+            .create_channel(ch)
+            .await
+            .map_err(|e| match e {
+                certvault_store::StoreError::Conflict(_) => ApiError::conflict(format!(
+                    "A channel named '{}' exists in this vault.",
+                    req.name
+                )),
+                other => other.into(),
+            })?;
         let mut out = channel_json(&ch);
         if generated {
             // Shown once: only its sealed form is stored.

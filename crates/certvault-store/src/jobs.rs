@@ -291,13 +291,12 @@ impl SqliteStore {
         let kind = kind.to_owned();
         let subject = subject.to_owned();
         self.read(move |c| {
-            Ok(c
-                .query_row(
-                    &format!("SELECT {JOB_COLS} FROM jobs WHERE kind = ?1 AND subject = ?2"),
-                    params![kind, subject],
-                    job_row,
-                )
-                .optional()?)
+            Ok(c.query_row(
+                &format!("SELECT {JOB_COLS} FROM jobs WHERE kind = ?1 AND subject = ?2"),
+                params![kind, subject],
+                job_row,
+            )
+            .optional()?)
         })
         .await
     }
@@ -359,7 +358,9 @@ mod tests {
     #[tokio::test]
     async fn finish_applies_only_to_the_claimed_generation() {
         let (_d, s) = store();
-        s.put_job("t", "a", None, 5, Some("x".into())).await.unwrap();
+        s.put_job("t", "a", None, 5, Some("x".into()))
+            .await
+            .unwrap();
         let j = s.claim_due(10, "w", 60, 10).await.unwrap().remove(0);
         // Replanned meanwhile (e.g. a policy change): the worker's outcome is dropped.
         s.put_job("t", "a", None, 0, None).await.unwrap();

@@ -166,8 +166,7 @@ pub struct EventRecord {
     pub created: i64,
 }
 
-const EVENT_COLS: &str =
-    "e.id, e.uid, e.kind, e.vault_id, e.vault, e.cert_id, e.cert_name, e.version, e.email, e.body, e.created";
+const EVENT_COLS: &str = "e.id, e.uid, e.kind, e.vault_id, e.vault, e.cert_id, e.cert_name, e.version, e.email, e.body, e.created";
 
 fn event_row(r: &Row<'_>, o: usize) -> rusqlite::Result<EventRecord> {
     let body: String = r.get(o + 9)?;
@@ -772,7 +771,9 @@ impl SqliteStore {
                  WHERE delivery_id = ?1 ORDER BY id",
             )?;
             let rows = st
-                .query_map([delivery_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .query_map([delivery_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
@@ -922,7 +923,13 @@ mod tests {
             .await
             .unwrap();
         let ev = s
-            .events(vid, EventFilter { limit: 10, ..Default::default() })
+            .events(
+                vid,
+                EventFilter {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -931,7 +938,13 @@ mod tests {
         );
         assert_eq!(ev[1].version.as_deref(), Some("a2"));
         let d = s
-            .deliveries(vid, DeliveryFilter { limit: 10, ..Default::default() })
+            .deliveries(
+                vid,
+                DeliveryFilter {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!(d.len(), 2);
@@ -949,12 +962,26 @@ mod tests {
         .await
         .unwrap();
         let imp = s.certificate(vid, "imp").await.unwrap().unwrap();
-        assert!(!s.lifecycle_view(imp.id).await.unwrap().unwrap().current.unwrap().made);
-        assert_eq!(
-            s.events(vid, EventFilter { limit: 10, ..Default::default() })
+        assert!(
+            !s.lifecycle_view(imp.id)
                 .await
                 .unwrap()
-                .len(),
+                .unwrap()
+                .current
+                .unwrap()
+                .made
+        );
+        assert_eq!(
+            s.events(
+                vid,
+                EventFilter {
+                    limit: 10,
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap()
+            .len(),
             2
         );
     }
@@ -1006,7 +1033,13 @@ mod tests {
             .unwrap();
         assert!(applied);
         let events = s
-            .events(vid, EventFilter { limit: 10, ..Default::default() })
+            .events(
+                vid,
+                EventFilter {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!(events.len(), 2);

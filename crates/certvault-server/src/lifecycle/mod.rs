@@ -215,8 +215,7 @@ async fn run_job(state: &Arc<AppState>, job: &Job) -> Result<(), certvault_store
         marks: &cur.marks,
         seed: planner::seed_of(&cur.version),
     };
-    let Some(p) = planner::plan(&policy, &facts, &state.lifecycle.settings.notice_days, now)
-    else {
+    let Some(p) = planner::plan(&policy, &facts, &state.lifecycle.settings.notice_days, now) else {
         return done(JobNext::Done).await;
     };
     if p.at > now {
@@ -339,9 +338,7 @@ async fn run_job(state: &Arc<AppState>, job: &Job) -> Result<(), certvault_store
                     mark: m,
                 })
                 .collect();
-            store
-                .job_outcome(job, vec![ev], marks, replan, now)
-                .await?;
+            store.job_outcome(job, vec![ev], marks, replan, now).await?;
         }
     }
     state.lifecycle.wake.notify_one();

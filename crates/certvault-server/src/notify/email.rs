@@ -130,7 +130,10 @@ impl Mailer {
             }
         }
         if to.is_empty() {
-            return fail("the vault has no contacts with an e-mail address".into(), true);
+            return fail(
+                "the vault has no contacts with an e-mail address".into(),
+                true,
+            );
         }
         let subject = format!(
             "[certvault] {}: {} ({})",

@@ -212,24 +212,30 @@ pub fn describe(ev: &EventRecord) -> String {
     let exp = ev.body.get("exp").and_then(Value::as_i64);
     let exp_s = exp.map(iso).unwrap_or_default();
     match ev.kind.as_str() {
-        "issued" => format!("Certificate {name} in vault {} was issued (expires {exp_s}).", ev.vault),
+        "issued" => format!(
+            "Certificate {name} in vault {} was issued (expires {exp_s}).",
+            ev.vault
+        ),
         "renewed" => format!(
             "Certificate {name} in vault {} was renewed: new version {} (expires {exp_s}).",
             ev.vault,
             ev.version.as_deref().unwrap_or("-")
         ),
-        "about_to_expire" => format!(
-            "Certificate {name} in vault {} expires {exp_s}.",
-            ev.vault
-        ),
+        "about_to_expire" => format!("Certificate {name} in vault {} expires {exp_s}.", ev.vault),
         "expired" => format!("Certificate {name} in vault {} expired {exp_s}.", ev.vault),
         "renewal_failed" => format!(
             "Renewing certificate {name} in vault {} failed: {}",
             ev.vault,
-            ev.body.get("error").and_then(Value::as_str).unwrap_or("unknown error")
+            ev.body
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error")
         ),
         "test" => format!("certvault test notification for vault {}.", ev.vault),
-        other => format!("certvault event {other} for certificate {name} in vault {}.", ev.vault),
+        other => format!(
+            "certvault event {other} for certificate {name} in vault {}.",
+            ev.vault
+        ),
     }
 }
 
@@ -252,11 +258,7 @@ impl Answer {
 }
 
 /// Sends `ev` to a channel (webhook or Slack), signed with its secret.
-pub async fn send_channel(
-    state: &AppState,
-    ch: &ChannelRecord,
-    ev: &EventRecord,
-) -> Answer {
+pub async fn send_channel(state: &AppState, ch: &ChannelRecord, ev: &EventRecord) -> Answer {
     let fail = |e: String| Answer {
         status: None,
         body: String::new(),
@@ -329,13 +331,12 @@ fn request_error(e: &reqwest::Error) -> String {
 pub async fn run_dispatcher(state: Arc<AppState>) {
     const LEASE: i64 = 120;
     const BATCH: i64 = 512;
-    match state
-        .store
-        .release_delivery_leases(state.clock.now())
-        .await
-    {
+    match state.store.release_delivery_leases(state.clock.now()).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(deliveries = n, "deliveries leased by an earlier run are due again"),
+        Ok(n) => tracing::info!(
+            deliveries = n,
+            "deliveries leased by an earlier run are due again"
+        ),
         Err(e) => tracing::warn!(error = %e, "could not release delivery leases"),
     }
     let lc = &state.lifecycle;

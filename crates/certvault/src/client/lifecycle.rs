@@ -137,8 +137,7 @@ pub(crate) async fn run_channel(cmd: ChannelCommand) -> Result<()> {
             disabled,
         } => {
             let c = Client::new(&conn)?;
-            let mut body =
-                json!({"name": name, "type": kind, "url": url, "enabled": !disabled});
+            let mut body = json!({"name": name, "type": kind, "url": url, "enabled": !disabled});
             if let Some(s) = secret {
                 body["secret"] = json!(s);
             }
@@ -206,7 +205,11 @@ pub(crate) async fn run_channel(cmd: ChannelCommand) -> Result<()> {
                 let delivered = v["delivered"].as_bool().unwrap_or(false);
                 println!(
                     "{}: status {}, {} ms{}",
-                    if delivered { "delivered" } else { "NOT delivered" },
+                    if delivered {
+                        "delivered"
+                    } else {
+                        "NOT delivered"
+                    },
                     v["status"],
                     v["millis"],
                     v["error"]
@@ -348,19 +351,12 @@ pub(crate) async fn test_clock(conn: &Conn, advance: Option<i64>) -> Result<()> 
     let c = Client::new(conn)?;
     let v = match advance {
         Some(s) => {
-            c.admin(
-                M::POST,
-                "test-clock/advance",
-                Some(&json!({"seconds": s})),
-            )
-            .await?
+            c.admin(M::POST, "test-clock/advance", Some(&json!({"seconds": s})))
+                .await?
         }
         None => c.admin(M::GET, "test-clock", None).await?,
     };
     print_json_or(&v, conn.json, |v| {
-        println!(
-            "server time {} (test clock: {})",
-            v["now"], v["test_clock"]
-        )
+        println!("server time {} (test clock: {})", v["now"], v["test_clock"])
     })
 }
