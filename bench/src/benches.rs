@@ -456,7 +456,7 @@ pub struct CreateArgs {
 }
 
 /// In-process baseline: `threads` threads doing `f` for `d`; returns operations per second.
-fn baseline_rate(threads: usize, d: Duration, f: fn() -> Result<()>) -> Result<f64> {
+pub(crate) fn baseline_rate(threads: usize, d: Duration, f: fn() -> Result<()>) -> Result<f64> {
     let start = Instant::now();
     let end = start + d;
     let handles: Vec<_> = (0..threads.max(1))
@@ -487,7 +487,7 @@ fn rsa_keygen() -> Result<()> {
     Ok(())
 }
 
-fn ec_keygen_and_sign() -> Result<()> {
+pub(crate) fn ec_keygen_and_sign() -> Result<()> {
     let k = certvault_crypto::PrivateKey::generate(Kty::Ec.alg()).map_err(|e| anyhow!("{e}"))?;
     let params = certvault_crypto::CertParams {
         subject: "CN=baseline".into(),

@@ -6,6 +6,7 @@
 //! Secrets (the admin token, keys, secret values) are never printed.
 
 mod benches;
+mod lifecycle;
 mod load;
 mod net;
 mod seed;
@@ -60,6 +61,12 @@ enum Cmd {
     Scale(benches::ScaleArgs),
     /// Keys issue: ES256 and RS256 sign through the API vs /healthz and in-process signing.
     Sign(sign::SignArgs),
+    /// Lifecycle issue: one scheduler pass over a million certificates vs a store of due items.
+    Scheduler(lifecycle::SchedulerArgs),
+    /// Lifecycle issue: due EC P-256 renewals through the engine (test clock).
+    Renewals(lifecycle::RenewalsArgs),
+    /// Lifecycle issue: signed webhook deliveries to a local receiver vs direct POSTs.
+    Webhooks(lifecycle::WebhooksArgs),
 }
 
 fn default_server_bin() -> PathBuf {
@@ -123,6 +130,9 @@ fn main() -> ExitCode {
             Cmd::Create(a) => benches::create(&common, &a).await,
             Cmd::Scale(a) => benches::scale(&common, &a).await,
             Cmd::Sign(a) => sign::sign(&common, &a).await,
+            Cmd::Scheduler(a) => lifecycle::scheduler(&common, &a).await,
+            Cmd::Renewals(a) => lifecycle::renewals(&common, &a).await,
+            Cmd::Webhooks(a) => lifecycle::webhooks(&common, &a).await,
         }
     });
     match r {

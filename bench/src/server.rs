@@ -33,6 +33,17 @@ impl Server {
     /// Starts `bin serve` on `data_dir` and waits until `/healthz` answers. The server's output
     /// (which shows a new admin token once) goes to `log` and is never printed.
     pub async fn start(bin: &Path, data_dir: &Path, log: &Path) -> Result<Self> {
+        Self::start_with(bin, data_dir, log, &[], &[]).await
+    }
+
+    /// As [`Self::start`], with extra `serve` arguments and environment variables.
+    pub async fn start_with(
+        bin: &Path,
+        data_dir: &Path,
+        log: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         if !bin.exists() {
             bail!(
                 "{} not found; build it with `cargo build --release -p certvault` (bench/run.sh does)",
@@ -56,6 +67,8 @@ impl Server {
             .arg(BASE_DOMAIN)
             .arg("--log")
             .arg("warn")
+            .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf)
