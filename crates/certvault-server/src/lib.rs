@@ -229,6 +229,10 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         .with_jwt(jwt),
     );
     let store_err = |e: certvault_store::StoreError| ServerError::Store(e.to_string());
+    if let Err(e) = state.auditor.start().await {
+        state.store.close();
+        return Err(store_err(e));
+    }
     let admin = match state.store.principal("admin").await.map_err(store_err)? {
         Some(p) => p,
         None => state
@@ -276,6 +280,7 @@ impl Started {
     /// Serves until `shutdown` resolves, then stops accepting and lets open requests finish.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let store = self.state.store.clone();
+        let audit_state = self.state.clone();
         let purger = tokio::spawn(purge_loop(self.state.clone()));
         let (stop_identity, identity_stopped) = tokio::sync::watch::channel(false);
         let identity = self.identity.map(|(listener, settings)| {
@@ -295,6 +300,7 @@ impl Started {
         }
         purger.abort();
         let _ = purger.await;
+        audit_state.auditor.stop().await;
         store.close();
         Ok(())
     }

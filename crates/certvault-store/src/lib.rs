@@ -7,6 +7,7 @@
 
 mod access;
 mod audit;
+mod audit_journal;
 mod error;
 mod records;
 mod sqlite;
@@ -16,6 +17,7 @@ pub use audit::{
     AuditChain, AuditFilter, AuditMac, AuditProblem, AuditProblemKind, AuditRecord,
     AuditVerification, HEAD_LOST_OPERATION, NewAuditRecord,
 };
+pub use audit_journal::AuditJournal;
 pub use error::{Conflict, StoreError};
 pub use records::*;
 pub use sqlite::{SqliteStore, Which};
