@@ -74,11 +74,15 @@ pub(crate) fn tsig_signer(key_name: &str, secret: &[u8]) -> Result<TSigner, DnsE
         key_name: key_name.to_owned(),
         reason: e.to_string(),
     })?;
-    TSigner::new(secret.to_vec(), TsigAlgorithm::HmacSha256, name.0, TSIG_FUDGE).map_err(|e| {
-        DnsError::InvalidKey {
-            key_name: key_name.to_owned(),
-            reason: e.to_string(),
-        }
+    TSigner::new(
+        secret.to_vec(),
+        TsigAlgorithm::HmacSha256,
+        name.0,
+        TSIG_FUDGE,
+    )
+    .map_err(|e| DnsError::InvalidKey {
+        key_name: key_name.to_owned(),
+        reason: e.to_string(),
     })
 }
 
@@ -234,7 +238,12 @@ fn answer_from(response: &DnsResponse, name: &Fqdn) -> Answer {
     for r in &response.answers {
         match &r.data {
             RData::TXT(txt) if r.name == name.0 => {
-                a.txt.push(txt.txt_data.iter().flat_map(|s| s.iter().copied()).collect());
+                a.txt.push(
+                    txt.txt_data
+                        .iter()
+                        .flat_map(|s| s.iter().copied())
+                        .collect(),
+                );
             }
             RData::NS(ns) => a.ns.push(ns.0.to_ascii()),
             RData::A(ip) => a.ips.push(IpAddr::V4(ip.0)),
