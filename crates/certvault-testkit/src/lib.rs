@@ -487,7 +487,7 @@ impl Pebble {
 
 /// A throwaway CA and a leaf for `localhost` / `127.0.0.1` signed by it (rustls refuses a
 /// self-signed CA certificate used as a server certificate). Returns (CA, leaf, leaf key) PEM.
-fn tls_material() -> (String, String, String) {
+pub fn tls_material() -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
