@@ -384,10 +384,8 @@ impl AcmeClient {
     fn sync_order(st: &mut OrderState, order: &mut Order) {
         let s = order.state();
         st.status = order_status(s.status);
-        if st.status == OrderStatus::Invalid {
-            if let Some(p) = &s.error {
-                st.error = Some(CaProblem::from_instant(p, None));
-            }
+        if let (OrderStatus::Invalid, Some(p)) = (st.status, &s.error) {
+            st.error = Some(CaProblem::from_instant(p, None));
         }
         if let Some(c) = &s.certificate {
             st.certificate_url = Some(c.clone());

@@ -2,6 +2,8 @@
 //! certvault-dns (RFC 2136 + TSIG), or through pebble-challtestsrv (the notify flow, where the
 //! test plays the user who sets the record). Every component is started by the test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::{Arc, Mutex};
 
 use certvault_acme::{

@@ -281,15 +281,17 @@ fn map_net_error(e: NetError, server: &str, key_name: Option<&str>) -> DnsError 
             server: server.to_owned(),
         };
     }
-    if let NetError::Dns(HickoryDnsError::ResponseCode(code)) = &e {
-        if let (Some(k), ResponseCode::BADSIG | ResponseCode::BADKEY | ResponseCode::BADTIME) =
-            (key_name, *code)
-        {
-            return DnsError::TsigRejected {
-                server: server.to_owned(),
-                key_name: k.to_owned(),
-            };
-        }
+    if let (
+        NetError::Dns(HickoryDnsError::ResponseCode(
+            ResponseCode::BADSIG | ResponseCode::BADKEY | ResponseCode::BADTIME,
+        )),
+        Some(k),
+    ) = (&e, key_name)
+    {
+        return DnsError::TsigRejected {
+            server: server.to_owned(),
+            key_name: k.to_owned(),
+        };
     }
     let detail = e.to_string();
     if let Some(k) = key_name {

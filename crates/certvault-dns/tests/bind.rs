@@ -1,5 +1,7 @@
 //! certvault-dns against a real BIND 9 (`named`) started by the test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use certvault_dns::{AuthoritativeCheck, DnsError, NameServers, Rfc2136, ServerOutcome, TsigKey};
 use certvault_testkit::Bind;
 
