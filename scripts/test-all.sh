@@ -237,7 +237,6 @@ start_service() {
 start_services() {
   # None: the SDK suite starts certvault itself (tests/sdk/conftest.py), and the ACME/DNS
   # tests start pebble, pebble-challtestsrv and named per test (crates/certvault-testkit).
-  # later, e.g.: start_service pebble pebble -config "$ROOT/tests/pebble.json"
   :
 }
 
