@@ -205,6 +205,27 @@ zone "{zone}" {{
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // "running" can come before the zone answers (SERVFAIL while it loads): wait until an
+        // independent client gets the zone's SOA.
+        let dig = binary("dig", "bind9-dnsutils");
+        loop {
+            let out = Command::new(&dig)
+                .args(["+short", "+norecurse", "+time=1", "+tries=1", "-p"])
+                .arg(port.to_string())
+                .arg("@127.0.0.1")
+                .arg(zone)
+                .arg("SOA")
+                .output()
+                .unwrap();
+            if out.status.success() && !out.stdout.is_empty() {
+                break;
+            }
+            proc.check_alive();
+            if Instant::now() > deadline {
+                proc.fail("did not serve the zone's SOA within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Self {
             port,
             addr: format!("127.0.0.1:{port}"),
