@@ -42,8 +42,13 @@ APT_PACKAGES=(
   "softhsm2:softhsm2-util"
   # pkcs11-tool: an independent look at the token's key attributes in tests/sdk/test_hsm.py
   "opensc:pkcs11-tool"
-  # later: "pebble:pebble", "bind9:named",
-  #        "postgresql", "chromium:chromium"
+  # ACME/DNS-01 tests (crates/certvault-acme, crates/certvault-dns): the tests start these
+  # themselves on free loopback ports (crates/certvault-testkit) and fail if they are missing.
+  "pebble:pebble"
+  "pebble:pebble-challtestsrv"
+  "bind9:named"
+  "bind9-dnsutils:dig"
+  # later: "postgresql", "chromium:chromium"
 )
 
 # The Python interpreter the venv is made from: Debian's, which the list
@@ -230,8 +235,8 @@ start_service() {
 }
 
 start_services() {
-  # None yet: the SDK suite starts certvault itself (tests/sdk/conftest.py).
-  # later, e.g.: start_service pebble pebble -config "$ROOT/tests/pebble.json"
+  # None: the SDK suite starts certvault itself (tests/sdk/conftest.py), and the ACME/DNS
+  # tests start pebble, pebble-challtestsrv and named per test (crates/certvault-testkit).
   :
 }
 

@@ -18,8 +18,8 @@ use bytes::Bytes;
 use certvault_core::clock::SharedClock;
 use certvault_crypto::SymKey;
 use certvault_store::{
-    AuditChain, AuditFilter, AuditMac, AuditRecord, AuditVerification, NewAuditRecord, SqliteStore,
-    StoreError,
+    AuditChain, AuditFilter, AuditJournal, AuditMac, AuditRecord, AuditVerification,
+    NewAuditRecord, SqliteStore, StoreError,
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header, request::Parts};
 use http_body_util::{BodyExt, Full};
@@ -105,82 +105,16 @@ pub struct Event {
 
 /// Writes and reads the audit trail.
 ///
-/// Appends from concurrent requests are coalesced: each request hands its records to a batcher
-/// task, which appends everything queued as one store job (its records stay consecutive), with at
-/// most [`IN_FLIGHT`] jobs queued or committing at a time, and answers each request with its own
-/// seqs once the job is durable. One job per batch instead of one per request saves the per-job
-/// work of the writer (savepoint, reading and writing the head) and a wake-up each.
+/// Once [`Auditor::start`] has run, records go through the store's [`AuditJournal`]: one
+/// thread chains every record queued since its last round, makes them durable with one append
+/// and one `fdatasync`, and answers each request; they reach the `audit_log` table in large
+/// batches afterwards. Queries and verification flush the journal first. Before `start` (tests
+/// that build the state by hand), each call appends to `audit_log` directly.
 pub struct Auditor {
     store: SqliteStore,
     chain: AuditChain,
     clock: SharedClock,
-    queue: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Unit>>,
-}
-
-/// One caller's records and where to send their seqs.
-struct Unit {
-    records: Vec<NewAuditRecord>,
-    reply: tokio::sync::oneshot::Sender<Result<Vec<i64>, String>>,
-}
-
-/// Audit jobs queued at the writer or committing at once.
-const IN_FLIGHT: usize = 2;
-/// Records per job at most.
-const MAX_BATCH: usize = 4096;
-
-async fn batcher(
-    store: SqliteStore,
-    chain: AuditChain,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Unit>,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        // Waiting for a slot lets the batch grow meanwhile.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut units = vec![first];
-        let mut n = units[0].records.len();
-        while n < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(u) => {
-                    n += u.records.len();
-                    units.push(u);
-                }
-                Err(_) => break,
-            }
-        }
-        let mut counts = Vec::with_capacity(units.len());
-        let mut replies = Vec::with_capacity(units.len());
-        let mut records = Vec::with_capacity(n);
-        for u in units {
-            counts.push(u.records.len());
-            replies.push(u.reply);
-            records.extend(u.records);
-        }
-        let store = store.clone();
-        let chain = chain.clone();
-        tokio::spawn(async move {
-            let result = store.append_audit(records, chain).await;
-            drop(slot);
-            match result {
-                Ok(seqs) => {
-                    let mut rest = seqs.as_slice();
-                    for (count, reply) in counts.into_iter().zip(replies) {
-                        let (mine, tail) = rest.split_at(count.min(rest.len()));
-                        rest = tail;
-                        let _ = reply.send(Ok(mine.to_vec()));
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    for reply in replies {
-                        let _ = reply.send(Err(msg.clone()));
-                    }
-                }
-            }
-        });
-    }
+    journal: std::sync::OnceLock<AuditJournal>,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -196,11 +130,29 @@ impl Auditor {
             store,
             chain: Arc::new(HmacChain(key)),
             clock,
-            queue: std::sync::OnceLock::new(),
+            journal: std::sync::OnceLock::new(),
         }
     }
 
-    /// Appends events (one write; durable when this returns). Returns their seqs.
+    /// Opens the audit journal (importing what a previous run left in it). Until this has
+    /// run, records are appended to the store directly.
+    pub async fn start(&self) -> Result<(), StoreError> {
+        if self.journal.get().is_some() {
+            return Ok(());
+        }
+        let j = AuditJournal::open(&self.store, self.chain.clone()).await?;
+        let _ = self.journal.set(j);
+        Ok(())
+    }
+
+    /// Moves every journaled record into the store and stops the journal.
+    pub async fn stop(&self) {
+        if let Some(j) = self.journal.get() {
+            j.close().await;
+        }
+    }
+
+    /// Appends events (durable when this returns). Returns their seqs.
     pub async fn record(&self, events: Vec<Event>) -> Result<Vec<i64>, StoreError> {
         let time = self.clock.now_millis();
         let records = events
@@ -218,19 +170,16 @@ impl Auditor {
                 detail: e.detail.map(|d| d.to_string()),
             })
             .collect();
-        let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(batcher(self.store.clone(), self.chain.clone(), rx));
-            tx
-        });
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        queue
-            .send(Unit { records, reply })
-            .map_err(|_| StoreError::Closed)?;
-        match answer.await {
-            Ok(Ok(seqs)) => Ok(seqs),
-            Ok(Err(msg)) => Err(StoreError::Database(msg)),
-            Err(_) => Err(StoreError::Closed),
+        match self.journal.get() {
+            Some(j) => j.append(records).await,
+            None => self.store.append_audit(records, self.chain.clone()).await,
+        }
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        match self.journal.get() {
+            Some(j) => j.flush().await,
+            None => Ok(()),
         }
     }
 
@@ -276,6 +225,7 @@ impl Auditor {
 
     /// Walks the chain.
     pub async fn verify(&self) -> Result<AuditVerification, StoreError> {
+        self.flush().await?;
         self.store.verify_audit(self.chain.clone()).await
     }
 
@@ -285,6 +235,7 @@ impl Auditor {
         filter: AuditFilter,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StoreError> {
+        self.flush().await?;
         self.store.audit_records(filter, limit).await
     }
 }

@@ -188,12 +188,23 @@ pub async fn serve(
     }
 }
 
+/// A request id: 32 hex digits, unique within this process (a random start drawn once, plus a
+/// counter) and unlikely to repeat across restarts. Drawing a random UUID per request cost a
+/// `getrandom` system call on every request.
+fn next_request_id() -> String {
+    static START: std::sync::LazyLock<u128> =
+        std::sync::LazyLock::new(|| uuid::Uuid::new_v4().as_u128());
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:032x}", START.wrapping_add(u128::from(n)))
+}
+
 async fn handle(
     state: Arc<AppState>,
     peer: std::net::SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let request_id = next_request_id();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let target = crate::audit::target(&method, req.uri(), req.headers(), &state.http.base_domain);

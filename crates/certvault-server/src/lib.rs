@@ -242,6 +242,10 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         .with_lifecycle(lifecycle),
     );
     let store_err = |e: certvault_store::StoreError| ServerError::Store(e.to_string());
+    if let Err(e) = state.auditor.start().await {
+        state.store.close();
+        return Err(store_err(e));
+    }
     let admin = match state.store.principal("admin").await.map_err(store_err)? {
         Some(p) => p,
         None => state
@@ -289,6 +293,7 @@ impl Started {
     /// Serves until `shutdown` resolves, then stops accepting and lets open requests finish.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let store = self.state.store.clone();
+        let audit_state = self.state.clone();
         let purger = tokio::spawn(purge_loop(self.state.clone()));
         let lifecycle = self.state.lifecycle.settings.enabled.then(|| {
             (
@@ -320,6 +325,7 @@ impl Started {
             let _ = engine.await;
             let _ = dispatcher.await;
         }
+        audit_state.auditor.stop().await;
         store.close();
         Ok(())
     }

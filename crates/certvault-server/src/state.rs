@@ -78,10 +78,16 @@ pub struct AppState {
     /// Opened software keys used for key operations, so that a key signing many times is
     /// decrypted and parsed once.
     pub key_cache: KeyCache,
+    /// Rendered managed secrets of the current store epoch.
+    pub secret_cache: crate::kv::secret_cache::SecretCache,
     /// The lifecycle engine and notification delivery (settings, wake-ups, work in flight).
     pub lifecycle: crate::lifecycle::Lifecycle,
     vaults: RwLock<HashMap<String, Arc<VaultCtx>>>,
 }
+
+/// The most rendered secrets kept in memory (bytes): 32 MiB holds about 10,000 RSA-2048
+/// PEM secrets with their key.
+pub const SECRET_CACHE_BYTES: usize = 32 << 20;
 
 /// AAD binding a sealed vault key to its vault.
 pub fn vault_key_aad(name_key: &str) -> Vec<u8> {
@@ -110,6 +116,7 @@ impl AppState {
             jwt: None,
             hsm,
             key_cache: KeyCache::new(4096),
+            secret_cache: crate::kv::secret_cache::SecretCache::new(SECRET_CACHE_BYTES),
             lifecycle: crate::lifecycle::Lifecycle::default(),
             vaults: RwLock::new(HashMap::new()),
         }

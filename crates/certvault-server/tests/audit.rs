@@ -448,7 +448,56 @@ async fn every_request_is_recorded_once_with_its_principal_operation_object_and_
 }
 
 #[tokio::test]
-async fn a_failing_audit_store_fails_the_request_without_leaking_the_response() {
+async fn records_wait_in_the_journal_while_the_audit_table_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    srv.create_cert("web").await;
+    let before = srv.last_seq().await;
+
+    // The table refuses inserts: requests are still recorded durably (in the journal), but the
+    // trail cannot be read until the table takes them.
+    let c = rusqlite::Connection::open(&srv.db).unwrap();
+    c.execute_batch(
+        "CREATE TRIGGER audit_block BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'x'); END;",
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let (s, _) = srv.call(Method::GET, "/secrets/web", None).await;
+        assert_eq!(s, 200);
+    }
+    let (s, v) = srv.call(Method::GET, "/admin/v1/audit", None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (500, Some("InternalError")),
+        "{v}"
+    );
+    c.execute_batch("DROP TRIGGER audit_block;").unwrap();
+    let v = srv.verify().await;
+    assert_eq!(v["ok"], true, "{v}");
+    // nothing was lost while the table refused: the three reads and the refused query, in order
+    let recs = srv.records_after(before).await;
+    let ops: Vec<&str> = recs
+        .iter()
+        .map(|r| r["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops[..5],
+        [
+            "admin.audit.verify",
+            "secrets.get",
+            "secrets.get",
+            "secrets.get",
+            "admin.audit.list"
+        ],
+        "{ops:?}"
+    );
+    assert_eq!(recs[0]["seq"].as_i64().unwrap(), before + 1);
+    assert_eq!(recs[4]["status"], 500);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_audit_journal_fails_the_request_without_leaking_the_response() {
     let dir = tempfile::tempdir().unwrap();
     let srv = start(dir.path()).await;
     srv.create_cert("web").await;
@@ -457,11 +506,8 @@ async fn a_failing_audit_store_fails_the_request_without_leaking_the_response() 
     let value = ok["value"].as_str().unwrap().to_owned();
     let before = srv.last_seq().await;
 
-    let c = rusqlite::Connection::open(&srv.db).unwrap();
-    c.execute_batch(
-        "CREATE TRIGGER audit_block BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'x'); END;",
-    )
-    .unwrap();
+    // The journal stops taking records: every audited request fails, without its response.
+    srv.state.auditor.stop().await;
     for (m, path) in [
         (Method::GET, "/secrets/web"),
         (Method::GET, "/certificates/web"),
@@ -487,13 +533,15 @@ async fn a_failing_audit_store_fails_the_request_without_leaking_the_response() 
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    let dir_path = dir.path().to_owned();
+    srv.stop().await;
 
-    c.execute_batch("DROP TRIGGER audit_block;").unwrap();
+    // after a restart the chain goes on without a gap: nothing was recorded while refused
+    let srv = start(&dir_path).await;
     let (s, again) = srv.call(Method::GET, "/secrets/web", None).await;
     assert_eq!((s, again["value"].as_str()), (200, Some(value.as_str())));
     let v = srv.verify().await;
     assert_eq!(v["ok"], true, "{v}");
-    // nothing was recorded while the store refused, and the chain goes on without a gap
     let recs = srv.records_after(before).await;
     assert_eq!(recs[0]["seq"].as_i64().unwrap(), before + 1);
     assert_eq!(recs[0]["operation"], "admin.audit.verify");

@@ -590,3 +590,115 @@ async fn interrupted_rotation_is_finished_or_undone_at_start() {
     assert_eq!(std::fs::read(&master).unwrap(), new_key);
     srv.stop().await;
 }
+
+/// Secrets are served from a cache of rendered responses: every change that affects a
+/// secret (attributes, tags, a new version, deletion, recovery) shows in the very next GET.
+#[tokio::test]
+async fn cached_secrets_follow_every_change() {
+    use reqwest::Method as M;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let first = srv
+        .create_self(
+            "web",
+            json!({"kty": "EC", "crv": "P-256"}),
+            "application/x-pem-file",
+        )
+        .await;
+    let v1 = first["id"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let get = |path: &'static str| srv.call(M::GET, path, None);
+    let (s, a) = get("/secrets/web").await;
+    assert_eq!(s, 200);
+    let (_, b) = get("/secrets/web").await;
+    assert_eq!(a, b, "a repeated read answers the same");
+    // the ids follow the address the client used, also from the cache
+    let other = format!("https://localhost:{}", srv.port);
+    let (s, c) = srv.call_on(&other, M::GET, "/secrets/web", None).await;
+    assert_eq!(s, 200);
+    assert!(c["id"].as_str().unwrap().starts_with(&other), "{c}");
+    assert_eq!(c["value"], a["value"]);
+
+    // tags
+    let (s, _) = srv
+        .call(
+            M::PATCH,
+            &format!("/certificates/web/{v1}"),
+            Some(json!({"tags": {"env": "prod"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, t) = get("/secrets/web").await;
+    assert_eq!(t["tags"], json!({"env": "prod"}));
+    // disabled: refused at once, for the latest and for the version
+    let (s, _) = srv
+        .call(
+            M::PATCH,
+            &format!("/certificates/web/{v1}"),
+            Some(json!({"attributes": {"enabled": false}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, e) = get("/secrets/web").await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (403, Some("Forbidden")),
+        "{e}"
+    );
+    let (s, _) = srv.call(M::GET, &format!("/secrets/web/{v1}"), None).await;
+    assert_eq!(s, 403);
+    let (s, _) = srv
+        .call(
+            M::PATCH,
+            &format!("/certificates/web/{v1}"),
+            Some(json!({"attributes": {"enabled": true}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = srv.call(M::GET, &format!("/secrets/web/{v1}"), None).await;
+    assert_eq!(s, 200);
+
+    // a new version becomes the latest; the old one stays readable by version
+    let second = srv
+        .create_self(
+            "web",
+            json!({"kty": "EC", "crv": "P-256"}),
+            "application/x-pem-file",
+        )
+        .await;
+    let v2 = second["id"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_ne!(v1, v2);
+    let (_, latest) = get("/secrets/web").await;
+    assert!(latest["id"].as_str().unwrap().ends_with(&v2), "{latest}");
+    assert_ne!(latest["value"], a["value"]);
+    let (_, old) = srv.call(M::GET, &format!("/secrets/web/{v1}"), None).await;
+    assert_eq!(old["value"], a["value"]);
+
+    // deleted: gone at once; recovered: back
+    let (s, _) = srv.call(M::DELETE, "/certificates/web", None).await;
+    assert_eq!(s, 200);
+    let (s, e) = get("/secrets/web").await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (404, Some("SecretNotFound")),
+        "{e}"
+    );
+    let (s, _) = srv
+        .call(M::POST, "/deletedcertificates/web/recover", None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, back) = get("/secrets/web").await;
+    assert_eq!((s, &back["value"]), (200, &latest["value"]));
+    srv.stop().await;
+}

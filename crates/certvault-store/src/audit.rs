@@ -145,6 +145,82 @@ impl AuditRecord {
     }
 }
 
+/// Reads the canonical encoding's parts back; `None` if `b` is not one.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn i64(&mut self) -> Option<i64> {
+        let (v, rest) = self.0.split_first_chunk::<8>()?;
+        self.0 = rest;
+        Some(i64::from_be_bytes(*v))
+    }
+
+    fn flag(&mut self) -> Option<bool> {
+        let (f, rest) = self.0.split_first()?;
+        self.0 = rest;
+        match f {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+
+    fn opt_str(&mut self) -> Option<Option<String>> {
+        if !self.flag()? {
+            return Some(None);
+        }
+        let len = usize::try_from(self.i64()?).ok()?;
+        if self.0.len() < len {
+            return None;
+        }
+        let (s, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Some(Some(String::from_utf8(s.to_vec()).ok()?))
+    }
+
+    fn str(&mut self) -> Option<String> {
+        self.opt_str()?
+    }
+}
+
+impl AuditRecord {
+    /// The record whose [`Self::canonical`] encoding is `b`, with `prev` and `mac`.
+    pub fn from_canonical(b: &[u8], prev: &[u8], mac: &[u8]) -> Option<Self> {
+        let mut r = Reader(b.strip_prefix(b"certvault/audit/v1\0".as_slice())?);
+        let seq = r.i64()?;
+        let time = r.i64()?;
+        let request_id = r.opt_str()?;
+        let principal = r.str()?;
+        let source = r.opt_str()?;
+        let vault = r.opt_str()?;
+        let object = r.opt_str()?;
+        let operation = r.str()?;
+        let status = if r.flag()? { Some(r.i64()?) } else { None };
+        let outcome = r.str()?;
+        let detail = r.opt_str()?;
+        if !r.0.is_empty() {
+            return None;
+        }
+        Some(Self {
+            seq,
+            fields: NewAuditRecord {
+                time,
+                request_id,
+                principal,
+                source,
+                vault,
+                object,
+                operation,
+                status,
+                outcome,
+                detail,
+            },
+            prev: prev.to_vec(),
+            mac: mac.to_vec(),
+        })
+    }
+}
+
 /// What to list. Time bounds are Unix milliseconds, `from` inclusive and `to` exclusive.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -288,6 +364,18 @@ fn append(
     records: Vec<NewAuditRecord>,
     chain: &dyn AuditMac,
 ) -> Result<Vec<i64>, StoreError> {
+    append_at(c, records, chain).map(|(seqs, _)| seqs)
+}
+
+/// Where the chain continues: the last seq, its MAC, and the time floor.
+pub(crate) type ChainEnd = (i64, Vec<u8>, i64);
+
+/// [`append`], also returning where the chain continues after the appended records.
+fn append_at(
+    c: &Connection,
+    records: Vec<NewAuditRecord>,
+    chain: &dyn AuditMac,
+) -> Result<(Vec<i64>, ChainEnd), StoreError> {
     let head = read_head(c)?;
     let last = last_record(c)?;
     let head_ok = head
@@ -379,7 +467,52 @@ fn append(
     value.extend_from_slice(&chain.head(seq, &prev));
     c.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
         .execute(params![HEAD_KEY, value])?;
-    Ok(seqs)
+    Ok((seqs, (seq, prev, floor)))
+}
+
+/// Stores records already chained by the journal (seq, prev and MAC given), skipping those
+/// already stored, and moves the head forward to the last of them.
+pub(crate) fn import(
+    c: &Connection,
+    records: &[AuditRecord],
+    chain: &dyn AuditMac,
+) -> Result<(), StoreError> {
+    let mut insert = c.prepare_cached(
+        "INSERT OR IGNORE INTO audit_log (seq, time, request_id, principal, source, vault, \
+         object, operation, status, outcome, detail, prev, mac) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    for rec in records {
+        let f = &rec.fields;
+        insert.execute(params![
+            rec.seq,
+            f.time,
+            f.request_id,
+            f.principal,
+            f.source,
+            f.vault,
+            f.object,
+            f.operation,
+            f.status,
+            f.outcome,
+            f.detail,
+            rec.prev,
+            rec.mac
+        ])?;
+    }
+    let Some(last) = records.last() else {
+        return Ok(());
+    };
+    let head_seq = read_head(c)?.map_or(0, |h| h.0);
+    if last.seq > head_seq {
+        let mut value = Vec::with_capacity(72);
+        value.extend_from_slice(&last.seq.to_be_bytes());
+        value.extend_from_slice(&last.mac);
+        value.extend_from_slice(&chain.head(last.seq, &last.mac));
+        c.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+            .execute(params![HEAD_KEY, value])?;
+    }
+    Ok(())
 }
 
 /// `s` with its last character incremented: the exclusive upper bound of strings starting
@@ -736,7 +869,14 @@ impl SqliteStore {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |c| append(c, records, chain.as_ref()))
+        self.write_audit(move |c| append(c, records, chain.as_ref()))
+            .await
+    }
+
+    /// Checks the chain head as an append does (recording a lost head in the log) without
+    /// appending anything else; returns where the next record continues the chain.
+    pub(crate) async fn audit_chain_end(&self, chain: AuditChain) -> Result<ChainEnd, StoreError> {
+        self.write_audit(move |c| append_at(c, Vec::new(), chain.as_ref()).map(|(_, end)| end))
             .await
     }
 
@@ -757,13 +897,13 @@ impl SqliteStore {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::AuditProblemKind::*;
 
     /// A keyed stand-in for the server's HMAC (the store tests need a MAC that depends on the
     /// key, every field and the order; not a secure one).
-    struct TestMac(u64);
+    pub(crate) struct TestMac(pub(crate) u64);
 
     fn fnv(seed: u64, parts: &[&[u8]]) -> [u8; 32] {
         let mut out = [0u8; 32];
@@ -791,11 +931,11 @@ mod tests {
         }
     }
 
-    fn chain() -> AuditChain {
+    pub(crate) fn chain() -> AuditChain {
         Arc::new(TestMac(42))
     }
 
-    fn rec(i: i64, principal: &str, op: &str, object: &str) -> NewAuditRecord {
+    pub(crate) fn rec(i: i64, principal: &str, op: &str, object: &str) -> NewAuditRecord {
         NewAuditRecord {
             time: 1_000 + i,
             request_id: Some(format!("req{i}")),

@@ -236,13 +236,14 @@ impl Scheduler for SqliteStore {
         limit: i64,
     ) -> Result<Vec<Job>, StoreError> {
         let owner = owner.to_owned();
-        self.write(move |c| claim_tx(c, now, &owner, lease, limit))
+        self.write_bookkeeping(move |c| claim_tx(c, now, &owner, lease, limit))
             .await
     }
 
     async fn finish_job(&self, job: &Job, next: JobNext) -> Result<bool, StoreError> {
         let job = job.clone();
-        self.write(move |c| finish_tx(c, &job, &next)).await
+        self.write_bookkeeping(move |c| finish_tx(c, &job, &next))
+            .await
     }
 
     async fn put_job(
@@ -274,7 +275,7 @@ impl Scheduler for SqliteStore {
     }
 
     async fn release_leases(&self, now: i64) -> Result<usize, StoreError> {
-        self.write(move |c| {
+        self.write_bookkeeping(move |c| {
             Ok(c.execute(
                 "UPDATE jobs SET due = ?1, lease_owner = NULL, lease_until = NULL \
                  WHERE lease_owner IS NOT NULL",
@@ -286,6 +287,17 @@ impl Scheduler for SqliteStore {
 }
 
 impl SqliteStore {
+    /// A write to the scheduler's and outbox's own tables (jobs, marks, events, deliveries):
+    /// it changes no object a reader caches, so it does not advance the change epoch (the
+    /// secret cache stays valid while the engine and the delivery worker run).
+    pub(crate) async fn write_bookkeeping<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.write_audit(f).await
+    }
+
     /// The job of (`kind`, `subject`), if any.
     pub async fn job(&self, kind: &str, subject: &str) -> Result<Option<Job>, StoreError> {
         let kind = kind.to_owned();

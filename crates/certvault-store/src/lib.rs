@@ -7,6 +7,7 @@
 
 mod access;
 mod audit;
+mod audit_journal;
 mod error;
 mod jobs;
 mod outbox;
@@ -18,6 +19,7 @@ pub use audit::{
     AuditChain, AuditFilter, AuditMac, AuditProblem, AuditProblemKind, AuditRecord,
     AuditVerification, HEAD_LOST_OPERATION, NewAuditRecord,
 };
+pub use audit_journal::AuditJournal;
 pub use error::{Conflict, StoreError};
 pub use jobs::{CLAIM_SELECT, Job, JobNext, Scheduler};
 pub use outbox::{

@@ -516,7 +516,7 @@ impl SqliteStore {
         now: i64,
     ) -> Result<bool, StoreError> {
         let job = job.clone();
-        self.write(move |c| {
+        self.write_bookkeeping(move |c| {
             for e in &events {
                 insert_event_tx(c, e)?;
             }
@@ -654,7 +654,7 @@ impl SqliteStore {
         lease: i64,
         limit: i64,
     ) -> Result<Vec<DeliveryJob>, StoreError> {
-        self.write(move |c| {
+        self.write_bookkeeping(move |c| {
             let ids = {
                 let mut st = c.prepare_cached(&format!(
                     "UPDATE deliveries SET next_try = ?3, leased = 1 WHERE id IN ({DELIVERY_SELECT}) \
@@ -695,7 +695,7 @@ impl SqliteStore {
 
     /// Records an attempt and moves the delivery on.
     pub async fn finish_delivery(&self, id: i64, o: DeliveryOutcome) -> Result<(), StoreError> {
-        self.write(move |c| {
+        self.write_bookkeeping(move |c| {
             let (status, next_try, delivered_at, bump) = match o.next {
                 DeliveryNext::Delivered => ("delivered", o.at, Some(o.at), 1),
                 DeliveryNext::RetryAt(t) => ("pending", t, None, 1),
@@ -721,7 +721,7 @@ impl SqliteStore {
 
     /// Makes every leased delivery due at `now` (at start, as for jobs).
     pub async fn release_delivery_leases(&self, now: i64) -> Result<usize, StoreError> {
-        self.write(move |c| {
+        self.write_bookkeeping(move |c| {
             Ok(c.execute(
                 "UPDATE deliveries SET next_try = ?1, leased = 0 WHERE status = 'pending' AND leased = 1",
                 [now],
@@ -788,7 +788,7 @@ impl SqliteStore {
         id: i64,
         now: i64,
     ) -> Result<DeliveryRecord, StoreError> {
-        self.write(move |c| {
+        self.write_bookkeeping(move |c| {
             let status: Option<String> = c
                 .query_row(
                     "SELECT status FROM deliveries WHERE id = ?1 AND vault_id = ?2",

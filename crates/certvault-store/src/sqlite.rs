@@ -2,6 +2,7 @@
 //! readers.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, mpsc};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -107,6 +108,9 @@ type Job = Box<dyn WriteJob>;
 trait WriteJob: Send {
     /// Runs inside the group transaction; returns whether it succeeded.
     fn run(&mut self, conn: &Connection) -> bool;
+    /// Whether the job may change what readers see outside the audit trail (every job but
+    /// audit imports): committing one advances the store's change epoch.
+    fn changes_objects(&self) -> bool;
     /// Delivers the result once the group has committed (or failed to).
     fn finish(self: Box<Self>, committed: Result<(), String>);
 }
@@ -114,7 +118,16 @@ trait WriteJob: Send {
 struct Pending<F, R> {
     f: Option<F>,
     result: Option<Result<R, StoreError>>,
-    reply: Option<oneshot::Sender<Result<R, StoreError>>>,
+    reply: Reply<R>,
+    changes_objects: bool,
+}
+
+/// Where a write job's result goes: an awaiting task, or a callback run on the writer thread
+/// after the commit (for callers on plain threads that must not wait).
+enum Reply<R> {
+    Task(oneshot::Sender<Result<R, StoreError>>),
+    Callback(Box<dyn FnOnce(Result<R, StoreError>) + Send>),
+    Done,
 }
 
 impl<F, R> WriteJob for Pending<F, R>
@@ -132,14 +145,22 @@ where
         ok
     }
 
+    fn changes_objects(&self) -> bool {
+        self.changes_objects
+    }
+
     fn finish(mut self: Box<Self>, committed: Result<(), String>) {
         let result = match (self.result.take(), committed) {
             (Some(Ok(_)), Err(e)) => Err(StoreError::Database(e)),
             (Some(r), _) => r,
             (None, _) => Err(StoreError::Closed),
         };
-        if let Some(reply) = self.reply.take() {
-            let _ = reply.send(result);
+        match std::mem::replace(&mut self.reply, Reply::Done) {
+            Reply::Task(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Callback(f) => f(result),
+            Reply::Done => {}
         }
     }
 }
@@ -152,6 +173,8 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
+    /// Advanced after every commit that may change objects (see [`SqliteStore::epoch`]).
+    epoch: Arc<AtomicU64>,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
@@ -211,7 +234,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 
 const MAX_GROUP: usize = 256;
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, epoch: Arc<AtomicU64>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -246,6 +269,12 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
         let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
+        }
+        // After the commit and before any writer hears of it: a reader that has seen the
+        // epoch before this point may hold data from before the commit, and its cache entry
+        // is now stale; a caller told of the commit reads the new epoch.
+        if group.iter().any(|j| j.changes_objects()) {
+            epoch.fetch_add(1, Ordering::AcqRel);
         }
         for j in group {
             j.finish(committed.clone());
@@ -491,13 +520,16 @@ impl SqliteStore {
         let conn = open_conn(path)?;
         migrate(&conn)?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let epoch = Arc::new(AtomicU64::new(1));
+        let writer_epoch = epoch.clone();
         let thread = std::thread::Builder::new()
             .name("certvault-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, writer_epoch))
             .map_err(|e| StoreError::Open(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
+                epoch,
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
@@ -525,6 +557,27 @@ impl SqliteStore {
         }
     }
 
+    /// Where the audit journal keeps its segments: `<database>-audit`.
+    pub fn audit_journal_dir(&self) -> PathBuf {
+        let mut p = self.inner.path.clone().into_os_string();
+        p.push("-audit");
+        PathBuf::from(p)
+    }
+
+    /// The change epoch: a number that grows after every committed write that may change
+    /// certificates, versions, vaults, issuers, contacts or access data (everything but audit
+    /// imports). A cache filled after reading the epoch `e` is valid while the epoch is still
+    /// `e`: read the epoch first, then the data.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    fn submit(&self, job: Job) -> Result<(), StoreError> {
+        let guard = self.inner.writer.lock().map_err(|_| StoreError::Closed)?;
+        let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+        sender.send(job).map_err(|_| StoreError::Closed)
+    }
+
     /// Runs `f` inside the group transaction; resolves once it is durably committed.
     pub(crate) async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
     where
@@ -532,17 +585,50 @@ impl SqliteStore {
         R: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(Pending {
+        self.submit(Box::new(Pending {
             f: Some(f),
             result: None,
-            reply: Some(tx),
-        });
-        {
-            let guard = self.inner.writer.lock().map_err(|_| StoreError::Closed)?;
-            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-            sender.send(job).map_err(|_| StoreError::Closed)?;
-        }
+            reply: Reply::Task(tx),
+            changes_objects: true,
+        }))?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`Self::write`] for writes that change nothing but the audit trail: committing them does
+    /// not advance the change epoch.
+    pub(crate) async fn write_audit<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Box::new(Pending {
+            f: Some(f),
+            result: None,
+            reply: Reply::Task(tx),
+            changes_objects: false,
+        }))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues `f` for the group transaction without waiting; `done` runs on the writer thread
+    /// once the group has committed (or failed). The write does not advance the change epoch:
+    /// only for writes that change nothing but the audit trail.
+    pub(crate) fn write_detached<R, F>(
+        &self,
+        f: F,
+        done: impl FnOnce(Result<R, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.submit(Box::new(Pending {
+            f: Some(f),
+            result: None,
+            reply: Reply::Callback(Box::new(done)),
+            changes_objects: false,
+        }))
     }
 
     /// Runs `f` on a pooled reader connection on a blocking thread.

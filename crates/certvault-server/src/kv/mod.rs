@@ -5,6 +5,7 @@ pub(crate) mod certs;
 mod issuers;
 mod keys;
 mod model;
+pub mod secret_cache;
 mod secrets;
 
 use std::sync::Arc;

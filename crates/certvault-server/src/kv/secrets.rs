@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 use super::Ctx;
 use super::certs::key_aad;
 use super::model;
+use super::secret_cache::CachedSecret;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Body, json_bytes, push_json_str};
 
@@ -68,17 +69,28 @@ fn open_key_pkcs8(ctx: &Ctx<'_>, v: &VersionRecord) -> ApiResult<Zeroizing<Vec<u
 
 /// Refuses use of a disabled or out-of-window version.
 pub fn check_usable(ctx: &Ctx<'_>, v: &VersionRecord, kind: &str, op: &str) -> ApiResult<()> {
-    if !v.enabled {
+    check_window(ctx, v.enabled, v.nbf, v.exp, kind, op)
+}
+
+fn check_window(
+    ctx: &Ctx<'_>,
+    enabled: bool,
+    nbf: Option<i64>,
+    exp: Option<i64>,
+    kind: &str,
+    op: &str,
+) -> ApiResult<()> {
+    if !enabled {
         return Err(ApiError::forbidden(format!(
             "Operation {op} is not allowed on a disabled {kind}."
         )));
     }
-    if v.nbf.is_some_and(|nbf| ctx.now < nbf) {
+    if nbf.is_some_and(|nbf| ctx.now < nbf) {
         return Err(ApiError::forbidden(format!(
             "Operation {op} is not allowed on a {kind} that is not yet valid."
         )));
     }
-    if v.exp.is_some_and(|exp| ctx.now > exp) {
+    if exp.is_some_and(|exp| ctx.now > exp) {
         return Err(ApiError::forbidden(format!(
             "Operation {op} is not allowed on an expired {kind}."
         )));
@@ -90,25 +102,63 @@ fn secret_attributes(ctx: &Ctx<'_>, v: &VersionRecord) -> Value {
     model::attributes(ctx, v)
 }
 
+/// The requested output type: `outContentType` or the stored type.
+fn output_type(ctx: &Ctx<'_>, stored: ContentType) -> ApiResult<ContentType> {
+    match ctx.param("outContentType") {
+        None | Some("") => Ok(stored),
+        Some(s) => match ContentType::parse(s) {
+            Some(ContentType::Pem) => Ok(ContentType::Pem),
+            Some(ContentType::Pkcs12) if stored == ContentType::Pkcs12 => Ok(ContentType::Pkcs12),
+            _ => Err(ApiError::bad(format!(
+                "Converting the secret from {} to '{}' is not supported.",
+                stored.as_str(),
+                certvault_core::names::truncate(s, 60)
+            ))),
+        },
+    }
+}
+
+/// The body of a cached secret for this request: the ids carry the request's origin.
+fn cached_body(ctx: &Ctx<'_>, e: &CachedSecret) -> Vec<u8> {
+    let id = format!("{}/secrets/{}/{}", ctx.base, e.name, e.version);
+    let kid = format!("{}/keys/{}/{}", ctx.base, e.name, e.version);
+    let mut b = Vec::with_capacity(e.head.len() + e.tail.len() + 2 * id.len() + 16);
+    b.extend_from_slice(&e.head);
+    push_json_str(&mut b, &id);
+    b.extend_from_slice(b",\"kid\":");
+    push_json_str(&mut b, &kid);
+    b.extend_from_slice(&e.tail);
+    b
+}
+
 /// GET /secrets/{n}/{version?}
+///
+/// Rendered secrets are cached per store epoch (`secret_cache`): a hit costs no store read,
+/// no unsealing and no rendering; the permission check (done by the router), the version's
+/// enabled flag and validity window and the audit record are the same as on a miss.
 pub async fn get(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResult<Response<Body>> {
+    let requested = version.unwrap_or("").to_ascii_lowercase();
+    let want = match ctx.param("outContentType") {
+        None | Some("") => 0u8,
+        Some(s) => match ContentType::parse(s) {
+            Some(ContentType::Pem) => 1,
+            Some(ContentType::Pkcs12) => 2,
+            None => 3,
+        },
+    };
+    let cache_key = (ctx.vault_id(), seg.to_lowercase(), requested, want);
+    let epoch = ctx.state.store.epoch();
+    if let Some(e) = ctx.state.secret_cache.get(&cache_key, epoch) {
+        if version.is_none_or(str::is_empty) {
+            let _ = ctx.resolved_version.set(e.version.clone());
+        }
+        check_window(ctx, e.enabled, e.nbf, e.exp, "secret", "get")?;
+        return Ok(json_bytes(StatusCode::OK, cached_body(ctx, &e)));
+    }
     let (cert, v) = version_for(ctx, seg, version, secret_not_found).await?;
     check_usable(ctx, &v, "secret", "get")?;
     let stored = ContentType::parse(&v.content_type).unwrap_or_default();
-    let out = match ctx.param("outContentType") {
-        None | Some("") => stored,
-        Some(s) => match ContentType::parse(s) {
-            Some(ContentType::Pem) => ContentType::Pem,
-            Some(ContentType::Pkcs12) if stored == ContentType::Pkcs12 => ContentType::Pkcs12,
-            _ => {
-                return Err(ApiError::bad(format!(
-                    "Converting the secret from {} to '{}' is not supported.",
-                    stored.as_str(),
-                    certvault_core::names::truncate(s, 60)
-                )));
-            }
-        },
-    };
+    let out = output_type(ctx, stored)?;
     // The key's PKCS#8 DER as sealed at rest (the canonical encoding `certs::open_key` would
     // re-create after parsing and validating it, which costs more than the rest of this
     // request; PEM writes the bytes as they are).
@@ -150,48 +200,57 @@ pub async fn get(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResult<R
         .tags
         .as_deref()
         .and_then(|t| serde_json::from_str::<Value>(t).ok());
-    let body = secret_bundle_json(
+    let (head, tail) = secret_bundle_parts(
         &value,
         out.as_str(),
-        &format!("{}/secrets/{}/{}", ctx.base, cert.name, v.version),
-        &format!("{}/keys/{}/{}", ctx.base, cert.name, v.version),
         &secret_attributes(ctx, &v),
         tags.as_ref(),
     )
     .map_err(|e| ApiError::internal(&e))?;
+    let entry = CachedSecret {
+        epoch,
+        name: cert.name.clone(),
+        version: v.version.clone(),
+        enabled: v.enabled,
+        nbf: v.nbf,
+        exp: v.exp,
+        head,
+        tail,
+    };
+    let body = cached_body(ctx, &entry);
+    ctx.state
+        .secret_cache
+        .put(cache_key, entry, ctx.state.store.epoch());
     Ok(json_bytes(StatusCode::OK, body))
 }
 
-/// The SecretBundle of a managed secret, serialised: the bytes `serde_json` writes for
-/// `{"value", "contentType", "id", "managed", "kid", "attributes", "tags"?}` (its maps order
-/// members by name), without building a `Value` around the kilobytes of `value` and with the
-/// faster string escaping of [`push_json_str`].
-fn secret_bundle_json(
+/// The SecretBundle of a managed secret, split around the ids, which depend on the request:
+/// the bytes `serde_json` writes for `{"value", "contentType", "id", "managed", "kid",
+/// "attributes", "tags"?}` (its maps order members by name) are `head ‖ id ‖ ,"kid": ‖ kid ‖
+/// tail`, built without a `Value` around the kilobytes of `value` and with the faster string
+/// escaping of [`push_json_str`].
+fn secret_bundle_parts(
     value: &str,
     content_type: &str,
-    id: &str,
-    kid: &str,
     attributes: &Value,
     tags: Option<&Value>,
-) -> Result<Vec<u8>, serde_json::Error> {
-    let mut b = Vec::with_capacity(value.len() + value.len() / 32 + 512);
-    b.extend_from_slice(b"{\"attributes\":");
-    serde_json::to_writer(&mut b, attributes)?;
-    b.extend_from_slice(b",\"contentType\":");
-    push_json_str(&mut b, content_type);
-    b.extend_from_slice(b",\"id\":");
-    push_json_str(&mut b, id);
-    b.extend_from_slice(b",\"kid\":");
-    push_json_str(&mut b, kid);
-    b.extend_from_slice(b",\"managed\":true");
+) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), serde_json::Error> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"{\"attributes\":");
+    serde_json::to_writer(&mut head, attributes)?;
+    head.extend_from_slice(b",\"contentType\":");
+    push_json_str(&mut head, content_type);
+    head.extend_from_slice(b",\"id\":");
+    let mut tail = Zeroizing::new(Vec::with_capacity(value.len() + value.len() / 32 + 256));
+    tail.extend_from_slice(b",\"managed\":true");
     if let Some(t) = tags {
-        b.extend_from_slice(b",\"tags\":");
-        serde_json::to_writer(&mut b, t)?;
+        tail.extend_from_slice(b",\"tags\":");
+        serde_json::to_writer(&mut *tail, t)?;
     }
-    b.extend_from_slice(b",\"value\":");
-    push_json_str(&mut b, value);
-    b.push(b'}');
-    Ok(b)
+    tail.extend_from_slice(b",\"value\":");
+    push_json_str(&mut tail, value);
+    tail.push(b'}');
+    Ok((head, tail))
 }
 
 fn secret_item(ctx: &Ctx<'_>, cert: &CertRecord, v: &VersionRecord, versioned: bool) -> Value {
@@ -319,7 +378,12 @@ mod tests {
                 if let Some(t) = tags {
                     want["tags"] = t.clone();
                 }
-                let got = secret_bundle_json(value, ct, id, kid, &attributes, tags).unwrap();
+                let (head, tail) = secret_bundle_parts(value, ct, &attributes, tags).unwrap();
+                let mut got = head;
+                push_json_str(&mut got, id);
+                got.extend_from_slice(b",\"kid\":");
+                push_json_str(&mut got, kid);
+                got.extend_from_slice(&tail);
                 assert_eq!(
                     String::from_utf8(got).unwrap(),
                     serde_json::to_string(&want).unwrap()
