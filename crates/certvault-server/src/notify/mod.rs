@@ -456,7 +456,8 @@ mod tests {
         let d = DeliverySettings::default();
         assert_eq!(d.backoff(1), 30);
         assert_eq!(d.backoff(2), 60);
-        assert_eq!(d.backoff(10), 6 * 3600);
+        assert_eq!(d.backoff(10), 30 * 512);
+        assert_eq!(d.backoff(11), 6 * 3600);
         assert_eq!(d.backoff(1000), 6 * 3600);
         // The default limit keeps a delivery alive for more than a day.
         let total: i64 = (1..d.max_attempts).map(|a| d.backoff(a)).sum();
