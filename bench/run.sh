@@ -6,6 +6,9 @@
 #                                     # (--wrk adds a wrk second opinion: apt-get install wrk)
 #   bench/run.sh create --kty ec
 #   bench/run.sh scale --shape certs
+#   bench/run.sh scheduler            # lifecycle: one scheduler pass, 1,000,000 certificates
+#   bench/run.sh renewals             # lifecycle: 10,000 due EC P-256 renewals (test clock)
+#   bench/run.sh webhooks             # lifecycle: signed webhook deliveries to a local receiver
 #   DURATION=10 WARMUP=3 bench/run.sh  # seconds per figure / warm-up
 #
 # The benchmarks start the release server themselves on a free 127.0.0.1 port with a
