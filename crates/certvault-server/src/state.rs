@@ -80,6 +80,8 @@ pub struct AppState {
     pub key_cache: KeyCache,
     /// Rendered managed secrets of the current store epoch.
     pub secret_cache: crate::kv::secret_cache::SecretCache,
+    /// ACME order tasks and account clients.
+    pub acme: crate::acme::AcmeRuntime,
     vaults: RwLock<HashMap<String, Arc<VaultCtx>>>,
 }
 
@@ -115,6 +117,7 @@ impl AppState {
             hsm,
             key_cache: KeyCache::new(4096),
             secret_cache: crate::kv::secret_cache::SecretCache::new(SECRET_CACHE_BYTES),
+            acme: crate::acme::AcmeRuntime::default(),
             vaults: RwLock::new(HashMap::new()),
         }
     }

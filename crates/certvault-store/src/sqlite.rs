@@ -99,6 +99,7 @@ ALTER TABLE versions ADD COLUMN key_ops TEXT;
 "#,
     crate::access::MIGRATION,
     crate::audit::MIGRATION,
+    crate::acme::MIGRATION,
 ];
 
 type Job = Box<dyn WriteJob>;
