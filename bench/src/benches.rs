@@ -138,6 +138,18 @@ pub(crate) async fn measure(
     connections: usize,
     op: Arc<dyn Op>,
 ) -> Result<Stats> {
+    measure_on(label, server, &server.target, common, connections, op).await
+}
+
+/// [`measure`] with requests sent to `target` (e.g. with another principal's token).
+pub(crate) async fn measure_on(
+    label: &str,
+    server: &Server,
+    target: &Target,
+    common: &Common,
+    connections: usize,
+    op: Arc<dyn Op>,
+) -> Result<Stats> {
     let l = Load {
         connections,
         warmup: common.warmup,
@@ -155,7 +167,7 @@ pub(crate) async fn measure(
         }
         _ => None,
     };
-    let s = load::run(&server.target, l, op, 0x5eed).await?;
+    let s = load::run(target, l, op, 0x5eed).await?;
     if let Some(p) = perf {
         p.await??;
     }
@@ -222,6 +234,87 @@ pub struct GetSecretArgs {
     /// certificate), one round, same connections, 2 threads.
     #[arg(long)]
     wrk: bool,
+    /// The access-control issue's variant: read the secrets as a principal whose only
+    /// permission is `secrets: get` on the vault (policy check per request), require ≥ 0.4 ×
+    /// /healthz and ≥ 10,000 req/s, and check afterwards that the audit trail verifies and holds
+    /// exactly one record per request that principal sent.
+    #[arg(long)]
+    limited: bool,
+}
+
+/// A GET of a random secret that counts every request it sends.
+struct CountingSecretOp {
+    certs: usize,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Op for CountingSecretOp {
+    fn run<'a>(&'a self, conn: &'a mut Conn, _w: usize, _s: u64, rng: &'a mut Rng) -> OpFuture<'a> {
+        let path = format!("/secrets/{}?{API}", cert_name(rng.below(self.certs)));
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move {
+            let r = conn.get_ok(&path).await?;
+            Ok(r.body.len() as u64)
+        })
+    }
+}
+
+/// Creates the principal `bench-reader` with only `secrets: get` on the vault `default`;
+/// returns its token (never printed).
+async fn limited_principal(target: &Target) -> Result<String> {
+    let mut c = target.connect().await?;
+    let r = c
+        .request(
+            Method::POST,
+            "/admin/v1/principals",
+            Some(Bytes::from_static(br#"{"name":"bench-reader"}"#)),
+        )
+        .await?;
+    if r.status != StatusCode::CREATED {
+        bail!("creating the principal answered {}", r.status);
+    }
+    let v: Value = serde_json::from_slice(&r.body)?;
+    let token = v["token"]["token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no token in the principal's creation answer"))?
+        .to_owned();
+    let r = c
+        .request(
+            Method::PUT,
+            "/admin/v1/vaults/default/access-policies/bench-reader",
+            Some(Bytes::from_static(br#"{"secrets":["get"]}"#)),
+        )
+        .await?;
+    if !r.status.is_success() {
+        bail!("setting the access policy answered {}", r.status);
+    }
+    Ok(token)
+}
+
+/// Verifies the audit chain and counts the records of `principal` (through the export).
+async fn audit_count(target: &Target, principal: &str) -> Result<(bool, u64)> {
+    let mut c = target.connect().await?;
+    let r = c
+        .request(Method::POST, "/admin/v1/audit/verify", None)
+        .await?;
+    let v: Value = serde_json::from_slice(&r.body)?;
+    let ok = v["ok"].as_bool() == Some(true);
+    let r = c
+        .request(
+            Method::GET,
+            &format!("/admin/v1/audit/export?principal={principal}"),
+            None,
+        )
+        .await?;
+    if r.status != StatusCode::OK {
+        bail!("the audit export answered {}", r.status);
+    }
+    let n = r
+        .body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count() as u64;
+    Ok((ok, n))
 }
 
 /// Runs target 1.
@@ -243,6 +336,16 @@ pub async fn get_secret(common: &Common, a: &GetSecretArgs) -> Result<bool> {
     );
     let size = check_secret(&server.target, &cert_name(0)).await?;
     println!("  secret response size: {size} bytes (checked: PEM, key first)");
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let limited = if a.limited {
+        let token = limited_principal(&server.target).await?;
+        println!(
+            "  reading as principal bench-reader (access policy: secrets get on vault default)"
+        );
+        Some(server.target.with_token(&token)?)
+    } else {
+        None
+    };
     let mut health = Vec::new();
     let mut secret = Vec::new();
     for round in 0..a.rounds.max(1) {
@@ -259,16 +362,32 @@ pub async fn get_secret(common: &Common, a: &GetSecretArgs) -> Result<bool> {
             )
             .await?,
         );
-        secret.push(
-            measure(
-                "GET /secrets/{name}",
-                &server,
-                common,
-                a.connections,
-                secret_op(a.certs),
-            )
-            .await?,
-        );
+        secret.push(match &limited {
+            None => {
+                measure(
+                    "GET /secrets/{name}",
+                    &server,
+                    common,
+                    a.connections,
+                    secret_op(a.certs),
+                )
+                .await?
+            }
+            Some(t) => {
+                measure_on(
+                    "GET /secrets/{name} as bench-reader",
+                    &server,
+                    t,
+                    common,
+                    a.connections,
+                    Arc::new(CountingSecretOp {
+                        certs: a.certs,
+                        sent: sent.clone(),
+                    }),
+                )
+                .await?
+            }
+        });
     }
     if a.wrk {
         let h = run_wrk(&server, common, a.connections, 0, dir.path()).await?;
@@ -281,6 +400,16 @@ pub async fn get_secret(common: &Common, a: &GetSecretArgs) -> Result<bool> {
         mib(rss),
         mib(hwm)
     );
+    let audit = if a.limited {
+        let (verified, records) = audit_count(&server.target, "bench-reader").await?;
+        let sent = sent.load(Ordering::Relaxed);
+        println!(
+            "  audit trail: chain verified {verified}; {records} records of bench-reader for {sent} requests sent"
+        );
+        Some((verified, records, sent))
+    } else {
+        None
+    };
     server.stop();
     let h = median_by(&health, Stats::rate);
     let s = median_by(&secret, Stats::rate);
@@ -328,12 +457,20 @@ pub async fn get_secret(common: &Common, a: &GetSecretArgs) -> Result<bool> {
         s >= 20_000.0,
         &format!("{s:.0} req/s"),
     );
+    let want = if a.limited { 0.4 } else { 0.5 };
     ok &= check(
-        "ratio to /healthz >= 0.5",
-        ratio >= 0.5,
+        &format!("ratio to /healthz >= {want}"),
+        ratio >= want,
         &format!("median of per-round ratios {ratio:.3} (median rates {s:.0} / {h:.0})"),
     );
     ok &= check("p99 < 10 ms", p99 < 10_000.0, &ms(p99 as u32));
+    if let Some((verified, records, sent)) = audit {
+        ok &= check(
+            "audit trail verifies and holds one record per request",
+            verified && records == sent,
+            &format!("verified {verified}, {records} records for {sent} requests"),
+        );
+    }
     Ok(ok)
 }
 

@@ -63,6 +63,17 @@ impl Target {
         })
     }
 
+    /// The same server, with another bearer token.
+    pub fn with_token(&self, token: &str) -> Result<Self> {
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| anyhow!("the token is not a valid header value"))?;
+        auth.set_sensitive(true);
+        Ok(Self {
+            auth,
+            ..self.clone()
+        })
+    }
+
     /// Opens a connection (TCP, TLS handshake, HTTP/1.1).
     pub async fn connect(&self) -> Result<Conn> {
         let tcp = TcpStream::connect(self.addr).await?;

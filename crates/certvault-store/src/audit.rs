@@ -880,6 +880,11 @@ impl SqliteStore {
             .await
     }
 
+    /// The last stored record's seq (0 when there is none).
+    pub(crate) async fn audit_last_seq(&self) -> Result<i64, StoreError> {
+        self.read(|c| Ok(last_record(c)?.map_or(0, |r| r.0))).await
+    }
+
     /// Up to `limit` records matching `filter`, in seq order.
     pub async fn audit_records(
         &self,

@@ -166,9 +166,7 @@ pub async fn operation(
         "sign" => {
             let alg: SignAlg = body.alg.parse().map_err(|_| unknown_alg(&body.alg))?;
             let key = KeyMaterial::of_version(ctx, &v)?;
-            let sig = tokio::task::spawn_blocking(move || key.sign(alg, &value))
-                .await
-                .map_err(|e| ApiError::internal(&e))??;
+            let sig = run_key_op(key, move |k| k.sign(alg, &value)).await?;
             json!({"kid": kid, "value": b64url(&sig)})
         }
         "verify" => {
@@ -190,13 +188,28 @@ pub async fn operation(
         _ => {
             let alg: EncAlg = body.alg.parse().map_err(|_| unknown_alg(&body.alg))?;
             let key = KeyMaterial::of_version(ctx, &v)?;
-            let pt = tokio::task::spawn_blocking(move || key.decrypt(alg, &value))
-                .await
-                .map_err(|e| ApiError::internal(&e))??;
+            let pt = run_key_op(key, move |k| k.decrypt(alg, &value)).await?;
             json!({"kid": kid, "value": b64url(&pt)})
         }
     };
     Ok(json_response(StatusCode::OK, &out))
+}
+
+/// Runs a private-key operation. A software key signs or decrypts on the calling task: an
+/// ECDSA signature takes ~25 µs and an RSA-2048 one ~250 µs here, while handing the work to a
+/// blocking thread and back cost two thread wake-ups and context switches per request (the
+/// largest item in the profile of ES256 signing). A key in the token goes to a blocking thread:
+/// a PKCS#11 call may wait for the device or for a session.
+async fn run_key_op<T: Send + 'static>(
+    key: KeyMaterial,
+    f: impl FnOnce(&KeyMaterial) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    match key {
+        KeyMaterial::Soft(_) => f(&key),
+        KeyMaterial::Hsm { .. } => tokio::task::spawn_blocking(move || f(&key))
+            .await
+            .map_err(|e| ApiError::internal(&e))?,
+    }
 }
 
 fn unknown_alg(alg: &str) -> ApiError {
