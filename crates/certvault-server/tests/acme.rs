@@ -460,3 +460,69 @@ async fn cancel_and_restart_mid_order() {
     );
     srv.stop().await;
 }
+
+/// The records a notify-mode operation waits for, from its status details
+/// (`NAME TXT "VALUE"; …`).
+fn wanted_records(op: &Value) -> Vec<(String, String)> {
+    let details = op["status_details"].as_str().unwrap();
+    let list = details.rsplit_once("): ").unwrap().1.trim_end_matches('.');
+    list.split("; ")
+        .map(|item| {
+            let (name, value) = item.split_once(" TXT ").unwrap();
+            (name.to_owned(), value.trim_matches('"').to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn notify_mode_waits_for_the_user_and_the_window() {
+    let bind = Bind::start("notify.test");
+    let pebble = Pebble::start(&PebbleOptions::new(&bind.addr)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let notify = |window: u64| {
+        json!({
+            "provider": "acme",
+            "acme": {
+                "directory": pebble.directory_url,
+                "terms_agreed": true,
+                "ca_pem": pebble.tls_ca_pem,
+                "dns": {"mode": "notify", "zone": bind.zone, "nameservers": [bind.addr],
+                        "window_seconds": window}
+            }
+        })
+    };
+    let (s, out) = srv.put_issuer("manual", notify(600)).await;
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(out["acme"]["dns"]["mode"], "notify");
+
+    // The user (this test) sets the records the operation asks for; certvault sees them on
+    // the authoritative server and has the CA validate. Wildcard + apex: two values, one name.
+    let names = ["notify.test", "*.notify.test"];
+    srv.create("manual", "manual", &names).await;
+    let op = srv
+        .wait_details("manual", "waiting for the DNS-01 TXT records")
+        .await;
+    let records = wanted_records(&op);
+    assert_eq!(records.len(), 2, "{op}");
+    let dns = certvault_dns::Rfc2136::new(
+        &bind.zone,
+        &bind.addr,
+        certvault_dns::TsigKey::hmac_sha256(&bind.key_name, &bind.key_secret).unwrap(),
+    )
+    .unwrap();
+    for (name, value) in &records {
+        dns.append_txt(name, value, 60).await.unwrap();
+    }
+    check_issued(&srv, &pebble, "manual", &names).await;
+
+    // Nobody sets the record: the window passes and the order fails with a clear reason.
+    let (s, _) = srv.put_issuer("short", notify(10)).await;
+    assert_eq!(s, 200);
+    srv.create("late", "short", &["late.notify.test"]).await;
+    let op = srv.wait_done("late").await;
+    assert_eq!(op["status"], "failed", "{op}");
+    let msg = op["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("not visible") && msg.contains("10 s"), "{op}");
+    srv.stop().await;
+}

@@ -29,6 +29,7 @@ pub struct DnsIn {
     tsig_algorithm: Option<String>,
     tsig_secret: Option<String>,
     window_seconds: Option<u64>,
+    nameservers: Option<Vec<String>>,
 }
 
 /// The `acme` member of an issuer as sent (PUT: everything; PATCH: what changes).
@@ -71,6 +72,10 @@ pub struct DnsPublic {
     /// notify: how long to wait for the record, in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_seconds: Option<u64>,
+    /// notify: the authoritative servers to ask (`host:port`), instead of the zone's NS
+    /// records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nameservers: Option<Vec<String>>,
 }
 
 /// The settings without secrets (stored in the issuer body and echoed back).
@@ -255,6 +260,10 @@ pub fn merge(
         if let Some(w) = d.window_seconds {
             p.dns.window_seconds = Some(w);
         }
+        if let Some(ns) = d.nameservers {
+            let ns: Vec<String> = ns.into_iter().map(|s| s.trim().to_owned()).collect();
+            p.dns.nameservers = (!ns.is_empty()).then_some(ns);
+        }
     }
     validate(&mut p, &s)?;
     Ok((p, s))
@@ -320,9 +329,26 @@ fn validate(p: &mut AcmePublic, s: &AcmeSecrets) -> ApiResult<()> {
             certvault_dns::Rfc2136::new(&zone, &server, key)
                 .map_err(|_| ApiError::bad("acme.dns.zone is not a DNS name."))?;
             p.dns.window_seconds = None;
+            p.dns.nameservers = None;
         }
         "notify" => {
-            p.dns.zone = None;
+            if let Some(ns) = &p.dns.nameservers {
+                if ns.len() > 10
+                    || ns.iter().any(|s| {
+                        s.rsplit_once(':')
+                            .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+                    })
+                {
+                    return Err(ApiError::bad(
+                        "acme.dns.nameservers must be up to 10 host:port entries.",
+                    ));
+                }
+                if p.dns.zone.is_none() {
+                    return Err(ApiError::bad(
+                        "acme.dns.nameservers needs acme.dns.zone (the zone they serve).",
+                    ));
+                }
+            }
             p.dns.server = None;
             p.dns.tsig_key_name = None;
             p.dns.tsig_algorithm = None;

@@ -71,17 +71,48 @@ pub(super) async fn drive(state: Arc<AppState>, id: i64) {
 
 /// The DNS side of an order.
 enum Publisher {
+    /// certvault adds and removes the records (RFC 2136 + TSIG).
     Rfc2136(certvault_dns::Rfc2136),
+    /// The user adds them after an event; certvault checks the authoritative servers.
+    Notify(Notify),
 }
 
+struct Notify {
+    state: Arc<AppState>,
+    vault: String,
+    object: String,
+    zone: Option<String>,
+    servers: Option<Vec<String>>,
+    window: Duration,
+}
+
+/// The notify mode's default window for the records to appear.
+const NOTIFY_WINDOW: Duration = Duration::from_secs(600);
+
 impl Publisher {
-    fn of(cfg: &AcmeIssuer) -> Result<Self, String> {
-        match cfg.rfc2136()? {
-            Some(p) => Ok(Self::Rfc2136(p)),
-            None => Err(format!(
-                "DNS-01 mode '{}' is not available on this server yet; use rfc2136",
-                cfg.public.dns.mode
-            )),
+    fn of(
+        cfg: &AcmeIssuer,
+        state: &Arc<AppState>,
+        vault: &str,
+        object: String,
+    ) -> Result<Self, String> {
+        if let Some(p) = cfg.rfc2136()? {
+            return Ok(Self::Rfc2136(p));
+        }
+        match cfg.public.dns.mode.as_str() {
+            "notify" => Ok(Self::Notify(Notify {
+                state: state.clone(),
+                vault: vault.to_owned(),
+                object,
+                zone: cfg.public.dns.zone.clone(),
+                servers: cfg.public.dns.nameservers.clone(),
+                window: cfg
+                    .public
+                    .dns
+                    .window_seconds
+                    .map_or(NOTIFY_WINDOW, Duration::from_secs),
+            })),
+            m => Err(format!("DNS-01 mode '{m}' is not supported")),
         }
     }
 
@@ -91,6 +122,7 @@ impl Publisher {
                 .append_txt(&r.name, &r.value, 60)
                 .await
                 .map_err(|e| e.to_string()),
+            Self::Notify(_) => Ok(()),
         }
     }
 
@@ -100,6 +132,100 @@ impl Publisher {
                 .remove_txt(&r.name, &r.value)
                 .await
                 .map_err(|e| e.to_string()),
+            Self::Notify(n) => {
+                n.event(
+                    "cert_domain_validation_completed",
+                    r,
+                    Some("The domain validation is over: remove this TXT record."),
+                )
+                .await;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Notify {
+    async fn event(&self, event_type: &str, r: &TxtRecord, message: Option<&str>) {
+        let mut payload = json!({
+            "event_type": event_type,
+            "version": "1",
+            "certificate_id": self.object,
+            "domain": r.identifier,
+            "txt_record_name": r.name,
+            "txt_record_val": r.value,
+        });
+        if let Some(m) = message {
+            payload["message"] = json!(m);
+        }
+        super::emit_event(&self.state, &self.vault, &self.object, event_type, payload).await;
+    }
+
+    async fn check(&self, r: &TxtRecord) -> Result<(bool, String), String> {
+        let zone = match &self.zone {
+            Some(z) => z.clone(),
+            None => certvault_dns::find_zone(&r.name, None)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        let servers = match &self.servers {
+            Some(s) => certvault_dns::NameServers::Explicit(s.clone()),
+            None => certvault_dns::NameServers::default(),
+        };
+        let check =
+            certvault_dns::AuthoritativeCheck::new(&zone, servers).map_err(|e| e.to_string())?;
+        let report = check
+            .check_txt(&r.name, &r.value)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((report.all_present(), report.pending_summary()))
+    }
+
+    /// Announces the records, then waits until every authoritative server serves them (marking
+    /// each published), or the window passes.
+    async fn wait(&self, st: &mut OrderState, run: &Run<'_>) -> Result<(), AcmeError> {
+        let records = st.to_publish();
+        for r in &records {
+            self.event("cert_domain_validation_required", r, None).await;
+        }
+        let until = self.state.clock.now() + i64::try_from(self.window.as_secs()).unwrap_or(600);
+        let deadline = std::time::Instant::now() + self.window;
+        let mut last = String::new();
+        loop {
+            for r in st.to_publish() {
+                match self.check(&r).await {
+                    Ok((true, _)) => {
+                        st.mark_published(&r);
+                        if run.save(st, None).await.is_err() {
+                            return Err(AcmeError::Network("the store is unavailable".into()));
+                        }
+                    }
+                    Ok((false, summary)) => last = format!("{}: {summary}", r.name),
+                    Err(e) => last = format!("{}: {e}", r.name),
+                }
+            }
+            let left = st.to_publish();
+            if left.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(AcmeError::Invalid(format!(
+                    "the DNS-01 TXT records were not visible on the zone's authoritative servers within {} s ({last})",
+                    self.window.as_secs()
+                )));
+            }
+            let wanted: Vec<String> = left
+                .iter()
+                .map(|r| format!("{} TXT \"{}\"", r.name, r.value))
+                .collect();
+            let details = format!(
+                "ACME order created; waiting for the DNS-01 TXT records (create them; checked on the zone's authoritative servers until {until}): {}.",
+                wanted.join("; ")
+            );
+            if run.save(st, Some(details)).await.is_err() {
+                return Err(AcmeError::Network("the store is unavailable".into()));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
@@ -155,7 +281,14 @@ impl Run<'_> {
             .store
             .end_acme_order(self.rec.id, status, json, self.state.clock.now())
             .await
-            .map_err(store_halt)
+            .map_err(store_halt)?;
+        let key = (
+            self.rec.vault_id,
+            self.rec.cert_key.clone(),
+            self.rec.version.clone(),
+        );
+        self.state.acme.forget(self.rec.id, &key);
+        Ok(())
     }
 
     async fn audit(
@@ -427,7 +560,10 @@ async fn run(state: &Arc<AppState>, id: i64, fresh_account: bool) -> Result<(), 
     let cfg = issuer
         .as_ref()
         .and_then(|i| config::load(&vault, &rec.issuer_key, &i.body, i.secret.as_deref()).ok());
-    let publisher = cfg.as_ref().and_then(|c| Publisher::of(c).ok());
+    let object = format!("certificates/{}/{}", rec.cert_key, rec.version);
+    let publisher = cfg
+        .as_ref()
+        .and_then(|c| Publisher::of(c, state, &vault.vault.name, object.clone()).ok());
 
     let (cert, version, op) = match (found, op) {
         (Some((c, v)), Some(op)) if op.version == rec.version && op.status == "inProgress" => {
@@ -475,7 +611,7 @@ async fn run(state: &Arc<AppState>, id: i64, fresh_account: bool) -> Result<(), 
             )
             .await;
     };
-    let publisher = match Publisher::of(&cfg) {
+    let publisher = match Publisher::of(&cfg, state, &vault.vault.name, object) {
         Ok(p) => p,
         Err(e) => return run.fail_plain(Some(&st), e).await,
     };
@@ -518,7 +654,7 @@ async fn run(state: &Arc<AppState>, id: i64, fresh_account: bool) -> Result<(), 
             () = cancel.notified() => None,
         };
         let Some(outcome) = outcome else {
-            return cancelled(&run, &client, &mut st, &publisher, &key).await;
+            return cancelled(&run, &client, &mut st, &publisher).await;
         };
         match outcome {
             Ok(Some(chain)) => {
@@ -569,6 +705,11 @@ async fn one_step(
     match step {
         Step::CreateOrder => client.new_order(st).await?,
         Step::FetchChallenges => client.fetch_challenges(st).await?,
+        Step::Publish if matches!(publisher, Publisher::Notify(_)) => {
+            if let Publisher::Notify(n) = publisher {
+                n.wait(st, run).await?;
+            }
+        }
         Step::Publish => {
             for rec in st.to_publish() {
                 let mut tries = 0;
@@ -679,7 +820,6 @@ async fn cancelled(
     client: &AcmeClient,
     st: &mut OrderState,
     publisher: &Publisher,
-    key: &(i64, String, String),
 ) -> Result<(), Halt> {
     if let Err(e) = client.cancel(st).await {
         tracing::warn!(order = run.rec.id, error = %e, "could not deactivate the ACME authorizations");
@@ -692,6 +832,5 @@ async fn cancelled(
         json!({"names": st.request.identifiers, "order": st.order_url}),
     )
     .await;
-    run.state.acme.forget(run.rec.id, key);
     Ok(())
 }

@@ -66,9 +66,16 @@ impl AcmeRuntime {
 
 /// Tells a running order of (vault, certificate, version) that its operation was cancelled or
 /// deleted; the driver deactivates the authorizations and removes the published records.
+///
+/// Only a driver that is running holds a signal; one that is not reads the operation's status
+/// when it (re)starts, so nothing is registered for other issuers' operations.
 pub fn cancel_requested(state: &Arc<AppState>, vault_id: i64, cert_key: &str, version: &str) {
     let key = (vault_id, cert_key.to_owned(), version.to_owned());
-    state.acme.cancel_signal(&key).notify_one();
+    if let Ok(m) = state.acme.cancels.lock()
+        && let Some(n) = m.get(&key)
+    {
+        n.notify_one();
+    }
 }
 
 /// What a create with an ACME issuer orders.
