@@ -516,6 +516,38 @@ async fn notify_mode_waits_for_the_user_and_the_window() {
     }
     check_issued(&srv, &pebble, "manual", &names).await;
 
+    // The authoritative check cannot see the records (it asks a server that does not answer),
+    // but the user acknowledges: the CA is asked at once.
+    let mut body = notify(600);
+    body["acme"]["dns"]["nameservers"] =
+        json!([format!("127.0.0.1:{}", certvault_testkit::free_port())]);
+    let (s, _) = srv.put_issuer("acked", body).await;
+    assert_eq!(s, 200);
+    let (s, e) = srv
+        .call(
+            reqwest::Method::POST,
+            "/certificates/manual/pending/acknowledge",
+            None,
+        )
+        .await;
+    assert_eq!(s, 404, "nothing in progress: {e}");
+    srv.create("acked", "acked", &["www.notify.test"]).await;
+    let op = srv
+        .wait_details("acked", "waiting for the DNS-01 TXT records")
+        .await;
+    for (name, value) in wanted_records(&op) {
+        dns.append_txt(&name, &value, 60).await.unwrap();
+    }
+    let (s, op) = srv
+        .call(
+            reqwest::Method::POST,
+            "/certificates/acked/pending/acknowledge",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{op}");
+    check_issued(&srv, &pebble, "acked", &["www.notify.test"]).await;
+
     // Nobody sets the record: the window passes and the order fails with a clear reason.
     let (s, _) = srv.put_issuer("short", notify(10)).await;
     assert_eq!(s, 200);
@@ -524,5 +556,44 @@ async fn notify_mode_waits_for_the_user_and_the_window() {
     assert_eq!(op["status"], "failed", "{op}");
     let msg = op["error"]["message"].as_str().unwrap();
     assert!(msg.contains("not visible") && msg.contains("10 s"), "{op}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn external_account_binding() {
+    let bind = Bind::start("eab.test");
+    let hmac = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(certvault_testkit::random_bytes(32))
+    };
+    let mut opts = PebbleOptions::new(&bind.addr);
+    opts.eab = Some(vec![("kid-1".into(), hmac.clone())]);
+    let pebble = Pebble::start(&opts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+
+    // Without EAB the CA (whose directory requires it) is not asked: the operation fails.
+    let (s, _) = srv.put_issuer("noeab", issuer_body(&pebble, &bind)).await;
+    assert_eq!(s, 200);
+    srv.create("noeab", "noeab", &["noeab.eab.test"]).await;
+    let op = srv.wait_done("noeab").await;
+    assert_eq!(op["status"], "failed", "{op}");
+    assert!(
+        op["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("External Account Binding"),
+        "{op}"
+    );
+
+    // With the key id and HMAC key given as Key Vault credentials (account_id / pwd).
+    let mut body = issuer_body(&pebble, &bind);
+    body["credentials"] = json!({"account_id": "kid-1", "pwd": hmac});
+    let (s, out) = srv.put_issuer("eab", body).await;
+    assert_eq!(s, 200, "{out}");
+    assert!(!out.to_string().contains(&hmac));
+    assert_eq!(out["acme"]["eab_kid"], "kid-1");
+    srv.create("eab", "eab", &["www.eab.test"]).await;
+    check_issued(&srv, &pebble, "eab", &["www.eab.test"]).await;
     srv.stop().await;
 }

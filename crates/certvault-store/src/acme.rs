@@ -31,6 +31,7 @@ CREATE TABLE acme_orders (
     enabled INTEGER NOT NULL,
     state TEXT NOT NULL,
     status TEXT NOT NULL,
+    acknowledged INTEGER NOT NULL DEFAULT 0,
     created INTEGER NOT NULL,
     updated INTEGER NOT NULL,
     UNIQUE (vault_id, cert_key, version)
@@ -77,13 +78,15 @@ pub struct AcmeOrderRecord {
     pub state: String,
     /// `active`, `completed`, `failed`, `cancelled` or `abandoned`.
     pub status: String,
+    /// The user said the notify-mode records are in place (skip the authoritative check).
+    pub acknowledged: bool,
     /// Creation time.
     pub created: i64,
     /// Update time.
     pub updated: i64,
 }
 
-const ORDER_COLS: &str = "id, vault_id, vault_key, cert_key, version, issuer_key, enabled, state, status, created, updated";
+const ORDER_COLS: &str = "id, vault_id, vault_key, cert_key, version, issuer_key, enabled, state, status, created, updated, acknowledged";
 
 fn order_row(r: &Row<'_>) -> rusqlite::Result<AcmeOrderRecord> {
     Ok(AcmeOrderRecord {
@@ -98,6 +101,7 @@ fn order_row(r: &Row<'_>) -> rusqlite::Result<AcmeOrderRecord> {
         status: r.get(8)?,
         created: r.get(9)?,
         updated: r.get(10)?,
+        acknowledged: r.get(11)?,
     })
 }
 
@@ -253,6 +257,27 @@ impl SqliteStore {
         .await
     }
 
+    /// Records that the user acknowledged the notify-mode records of the active order of
+    /// (vault, certificate, version). Returns whether there was such an order.
+    pub async fn acknowledge_acme_order(
+        &self,
+        vault_id: i64,
+        cert_key: &str,
+        version: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (ck, v) = (cert_key.to_owned(), version.to_owned());
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE acme_orders SET acknowledged = 1, updated = ?4 WHERE vault_id = ?1 \
+                 AND cert_key = ?2 AND version = ?3 AND status = 'active'",
+                params![vault_id, ck, v, now],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     /// Ends an order with `status` (`completed`, `failed`, `cancelled`, `abandoned`).
     pub async fn end_acme_order(
         &self,
@@ -271,5 +296,60 @@ impl SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn orders_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let v = s.create_vault("v", vec![1, 2, 3], 90, 1).await.unwrap();
+        let rec = AcmeOrderRecord {
+            id: 0,
+            vault_id: v.id,
+            vault_key: "v".into(),
+            cert_key: "c".into(),
+            version: "0123".into(),
+            issuer_key: "i".into(),
+            enabled: true,
+            state: "{}".into(),
+            status: "active".into(),
+            acknowledged: false,
+            created: 5,
+            updated: 5,
+        };
+        let o = s.insert_acme_order(rec.clone()).await.unwrap();
+        assert_eq!(o.status, "active");
+        assert!(matches!(
+            s.insert_acme_order(rec).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(s.active_acme_orders().await.unwrap().len(), 1);
+        assert!(
+            s.acknowledge_acme_order(v.id, "c", "0123", 6)
+                .await
+                .unwrap()
+        );
+        assert!(s.acme_order(o.id).await.unwrap().unwrap().acknowledged);
+        s.save_acme_order(o.id, "{\"a\":1}".into(), None, 7)
+            .await
+            .unwrap();
+        s.end_acme_order(o.id, "completed", None, 8).await.unwrap();
+        let o = s.acme_order(o.id).await.unwrap().unwrap();
+        assert_eq!(
+            (o.status.as_str(), o.state.as_str()),
+            ("completed", "{\"a\":1}")
+        );
+        assert!(s.active_acme_orders().await.unwrap().is_empty());
+        assert!(
+            !s.acknowledge_acme_order(v.id, "c", "0123", 9)
+                .await
+                .unwrap()
+        );
     }
 }

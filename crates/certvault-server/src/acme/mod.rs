@@ -226,6 +226,7 @@ impl Plan {
             enabled,
             state: serde_json::to_string(&st).map_err(|e| ApiError::internal(&e))?,
             status: "active".into(),
+            acknowledged: false,
             created: ctx.now,
             updated: ctx.now,
         };

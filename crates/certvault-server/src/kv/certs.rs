@@ -959,6 +959,28 @@ pub async fn cancel_pending(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body
     op_response(ctx, &cert, &op)
 }
 
+/// POST /certificates/{n}/pending/acknowledge (certvault extension): the user has created the
+/// DNS-01 TXT records of an ACME order in `notify` mode; the CA is asked to validate without
+/// waiting for the authoritative check.
+pub async fn acknowledge_pending(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let (cert, op) = op_of(ctx, &n).await?;
+    if op.status != "inProgress" {
+        return Err(pending_not_found(&n));
+    }
+    let found = ctx
+        .state
+        .store
+        .acknowledge_acme_order(ctx.vault_id(), &n.key(), &op.version, ctx.now)
+        .await?;
+    if !found {
+        return Err(ApiError::bad(
+            "This certificate operation is not an ACME order; there is nothing to acknowledge.",
+        ));
+    }
+    op_response(ctx, &cert, &op)
+}
+
 /// DELETE /certificates/{n}/pending
 pub async fn delete_pending(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
     let n = name(seg)?;
