@@ -171,7 +171,7 @@ def _tls_material() -> tuple[str, str, str]:
 
 
 class Pebble:
-    def __init__(self, dns_server: str):
+    def __init__(self, dns_server: str, va_sleep: bool = False):
         pebble = binary("pebble", "pebble")
         self.dir = Path(tempfile.mkdtemp(prefix="certvault-pebble-"))
         d = self.dir
@@ -190,7 +190,11 @@ class Pebble:
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
         }}))
-        env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0", PEBBLE_AUTHZREUSE="0")
+        env = dict(os.environ, PEBBLE_WFE_NONCEREJECT="0", PEBBLE_AUTHZREUSE="0")
+        env.pop("PEBBLE_VA_NOSLEEP", None)
+        if not va_sleep:
+            # Else its VA sleeps 0-5 s before each lookup: a window to act mid-order.
+            env["PEBBLE_VA_NOSLEEP"] = "1"
         self.proc = _Proc("pebble", [pebble, "-config", str(d / "pebble.json"), "-dnsserver", dns_server], d, env)
         self.proc.wait_tcp(port)
         self.proc.wait_tcp(mgmt)

@@ -19,7 +19,7 @@ from azure.keyvault.certificates import (
 from cryptography import x509
 
 from acme_peers import Bind, Pebble, binary
-from support import LRO, ok_json, unique
+from support import LRO, ok_json, unique, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,46 @@ def test_ca_problem_ends_the_operation_failed(peers, certs, api):
     assert result.error is not None
     assert result.error.code.startswith("urn:ietf:params:acme:error:"), result.error.code
     assert result.error.message
+
+
+def test_sigkill_mid_order_resumes_every_order_without_duplicates(start_server):
+    bind = Bind("kill-acme.test")
+    pebble = Pebble(bind.addr, va_sleep=True)
+    try:
+        srv = start_server()
+        api = srv.api()
+        issuer = _issuer(api, bind, pebble)
+        names = {unique("killed"): [f"n{i}.kill-acme.test", f"*.n{i}.kill-acme.test"] for i in range(3)}
+        for cert, dns in names.items():
+            body = {"policy": {"key_props": {"kty": "EC", "crv": "P-256"},
+                               "secret_props": {"contentType": "application/x-pem-file"},
+                               "x509_props": {"subject": f"CN={dns[0]}", "sans": {"dns_names": dns}},
+                               "issuer": {"name": issuer}}}
+            assert ok_json(api.post(f"/certificates/{cert}/create", json=body), 202)["status"] == "inProgress"
+
+        def all_ordered():
+            ops = [ok_json(api.get(f"/certificates/{c}/pending")) for c in names]
+            return all(o["status"] == "inProgress" and "ACME order created" in o["status_details"] for o in ops)
+
+        wait_until(all_ordered, "every order created at the CA (and still in progress)", timeout=30, interval=0.05)
+        assert pebble.orders_created() == 3
+        srv.proc.kill()  # SIGKILL: no shutdown at all
+        srv.proc.wait(timeout=10)
+        srv.stop()
+        srv.start()
+        api = srv.api()
+
+        def done():
+            ops = [ok_json(api.get(f"/certificates/{c}/pending")) for c in names]
+            return all(o["status"] != "inProgress" for o in ops) and ops
+
+        for op in wait_until(done, "every order finished after the restart", timeout=90):
+            assert op["status"] == "completed", op
+        assert pebble.orders_created() == 3, "a resumed order was ordered again"
+        root = pebble.root_pem(0)
+        for cert in names:
+            pem = ok_json(api.get(f"/secrets/{cert}/"))["value"]
+            _verify(pem[pem.index("-----BEGIN CERTIFICATE-----"):], root)
+    finally:
+        pebble.stop()
+        bind.stop()
