@@ -59,7 +59,21 @@ pub(super) async fn drive(state: Arc<AppState>, id: i64) {
                 new_account = fresh;
                 let wait = wait.unwrap_or(pause).min(MAX_PAUSE);
                 tracing::warn!(order = id, reason = %why, wait_s = wait.as_secs(), "ACME order paused; retrying");
-                tokio::time::sleep(wait).await;
+                // A cancellation ends the pause: the next run sees the cancelled operation.
+                let signal = state.store.acme_order(id).await.ok().flatten().map(|r| {
+                    state
+                        .acme
+                        .cancel_signal(&(r.vault_id, r.cert_key, r.version))
+                });
+                match signal {
+                    Some(sig) => {
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            () = sig.notified() => {}
+                        }
+                    }
+                    None => tokio::time::sleep(wait).await,
+                }
                 pause = (pause * 2).min(MAX_PAUSE);
             }
         }
@@ -591,7 +605,10 @@ async fn run(state: &Arc<AppState>, id: i64, fresh_account: bool) -> Result<(), 
             // The operation was cancelled, deleted or replaced (or never stored): stop the
             // order at the CA and remove what it published.
             if let (Some(cfg), Some(p)) = (&cfg, &publisher) {
-                if let Ok(client) = account(state, &vault, &rec.issuer_key, cfg, false).await
+                // Only an order that exists at the CA needs the account (a row whose create
+                // never completed has none: nothing is registered for it).
+                if st.order_url.is_some()
+                    && let Ok(client) = account(state, &vault, &rec.issuer_key, cfg, false).await
                     && let Err(e) = client.cancel(&mut st).await
                 {
                     tracing::warn!(order = id, error = %e, "could not deactivate the ACME authorizations");

@@ -126,7 +126,10 @@ async fn save(
             "acme settings are only valid for an issuer with provider 'acme'.",
         ));
     } else if let Some(o) = stored.as_object_mut() {
-        o.remove("acme");
+        // No longer an ACME issuer: its sealed settings go (unless a new pwd replaced them).
+        if o.remove("acme").is_some() && body.credentials.as_ref().is_none_or(|c| c.pwd.is_none()) {
+            secret = None;
+        }
     }
     let enabled = body
         .attributes
