@@ -240,22 +240,34 @@ zone "{zone}" {{
     /// The TXT values at `name`, asked with `dig` (an independent client), without recursion.
     pub fn dig_txt(&self, name: &str) -> Vec<String> {
         let dig = binary("dig", "bind9-dnsutils");
-        let out = Command::new(dig)
-            .args(["+short", "+norecurse", "-p"])
-            .arg(self.port.to_string())
-            .arg("@127.0.0.1")
-            .arg(name)
-            .arg("TXT")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "dig failed: {out:?}");
-        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| l.trim().trim_matches('"').to_owned())
-            .filter(|l| !l.is_empty())
-            .collect();
-        v.sort();
-        v
+        // Over TCP (no stray UDP datagram can be taken for the answer), and again when dig
+        // reports a problem with the answer instead of printing records.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let out = Command::new(&dig)
+                .args(["+short", "+tcp", "+norecurse", "-p"])
+                .arg(self.port.to_string())
+                .arg("@127.0.0.1")
+                .arg(name)
+                .arg("TXT")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "dig failed: {out:?}");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.lines().any(|l| l.starts_with(';')) {
+                last = text;
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                continue;
+            }
+            let mut v: Vec<String> = text
+                .lines()
+                .map(|l| l.trim().trim_matches('"').to_owned())
+                .filter(|l| !l.is_empty())
+                .collect();
+            v.sort();
+            return v;
+        }
+        panic!("dig kept reporting problems: {last}");
     }
 
     /// named's log so far.
