@@ -256,7 +256,7 @@ zone "{zone}" {{
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             if text.lines().any(|l| l.starts_with(';')) {
                 last = text;
-                std::thread::sleep(std::time::Duration::from_millis(200));
+                std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
             let mut v: Vec<String> = text
