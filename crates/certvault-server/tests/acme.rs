@@ -597,3 +597,30 @@ async fn external_account_binding() {
     check_issued(&srv, &pebble, "eab", &["www.eab.test"]).await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_orders_with_half_the_nonces_rejected() {
+    let bind = Bind::start("many.test");
+    let mut opts = PebbleOptions::new(&bind.addr);
+    opts.nonce_reject_percent = 50;
+    let pebble = Pebble::start(&opts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let (s, _) = srv.put_issuer("pebble", issuer_body(&pebble, &bind)).await;
+    assert_eq!(s, 200);
+    let names: Vec<[String; 2]> = (0..10)
+        .map(|i| [format!("c{i}.many.test"), format!("*.c{i}.many.test")])
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        let refs: Vec<&str> = n.iter().map(String::as_str).collect();
+        srv.create(&format!("c{i}"), "pebble", &refs).await;
+    }
+    for (i, n) in names.iter().enumerate() {
+        let refs: Vec<&str> = n.iter().map(String::as_str).collect();
+        check_issued(&srv, &pebble, &format!("c{i}"), &refs).await;
+    }
+    // One account for all of them, one order each.
+    assert_eq!(pebble.log().matches("There are now 1 accounts").count(), 1);
+    assert_eq!(pebble.orders_created(), 10);
+    srv.stop().await;
+}
