@@ -624,3 +624,53 @@ async fn concurrent_orders_with_half_the_nonces_rejected() {
     assert_eq!(pebble.orders_created(), 10);
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn dns_settings_per_domain_suffix() {
+    let bind = Bind::start("suf.test");
+    let pebble = Pebble::start(&PebbleOptions::new(&bind.addr)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    // The default settings hold a key BIND does not know; names under ok.suf.test use the
+    // right one.
+    let mut body = issuer_body(&pebble, &bind);
+    body["acme"]["dns"]["tsig_secret"] = json!("d3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmc=");
+    body["acme"]["dns_suffixes"] = json!([{
+        "suffix": "ok.suf.test",
+        "dns": {"mode": "rfc2136", "zone": bind.zone, "server": bind.addr,
+                "tsig_key_name": bind.key_name, "tsig_secret": bind.key_secret}
+    }]);
+    let (s, out) = srv.put_issuer("split", body).await;
+    assert_eq!(s, 200, "{out}");
+    assert!(!out.to_string().contains(&bind.key_secret));
+    assert_eq!(
+        out["acme"]["dns_suffixes"][0]["dns"]["tsig_secret_set"],
+        true
+    );
+    // Sent again without its secret, an entry keeps the stored one.
+    let (s, out) = srv
+        .call(
+            reqwest::Method::PATCH,
+            "/certificates/issuers/split",
+            Some(json!({"acme": {"dns_suffixes": [{"suffix": "ok.suf.test", "dns": {"server": bind.addr}}]}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(
+        out["acme"]["dns_suffixes"][0]["dns"]["tsig_secret_set"],
+        true
+    );
+    let (s, e) = srv
+        .call(
+            reqwest::Method::PATCH,
+            "/certificates/issuers/split",
+            Some(json!({"acme": {"dns_suffixes": [{"suffix": "x.test", "dns": {"mode": "rfc2136"}}]}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+
+    let names = ["ok.suf.test", "*.ok.suf.test", "www.ok.suf.test"];
+    srv.create("split", "split", &names).await;
+    check_issued(&srv, &pebble, "split", &names).await;
+    srv.stop().await;
+}

@@ -47,6 +47,35 @@ pub struct AcmeIn {
     profile: Option<String>,
     ca_pem: Option<String>,
     dns: Option<DnsIn>,
+    /// DNS-01 settings for names under a suffix (replacing the list when given).
+    dns_suffixes: Option<Vec<SuffixIn>>,
+}
+
+/// DNS-01 settings for the names under one suffix, as sent.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuffixIn {
+    suffix: String,
+    dns: DnsIn,
+}
+
+/// DNS-01 settings for the names under one suffix (the longest matching suffix wins; names
+/// under none use `dns`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SuffixDns {
+    /// The DNS suffix, e.g. `example.com` (matches `example.com` and `*.example.com` names).
+    pub suffix: String,
+    /// Its settings.
+    pub dns: DnsPublic,
+}
+
+/// The TSIG secret of one suffix entry.
+#[derive(Serialize, Deserialize, Default, Zeroize, ZeroizeOnDrop)]
+pub struct SuffixSecret {
+    /// The suffix.
+    pub suffix: String,
+    /// Its TSIG secret.
+    pub tsig_secret: String,
 }
 
 /// DNS-01 settings without secrets.
@@ -109,6 +138,9 @@ pub struct AcmePublic {
     pub ca_pem: Option<String>,
     /// DNS-01.
     pub dns: DnsPublic,
+    /// DNS-01 per domain suffix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_suffixes: Vec<SuffixDns>,
 }
 
 /// The secret settings (sealed in the issuer row).
@@ -120,6 +152,9 @@ pub struct AcmeSecrets {
     /// TSIG secret (base64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tsig_secret: Option<String>,
+    /// TSIG secrets of the suffix entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suffix_secrets: Vec<SuffixSecret>,
 }
 
 impl std::fmt::Debug for AcmeSecrets {
@@ -233,40 +268,86 @@ pub fn merge(
     check_len("eab_kid", &p.eab_kid, 512)?;
     check_len("ca_pem", &p.ca_pem, 64 * 1024)?;
     if let Some(d) = input.dns {
-        if let Some(m) = d.mode {
-            let m = m.trim().to_ascii_lowercase();
-            if m != p.dns.mode {
-                // Another mode: its settings start from nothing.
-                p.dns = DnsPublic::default();
-                s.tsig_secret = None;
+        merge_dns(&mut p.dns, &mut s.tsig_secret, d);
+    }
+    if let Some(list) = input.dns_suffixes {
+        if list.len() > 50 {
+            return Err(ApiError::bad(
+                "At most 50 acme.dns_suffixes entries are allowed.",
+            ));
+        }
+        let mut entries = Vec::new();
+        let mut secrets = Vec::new();
+        for e in list {
+            let suffix = e.suffix.trim().trim_end_matches('.').to_ascii_lowercase();
+            if suffix.is_empty()
+                || suffix.len() > 253
+                || entries.iter().any(|x: &SuffixDns| x.suffix == suffix)
+            {
+                return Err(ApiError::bad(
+                    "Each acme.dns_suffixes entry needs a distinct DNS suffix.",
+                ));
             }
-            p.dns.mode = m;
+            // An entry sent again for the same suffix keeps its stored secret unless a new
+            // one is given.
+            let old = p.dns_suffixes.iter().find(|x| x.suffix == suffix);
+            let mut dns = old.map(|o| o.dns.clone()).unwrap_or_default();
+            let mut secret = s
+                .suffix_secrets
+                .iter()
+                .find(|x| x.suffix == suffix)
+                .map(|x| x.tsig_secret.clone());
+            merge_dns(&mut dns, &mut secret, e.dns);
+            validate_dns(&mut dns, secret.as_deref()).map_err(|e| {
+                ApiError::bad(format!("acme.dns_suffixes[{suffix}]: {}", e.message))
+            })?;
+            if let Some(t) = secret {
+                secrets.push(SuffixSecret {
+                    suffix: suffix.clone(),
+                    tsig_secret: t,
+                });
+            }
+            entries.push(SuffixDns { suffix, dns });
         }
-        if let Some(z) = d.zone {
-            p.dns.zone = opt_text(Some(z.trim_end_matches('.').to_ascii_lowercase()));
-        }
-        if let Some(v) = d.server {
-            p.dns.server = opt_text(Some(v));
-        }
-        if let Some(v) = d.tsig_key_name {
-            p.dns.tsig_key_name = opt_text(Some(v));
-        }
-        if let Some(v) = d.tsig_algorithm {
-            p.dns.tsig_algorithm = opt_text(Some(v.to_ascii_lowercase()));
-        }
-        if let Some(v) = d.tsig_secret {
-            s.tsig_secret = opt_text(Some(v));
-        }
-        if let Some(w) = d.window_seconds {
-            p.dns.window_seconds = Some(w);
-        }
-        if let Some(ns) = d.nameservers {
-            let ns: Vec<String> = ns.into_iter().map(|s| s.trim().to_owned()).collect();
-            p.dns.nameservers = (!ns.is_empty()).then_some(ns);
-        }
+        p.dns_suffixes = entries;
+        s.suffix_secrets = secrets;
     }
     validate(&mut p, &s)?;
     Ok((p, s))
+}
+
+fn merge_dns(p: &mut DnsPublic, secret: &mut Option<String>, d: DnsIn) {
+    if let Some(m) = d.mode {
+        let m = m.trim().to_ascii_lowercase();
+        if m != p.mode {
+            // Another mode: its settings start from nothing.
+            *p = DnsPublic::default();
+            *secret = None;
+        }
+        p.mode = m;
+    }
+    if let Some(z) = d.zone {
+        p.zone = opt_text(Some(z.trim_end_matches('.').to_ascii_lowercase()));
+    }
+    if let Some(v) = d.server {
+        p.server = opt_text(Some(v));
+    }
+    if let Some(v) = d.tsig_key_name {
+        p.tsig_key_name = opt_text(Some(v));
+    }
+    if let Some(v) = d.tsig_algorithm {
+        p.tsig_algorithm = opt_text(Some(v.to_ascii_lowercase()));
+    }
+    if let Some(v) = d.tsig_secret {
+        *secret = opt_text(Some(v));
+    }
+    if let Some(w) = d.window_seconds {
+        p.window_seconds = Some(w);
+    }
+    if let Some(ns) = d.nameservers {
+        let ns: Vec<String> = ns.into_iter().map(|s| s.trim().to_owned()).collect();
+        p.nameservers = (!ns.is_empty()).then_some(ns);
+    }
 }
 
 fn validate(p: &mut AcmePublic, s: &AcmeSecrets) -> ApiResult<()> {
@@ -294,20 +375,23 @@ fn validate(p: &mut AcmePublic, s: &AcmeSecrets) -> ApiResult<()> {
             ));
         }
     }
-    match p.dns.mode.as_str() {
+    validate_dns(&mut p.dns, s.tsig_secret.as_deref())?;
+    Ok(())
+}
+
+fn validate_dns(d: &mut DnsPublic, tsig_secret: Option<&str>) -> ApiResult<()> {
+    match d.mode.as_str() {
         "rfc2136" => {
-            let zone = p
-                .dns
+            let zone = d
                 .zone
                 .clone()
                 .ok_or_else(|| ApiError::bad("DNS mode rfc2136 needs acme.dns.zone."))?;
-            let server = p.dns.server.clone().ok_or_else(|| {
+            let server = d.server.clone().ok_or_else(|| {
                 ApiError::bad(
                     "DNS mode rfc2136 needs acme.dns.server (host:port of the zone's primary).",
                 )
             })?;
-            let alg = p
-                .dns
+            let alg = d
                 .tsig_algorithm
                 .get_or_insert_with(|| "hmac-sha256".to_owned());
             if alg != "hmac-sha256" {
@@ -315,7 +399,7 @@ fn validate(p: &mut AcmePublic, s: &AcmeSecrets) -> ApiResult<()> {
                     "acme.dns.tsig_algorithm must be hmac-sha256.",
                 ));
             }
-            let (Some(name), Some(secret)) = (&p.dns.tsig_key_name, &s.tsig_secret) else {
+            let (Some(name), Some(secret)) = (&d.tsig_key_name, &tsig_secret) else {
                 return Err(ApiError::bad(
                     "DNS mode rfc2136 needs acme.dns.tsig_key_name and acme.dns.tsig_secret.",
                 ));
@@ -328,11 +412,11 @@ fn validate(p: &mut AcmePublic, s: &AcmeSecrets) -> ApiResult<()> {
             }
             certvault_dns::Rfc2136::new(&zone, &server, key)
                 .map_err(|_| ApiError::bad("acme.dns.zone is not a DNS name."))?;
-            p.dns.window_seconds = None;
-            p.dns.nameservers = None;
+            d.window_seconds = None;
+            d.nameservers = None;
         }
         "notify" => {
-            if let Some(ns) = &p.dns.nameservers {
+            if let Some(ns) = &d.nameservers {
                 if ns.len() > 10
                     || ns.iter().any(|s| {
                         s.rsplit_once(':')
@@ -343,16 +427,16 @@ fn validate(p: &mut AcmePublic, s: &AcmeSecrets) -> ApiResult<()> {
                         "acme.dns.nameservers must be up to 10 host:port entries.",
                     ));
                 }
-                if p.dns.zone.is_none() {
+                if d.zone.is_none() {
                     return Err(ApiError::bad(
                         "acme.dns.nameservers needs acme.dns.zone (the zone they serve).",
                     ));
                 }
             }
-            p.dns.server = None;
-            p.dns.tsig_key_name = None;
-            p.dns.tsig_algorithm = None;
-            if let Some(w) = p.dns.window_seconds
+            d.server = None;
+            d.tsig_key_name = None;
+            d.tsig_algorithm = None;
+            if let Some(w) = d.window_seconds
                 && !(10..=86_400).contains(&w)
             {
                 return Err(ApiError::bad(
@@ -367,7 +451,7 @@ fn validate(p: &mut AcmePublic, s: &AcmeSecrets) -> ApiResult<()> {
         }
         _ => return Err(ApiError::bad("acme.dns.mode must be rfc2136 or notify.")),
     }
-    p.dns.tsig_secret_set = s.tsig_secret.is_some();
+    d.tsig_secret_set = tsig_secret.is_some();
     Ok(())
 }
 
@@ -430,23 +514,38 @@ impl AcmeIssuer {
         hex::encode(h.finish().as_ref())
     }
 
-    /// The RFC 2136 publisher (rfc2136 mode).
-    pub fn rfc2136(&self) -> Result<Option<certvault_dns::Rfc2136>, String> {
-        if self.public.dns.mode != "rfc2136" {
-            return Ok(None);
+    /// Every DNS setting with its suffix (`None`: the default) and TSIG secret.
+    pub fn dns_settings(&self) -> Vec<(Option<&str>, &DnsPublic, Option<&str>)> {
+        let mut out = vec![(None, &self.public.dns, self.secrets.tsig_secret.as_deref())];
+        for e in &self.public.dns_suffixes {
+            let secret = self
+                .secrets
+                .suffix_secrets
+                .iter()
+                .find(|x| x.suffix == e.suffix)
+                .map(|x| x.tsig_secret.as_str());
+            out.push((Some(e.suffix.as_str()), &e.dns, secret));
         }
-        let (Some(zone), Some(server), Some(name), Some(secret)) = (
-            &self.public.dns.zone,
-            &self.public.dns.server,
-            &self.public.dns.tsig_key_name,
-            &self.secrets.tsig_secret,
-        ) else {
-            return Err("the rfc2136 settings are incomplete".into());
-        };
-        let key = certvault_dns::TsigKey::hmac_sha256(name.clone(), secret)
-            .map_err(|_| "the TSIG secret is unusable".to_owned())?;
-        certvault_dns::Rfc2136::new(zone, server, key)
-            .map(Some)
-            .map_err(|e| e.to_string())
+        out
     }
+}
+
+/// The RFC 2136 publisher of rfc2136 settings (`None` for another mode).
+pub fn rfc2136_of(
+    dns: &DnsPublic,
+    secret: Option<&str>,
+) -> Result<Option<certvault_dns::Rfc2136>, String> {
+    if dns.mode != "rfc2136" {
+        return Ok(None);
+    }
+    let (Some(zone), Some(server), Some(name), Some(secret)) =
+        (&dns.zone, &dns.server, &dns.tsig_key_name, secret)
+    else {
+        return Err("the rfc2136 settings are incomplete".into());
+    };
+    let key = certvault_dns::TsigKey::hmac_sha256(name.clone(), secret)
+        .map_err(|_| "the TSIG secret is unusable".to_owned())?;
+    certvault_dns::Rfc2136::new(zone, server, key)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }

@@ -91,6 +91,143 @@ enum Publisher {
     Notify(Notify),
 }
 
+/// The publishers of an issuer: the default one and one per DNS suffix.
+struct Publishers {
+    /// `(suffix, publisher)`; `None` is the default.
+    list: Vec<(Option<String>, Publisher)>,
+}
+
+impl Publishers {
+    fn of(
+        cfg: &AcmeIssuer,
+        state: &Arc<AppState>,
+        vault: &str,
+        object: &str,
+    ) -> Result<Self, String> {
+        let mut list = Vec::new();
+        for (suffix, dns, secret) in cfg.dns_settings() {
+            let p = Publisher::of(dns, secret, state, vault, object.to_owned()).map_err(|e| {
+                match suffix {
+                    Some(x) => format!("{e} (names under {x})"),
+                    None => e,
+                }
+            })?;
+            list.push((suffix.map(str::to_owned), p));
+        }
+        Ok(Self { list })
+    }
+
+    /// The publisher for a record: the longest suffix its domain is under, else the default.
+    fn for_record(&self, r: &TxtRecord) -> Option<&Publisher> {
+        let domain = r
+            .identifier
+            .trim_start_matches("*.")
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let under = |x: &str| domain == x || domain.ends_with(&format!(".{x}"));
+        self.list
+            .iter()
+            .filter(|(s, _)| s.as_deref().is_some_and(under))
+            .max_by_key(|(s, _)| s.as_ref().map_or(0, String::len))
+            .or_else(|| self.list.iter().find(|(s, _)| s.is_none()))
+            .map(|(_, p)| p)
+    }
+
+    async fn publish(&self, r: &TxtRecord) -> Result<(), String> {
+        match self.for_record(r) {
+            Some(p) => p.publish(r).await,
+            None => Err("no DNS settings".into()),
+        }
+    }
+
+    async fn unpublish(&self, r: &TxtRecord) -> Result<(), String> {
+        match self.for_record(r) {
+            Some(p) => p.unpublish(r).await,
+            None => Err("no DNS settings".into()),
+        }
+    }
+
+    /// Announces the records, then waits until every authoritative server serves them (marking
+    /// each published), or the window passes.
+    async fn wait(&self, st: &mut OrderState, run: &Run<'_>) -> Result<(), AcmeError> {
+        let records = st.to_publish();
+        let mut window = Duration::ZERO;
+        for r in &records {
+            if let Some(n) = self.notify_for(r) {
+                n.event("cert_domain_validation_required", r, None).await;
+                window = window.max(n.window);
+            }
+        }
+        let until = run.state.clock.now() + i64::try_from(window.as_secs()).unwrap_or(600);
+        let deadline = std::time::Instant::now() + window;
+        let mut last = String::new();
+        loop {
+            let acknowledged = run
+                .state
+                .store
+                .acme_order(run.rec.id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|o| o.acknowledged);
+            if acknowledged {
+                // The user says the records are in place: let the CA look.
+                for r in st.to_publish() {
+                    st.mark_published(&r);
+                }
+                if run.save(st, None).await.is_err() {
+                    return Err(AcmeError::Network("the store is unavailable".into()));
+                }
+                return Ok(());
+            }
+            for r in st.to_publish() {
+                let Some(n) = self.notify_for(&r) else {
+                    continue;
+                };
+                match n.check(&r).await {
+                    Ok((true, _)) => {
+                        st.mark_published(&r);
+                        if run.save(st, None).await.is_err() {
+                            return Err(AcmeError::Network("the store is unavailable".into()));
+                        }
+                    }
+                    Ok((false, summary)) => last = format!("{}: {summary}", r.name),
+                    Err(e) => last = format!("{}: {e}", r.name),
+                }
+            }
+            let left = st.to_publish();
+            if left.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(AcmeError::Invalid(format!(
+                    "the DNS-01 TXT records were not visible on the zone's authoritative servers within {} s ({last})",
+                    window.as_secs()
+                )));
+            }
+            let wanted: Vec<String> = left
+                .iter()
+                .map(|r| format!("{} TXT \"{}\"", r.name, r.value))
+                .collect();
+            let details = format!(
+                "ACME order created; waiting for the DNS-01 TXT records (create them; checked on the zone's authoritative servers until {until}): {}.",
+                wanted.join("; ")
+            );
+            if run.save(st, Some(details)).await.is_err() {
+                return Err(AcmeError::Network("the store is unavailable".into()));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    fn notify_for(&self, r: &TxtRecord) -> Option<&Notify> {
+        match self.for_record(r) {
+            Some(Publisher::Notify(n)) => Some(n),
+            _ => None,
+        }
+    }
+}
+
 struct Notify {
     state: Arc<AppState>,
     vault: String,
@@ -105,24 +242,23 @@ const NOTIFY_WINDOW: Duration = Duration::from_secs(600);
 
 impl Publisher {
     fn of(
-        cfg: &AcmeIssuer,
+        dns: &config::DnsPublic,
+        secret: Option<&str>,
         state: &Arc<AppState>,
         vault: &str,
         object: String,
     ) -> Result<Self, String> {
-        if let Some(p) = cfg.rfc2136()? {
+        if let Some(p) = config::rfc2136_of(dns, secret)? {
             return Ok(Self::Rfc2136(p));
         }
-        match cfg.public.dns.mode.as_str() {
+        match dns.mode.as_str() {
             "notify" => Ok(Self::Notify(Notify {
                 state: state.clone(),
                 vault: vault.to_owned(),
                 object,
-                zone: cfg.public.dns.zone.clone(),
-                servers: cfg.public.dns.nameservers.clone(),
-                window: cfg
-                    .public
-                    .dns
+                zone: dns.zone.clone(),
+                servers: dns.nameservers.clone(),
+                window: dns
                     .window_seconds
                     .map_or(NOTIFY_WINDOW, Duration::from_secs),
             })),
@@ -194,76 +330,10 @@ impl Notify {
             .map_err(|e| e.to_string())?;
         Ok((report.all_present(), report.pending_summary()))
     }
-
-    /// Announces the records, then waits until every authoritative server serves them (marking
-    /// each published), or the window passes.
-    async fn wait(&self, st: &mut OrderState, run: &Run<'_>) -> Result<(), AcmeError> {
-        let records = st.to_publish();
-        for r in &records {
-            self.event("cert_domain_validation_required", r, None).await;
-        }
-        let until = self.state.clock.now() + i64::try_from(self.window.as_secs()).unwrap_or(600);
-        let deadline = std::time::Instant::now() + self.window;
-        let mut last = String::new();
-        loop {
-            let acknowledged = self
-                .state
-                .store
-                .acme_order(run.rec.id)
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|o| o.acknowledged);
-            if acknowledged {
-                // The user says the records are in place: let the CA look.
-                for r in st.to_publish() {
-                    st.mark_published(&r);
-                }
-                if run.save(st, None).await.is_err() {
-                    return Err(AcmeError::Network("the store is unavailable".into()));
-                }
-                return Ok(());
-            }
-            for r in st.to_publish() {
-                match self.check(&r).await {
-                    Ok((true, _)) => {
-                        st.mark_published(&r);
-                        if run.save(st, None).await.is_err() {
-                            return Err(AcmeError::Network("the store is unavailable".into()));
-                        }
-                    }
-                    Ok((false, summary)) => last = format!("{}: {summary}", r.name),
-                    Err(e) => last = format!("{}: {e}", r.name),
-                }
-            }
-            let left = st.to_publish();
-            if left.is_empty() {
-                return Ok(());
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(AcmeError::Invalid(format!(
-                    "the DNS-01 TXT records were not visible on the zone's authoritative servers within {} s ({last})",
-                    self.window.as_secs()
-                )));
-            }
-            let wanted: Vec<String> = left
-                .iter()
-                .map(|r| format!("{} TXT \"{}\"", r.name, r.value))
-                .collect();
-            let details = format!(
-                "ACME order created; waiting for the DNS-01 TXT records (create them; checked on the zone's authoritative servers until {until}): {}.",
-                wanted.join("; ")
-            );
-            if run.save(st, Some(details)).await.is_err() {
-                return Err(AcmeError::Network("the store is unavailable".into()));
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
 }
 
 /// Removes every record the order published (best effort; failures are logged).
-async fn unpublish_all(st: &mut OrderState, publisher: &Publisher) {
+async fn unpublish_all(st: &mut OrderState, publisher: &Publishers) {
     for rec in st.published_records() {
         match publisher.unpublish(&rec).await {
             Ok(()) => {
@@ -595,7 +665,7 @@ async fn run(state: &Arc<AppState>, id: i64, fresh_account: bool) -> Result<(), 
     let object = format!("certificates/{}/{}", rec.cert_key, rec.version);
     let publisher = cfg
         .as_ref()
-        .and_then(|c| Publisher::of(c, state, &vault.vault.name, object.clone()).ok());
+        .and_then(|c| Publishers::of(c, state, &vault.vault.name, &object).ok());
 
     let (cert, version, op) = match (found, op) {
         (Some((c, v)), Some(op)) if op.version == rec.version && op.status == "inProgress" => {
@@ -646,7 +716,7 @@ async fn run(state: &Arc<AppState>, id: i64, fresh_account: bool) -> Result<(), 
             )
             .await;
     };
-    let publisher = match Publisher::of(&cfg, state, &vault.vault.name, object) {
+    let publisher = match Publishers::of(&cfg, state, &vault.vault.name, &object) {
         Ok(p) => p,
         Err(e) => return run.fail_plain(Some(&st), e).await,
     };
@@ -732,7 +802,7 @@ async fn one_step(
     client: &AcmeClient,
     st: &mut OrderState,
     step: Step,
-    publisher: &Publisher,
+    publisher: &Publishers,
     csr: &[u8],
     cfg: &AcmeIssuer,
     run: &Run<'_>,
@@ -740,13 +810,12 @@ async fn one_step(
     match step {
         Step::CreateOrder => client.new_order(st).await?,
         Step::FetchChallenges => client.fetch_challenges(st).await?,
-        Step::Publish if matches!(publisher, Publisher::Notify(_)) => {
-            if let Publisher::Notify(n) = publisher {
-                n.wait(st, run).await?;
-            }
-        }
         Step::Publish => {
+            // Records certvault publishes itself first; then those the user sets (notify).
             for rec in st.to_publish() {
+                if publisher.notify_for(&rec).is_some() {
+                    continue;
+                }
                 let mut tries = 0;
                 loop {
                     match publisher.publish(&rec).await {
@@ -769,6 +838,9 @@ async fn one_step(
                     return Err(AcmeError::Network("the store is unavailable".into()));
                 }
             }
+            if !st.to_publish().is_empty() {
+                publisher.wait(st, run).await?;
+            }
         }
         Step::SubmitChallenges => client.submit_challenges(st).await?,
         Step::PollAuthorizations => client.poll_authorizations(st).await?,
@@ -787,7 +859,7 @@ async fn one_step(
 async fn complete(
     run: &Run<'_>,
     st: &mut OrderState,
-    publisher: &Publisher,
+    publisher: &Publishers,
     chain: certvault_acme::CertificateChain,
     spki: &[u8],
 ) -> Result<(), Halt> {
@@ -854,7 +926,7 @@ async fn cancelled(
     run: &Run<'_>,
     client: &AcmeClient,
     st: &mut OrderState,
-    publisher: &Publisher,
+    publisher: &Publishers,
 ) -> Result<(), Halt> {
     if let Err(e) = client.cancel(st).await {
         tracing::warn!(order = run.rec.id, error = %e, "could not deactivate the ACME authorizations");
