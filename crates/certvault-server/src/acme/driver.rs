@@ -158,7 +158,14 @@ impl Publishers {
                 window = window.max(n.window);
             }
         }
-        let until = run.state.clock.now() + i64::try_from(window.as_secs()).unwrap_or(600);
+        let until_ts = run.state.clock.now() + i64::try_from(window.as_secs()).unwrap_or(600);
+        let until = time::OffsetDateTime::from_unix_timestamp(until_ts)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| until_ts.to_string());
         let deadline = std::time::Instant::now() + window;
         let mut last = String::new();
         loop {
