@@ -717,8 +717,10 @@ mod tests {
             j.append(vec![r]).await.unwrap();
             n += 1;
         }
+        // rotated: the journal writes to a later segment (the first may already be imported
+        // and removed by a periodic import)
         let files = segments(&s.audit_journal_dir()).unwrap();
-        assert!(files.len() >= 2, "rotated: {files:?}");
+        assert!(files.iter().any(|f| f.0 >= 2), "rotated: {files:?}");
         j.flush().await.unwrap();
         let files: Vec<u64> = segments(&s.audit_journal_dir())
             .unwrap()
