@@ -2,6 +2,7 @@
 //! with bearer-token auth and vault routing by host name.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod admin;
 pub mod admin_access;
 pub mod admin_lifecycle;
@@ -312,7 +313,10 @@ impl Started {
                 let _ = stopped.wait_for(|s| *s).await;
             }))
         });
+        tokio::spawn(acme::resume_all(self.state.clone()));
+        let acme_state = self.state.clone();
         http::serve(self.listener, self.tls, self.state, shutdown).await;
+        acme_state.acme.shutdown();
         let _ = stop_identity.send(true);
         if let Some(task) = identity {
             let _ = task.await;

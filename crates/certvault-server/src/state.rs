@@ -82,6 +82,8 @@ pub struct AppState {
     pub secret_cache: crate::kv::secret_cache::SecretCache,
     /// The lifecycle engine and notification delivery (settings, wake-ups, work in flight).
     pub lifecycle: crate::lifecycle::Lifecycle,
+    /// ACME order tasks and account clients.
+    pub acme: crate::acme::AcmeRuntime,
     vaults: RwLock<HashMap<String, Arc<VaultCtx>>>,
 }
 
@@ -118,6 +120,7 @@ impl AppState {
             key_cache: KeyCache::new(4096),
             secret_cache: crate::kv::secret_cache::SecretCache::new(SECRET_CACHE_BYTES),
             lifecycle: crate::lifecycle::Lifecycle::default(),
+            acme: crate::acme::AcmeRuntime::default(),
             vaults: RwLock::new(HashMap::new()),
         }
     }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod acme;
 mod audit;
 mod audit_journal;
 mod error;
@@ -15,6 +16,7 @@ mod records;
 mod sqlite;
 
 pub use access::{PolicyRecord, PrincipalRecord, TokenRecord};
+pub use acme::{AcmeAccountRecord, AcmeOrderRecord};
 pub use audit::{
     AuditChain, AuditFilter, AuditMac, AuditProblem, AuditProblemKind, AuditRecord,
     AuditVerification, HEAD_LOST_OPERATION, NewAuditRecord,

@@ -101,6 +101,7 @@ ALTER TABLE versions ADD COLUMN key_ops TEXT;
     crate::audit::MIGRATION,
     crate::jobs::MIGRATION,
     crate::outbox::MIGRATION,
+    crate::acme::MIGRATION,
 ];
 
 type Job = Box<dyn WriteJob>;

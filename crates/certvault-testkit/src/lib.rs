@@ -256,7 +256,7 @@ zone "{zone}" {{
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             if text.lines().any(|l| l.starts_with(';')) {
                 last = text;
-                std::thread::sleep(std::time::Duration::from_millis(200));
+                std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
             let mut v: Vec<String> = text
@@ -373,6 +373,9 @@ pub struct PebbleOptions {
     pub authz_reuse_percent: u8,
     /// `PEBBLE_ALTERNATE_ROOTS`: number of alternate chains offered.
     pub alternate_roots: u8,
+    /// Let the VA sleep 0–5 s before each lookup (pebble's default; off here), so that tests
+    /// can act while an order waits for validation.
+    pub va_sleep: bool,
 }
 
 impl PebbleOptions {
@@ -384,6 +387,7 @@ impl PebbleOptions {
             nonce_reject_percent: 0,
             authz_reuse_percent: 0,
             alternate_roots: 0,
+            va_sleep: false,
         }
     }
 }
@@ -442,7 +446,7 @@ impl Pebble {
             .arg("-dnsserver")
             .arg(&opts.dns_server)
             .current_dir(d)
-            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env_remove("PEBBLE_VA_NOSLEEP")
             .env("PEBBLE_VA_ALWAYS_VALID", "0")
             .env(
                 "PEBBLE_WFE_NONCEREJECT",
@@ -450,6 +454,9 @@ impl Pebble {
             )
             .env("PEBBLE_AUTHZREUSE", opts.authz_reuse_percent.to_string())
             .env("PEBBLE_ALTERNATE_ROOTS", opts.alternate_roots.to_string());
+        if !opts.va_sleep {
+            cmd.env("PEBBLE_VA_NOSLEEP", "1");
+        }
         let mut proc = Proc::spawn("pebble", &mut cmd, d.join("pebble.log"));
         wait_tcp(&mut proc, port, "ACME");
         wait_tcp(&mut proc, mgmt, "management");

@@ -48,6 +48,9 @@ pub(crate) struct Conn {
 pub(crate) enum CertCommand {
     /// Create a certificate (issuer Self signs at once; Unknown returns a CSR to merge).
     Create(CreateArgs),
+    /// Order a certificate from an ACME issuer (`--issuer <name>` of an issuer with provider
+    /// acme; DNS names with --dns) and wait until it is issued.
+    Order(CreateArgs),
     /// Import a certificate with its private key from a PEM or PFX file.
     Import(ImportArgs),
     /// Show a certificate (latest version unless --version).
@@ -443,6 +446,12 @@ fn print_bundle(v: &Value, json_out: bool) {
 pub(crate) async fn run_cert(cmd: CertCommand) -> Result<()> {
     match cmd {
         CertCommand::Create(a) => create(a).await,
+        CertCommand::Order(a) => {
+            if a.issuer.eq_ignore_ascii_case("self") || a.issuer.eq_ignore_ascii_case("unknown") {
+                bail!("`cert order` needs --issuer <name of an issuer with provider acme>");
+            }
+            create(a).await
+        }
         CertCommand::Import(a) => import(a).await,
         CertCommand::Get(a) => {
             let c = Client::new(&a.conn)?;
@@ -596,7 +605,8 @@ async fn create(a: CreateArgs) -> Result<()> {
                 return Ok(());
             }
             Some(s) => bail!(
-                "the operation ended {s}: {}",
+                "the operation ended {s}: {} {}",
+                op["error"]["code"].as_str().unwrap_or(""),
                 op["error"]["message"].as_str().unwrap_or("")
             ),
             None => bail!("unexpected operation: {op}"),

@@ -375,19 +375,27 @@ pub async fn create_with(
         certvault_crypto::validate_subject(policy.subject())?;
     }
     let issuer = policy.issuer_name().to_owned();
+    let mut acme = None;
     if issuer != ISSUER_SELF && issuer != ISSUER_UNKNOWN {
         let rec = store
             .issuer(ctx.vault_id(), &issuer.to_ascii_lowercase())
             .await?;
-        return Err(match rec {
-            None => ApiError::bad(format!(
-                "The issuer '{issuer}' does not exist in this vault."
-            )),
-            Some(r) => ApiError::bad(format!(
-                "Issuer '{issuer}' uses provider '{}', which cannot issue certificates on this server yet.",
-                r.provider
-            )),
-        });
+        match rec {
+            Some(r) if crate::acme::is_acme(&r.provider) => {
+                acme = Some(crate::acme::prepare(ctx, &policy, &r)?);
+            }
+            None => {
+                return Err(ApiError::bad(format!(
+                    "The issuer '{issuer}' does not exist in this vault."
+                )));
+            }
+            Some(r) => {
+                return Err(ApiError::bad(format!(
+                    "Issuer '{issuer}' uses provider '{}', which cannot issue certificates on this server yet.",
+                    r.provider
+                )));
+            }
+        }
     }
     if let Some(c) = &existing
         && has_pending_op(ctx, c.id).await?
@@ -477,16 +485,28 @@ pub async fn create_with(
         op.status = "completed".into();
         op.status_details = String::new();
     } else {
-        let params = cert_params(
+        let mut params = cert_params(
             &policy,
             now,
             model::add_months(now, policy.validity_months()),
         )?;
+        if let Some(plan) = &acme {
+            // The CA wants the CSR's names to be exactly the order's.
+            params.dns_names = plan.identifiers.clone();
+            op.status_details = plan.status_details();
+        }
         let csr = blocking(move || key.csr(&params)).await?;
         op.csr = Some(csr);
     }
+    let order = match &acme {
+        Some(plan) => Some(
+            plan.insert(ctx, &n.key(), version.as_str(), enabled)
+                .await?,
+        ),
+        None => None,
+    };
     let policy_json = serde_json::to_string(&policy).map_err(|e| ApiError::internal(&e))?;
-    let (cert, _) = store
+    let added = store
         .add_version(
             ctx.vault_id(),
             n.as_str(),
@@ -497,8 +517,14 @@ pub async fn create_with(
                 operation: Some(op.clone()),
             },
         )
-        .await
-        .map_err(map_store(&n))?;
+        .await;
+    if let (Err(_), Some(o)) = (&added, &order) {
+        crate::acme::discard(ctx.state, o).await;
+    }
+    let (cert, _) = added.map_err(map_store(&n))?;
+    if let Some(o) = &order {
+        crate::acme::start(ctx.state, o.id);
+    }
     // The 202 always says inProgress; completion shows on the next GET of the operation.
     let mut shown = op;
     shown.status = "inProgress".into();
@@ -940,6 +966,29 @@ pub async fn cancel_pending(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body
             ctx.now,
         )
         .await?;
+    crate::acme::cancel_requested(ctx.state, ctx.vault_id(), &n.key(), &op.version);
+    op_response(ctx, &cert, &op)
+}
+
+/// POST /certificates/{n}/pending/acknowledge (certvault extension): the user has created the
+/// DNS-01 TXT records of an ACME order in `notify` mode; the CA is asked to validate without
+/// waiting for the authoritative check.
+pub async fn acknowledge_pending(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
+    let n = name(seg)?;
+    let (cert, op) = op_of(ctx, &n).await?;
+    if op.status != "inProgress" {
+        return Err(pending_not_found(&n));
+    }
+    let found = ctx
+        .state
+        .store
+        .acknowledge_acme_order(ctx.vault_id(), &n.key(), &op.version, ctx.now)
+        .await?;
+    if !found {
+        return Err(ApiError::bad(
+            "This certificate operation is not an ACME order; there is nothing to acknowledge.",
+        ));
+    }
     op_response(ctx, &cert, &op)
 }
 
@@ -948,6 +997,7 @@ pub async fn delete_pending(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body
     let n = name(seg)?;
     let (cert, _) = op_of(ctx, &n).await?;
     let op = ctx.state.store.delete_operation(cert.id).await?;
+    crate::acme::cancel_requested(ctx.state, ctx.vault_id(), &n.key(), &op.version);
     op_response(ctx, &cert, &op)
 }
 

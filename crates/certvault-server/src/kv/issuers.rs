@@ -38,6 +38,8 @@ struct IssuerBody {
     credentials: Option<Credentials>,
     org_details: Option<Value>,
     attributes: Option<IssuerAttributes>,
+    /// Settings of the `acme` provider (see `crate::acme::config`).
+    acme: Option<Value>,
 }
 
 fn render(ctx: &Ctx<'_>, rec: &IssuerRecord) -> Value {
@@ -52,6 +54,10 @@ fn render(ctx: &Ctx<'_>, rec: &IssuerRecord) -> Value {
     }
     if let Some(org) = body.get("org_details").filter(|v| !v.is_null()) {
         out["org_details"] = org.clone();
+    }
+    if let Some(acme) = body.get("acme").filter(|v| !v.is_null()) {
+        // The public part only: secrets live sealed in the row's `secret`.
+        out["acme"] = acme.clone();
     }
     out
 }
@@ -111,6 +117,20 @@ async fn save(
         validate_org(org)?;
         stored["org_details"] = org.clone();
     }
+    if crate::acme::is_acme(&provider) {
+        let (public, sealed) = acme_settings(ctx, n, &body, existing.as_ref())?;
+        stored["acme"] = public;
+        secret = Some(sealed);
+    } else if body.acme.is_some() {
+        return Err(ApiError::bad(
+            "acme settings are only valid for an issuer with provider 'acme'.",
+        ));
+    } else if let Some(o) = stored.as_object_mut() {
+        // No longer an ACME issuer: its sealed settings go (unless a new pwd replaced them).
+        if o.remove("acme").is_some() && body.credentials.as_ref().is_none_or(|c| c.pwd.is_none()) {
+            secret = None;
+        }
+    }
     let enabled = body
         .attributes
         .and_then(|a| a.enabled)
@@ -130,6 +150,38 @@ async fn save(
     };
     let rec = ctx.state.store.put_issuer(rec).await?;
     Ok(json_response(StatusCode::OK, &render(ctx, &rec)))
+}
+
+/// The `acme` provider's settings merged over the stored ones: (public JSON, sealed secrets).
+/// Key Vault `credentials` map to External Account Binding (`account_id` = key id, `pwd` =
+/// HMAC key).
+fn acme_settings(
+    ctx: &Ctx<'_>,
+    n: &ObjectName,
+    body: &IssuerBody,
+    existing: Option<&IssuerRecord>,
+) -> ApiResult<(Value, Vec<u8>)> {
+    use crate::acme::config;
+    let stored = match existing.filter(|e| crate::acme::is_acme(&e.provider)) {
+        Some(e) if e.body.contains("\"acme\"") => {
+            let config::AcmeIssuer { public, secrets } =
+                config::load(&ctx.vault, &n.key(), &e.body, e.secret.as_deref())?;
+            Some((public, secrets))
+        }
+        _ => None,
+    };
+    let creds = body.credentials.as_ref();
+    let (public, secrets) = config::merge(
+        stored,
+        body.acme.as_ref(),
+        creds.and_then(|c| c.account_id.as_deref()),
+        creds.and_then(|c| c.pwd.as_deref()),
+    )?;
+    let sealed = config::seal(&ctx.vault, &n.key(), &secrets)?;
+    Ok((
+        serde_json::to_value(&public).map_err(|e| ApiError::internal(&e))?,
+        sealed,
+    ))
 }
 
 fn issuer_name(seg: &str) -> ApiResult<ObjectName> {

@@ -394,6 +394,10 @@ pub async fn dispatch(
             p(C, "update"),
             Box::pin(certs::delete_pending(&ctx, seg(1))),
         ),
+        (["certificates", _, "pending", "acknowledge"], &M::POST) => (
+            p(C, "update"),
+            Box::pin(certs::acknowledge_pending(&ctx, seg(1))),
+        ),
         (["certificates", _, "pending", "merge"], &M::POST) => {
             (p(C, "create"), Box::pin(certs::merge(&ctx, seg(1))))
         }

@@ -1,0 +1,676 @@
+//! ACME ordering through the Key Vault API, against the real server, Debian's pebble and a
+//! real BIND 9 updated with RFC 2136 + TSIG. Every component is started by the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use certvault_testkit::{Bind, ChallTestSrv, Pebble, PebbleOptions, openssl_sans, openssl_verify};
+use serde_json::{Value, json};
+
+struct Server {
+    base: String,
+    token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    http: reqwest::Client,
+}
+
+async fn start(dir: &Path) -> Server {
+    let clock: certvault_core::clock::SharedClock = Arc::new(certvault_core::SystemClock);
+    let opts = certvault_server::ServeOptions::local(dir, "certvault.test");
+    let started = certvault_server::start(&opts, clock)
+        .await
+        .expect("server starts");
+    let base = format!("https://127.0.0.1:{}", started.addr.port());
+    let token = std::fs::read_to_string(&started.token_path)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let ca = std::fs::read(&started.ca_path).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        started
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .build()
+        .unwrap();
+    Server {
+        base,
+        token,
+        stop: Some(tx),
+        task: Some(task),
+        http,
+    }
+}
+
+impl Server {
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}{sep}api-version=7.4", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        (status, v)
+    }
+
+    async fn put_issuer(&self, name: &str, body: Value) -> (u16, Value) {
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/certificates/issuers/{name}"),
+            Some(body),
+        )
+        .await
+    }
+
+    /// POST create with a PEM policy for `names` from `issuer`; asserts the 202.
+    async fn create(&self, cert: &str, issuer: &str, names: &[&str]) -> Value {
+        let body = json!({"policy": {
+            "key_props": {"kty": "EC", "crv": "P-256"},
+            "secret_props": {"contentType": "application/x-pem-file"},
+            "x509_props": {"subject": format!("CN={}", names[0]), "sans": {"dns_names": names}},
+            "issuer": {"name": issuer}}});
+        let (s, op) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/certificates/{cert}/create"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, 202, "{op}");
+        assert_eq!(op["status"], "inProgress", "{op}");
+        assert!(op["csr"].is_string());
+        op
+    }
+
+    async fn pending(&self, cert: &str) -> Value {
+        let (s, op) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/certificates/{cert}/pending"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{op}");
+        op
+    }
+
+    /// Polls the pending operation until it leaves `inProgress`.
+    async fn wait_done(&self, cert: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let op = self.pending(cert).await;
+            if op["status"] != "inProgress" {
+                return op;
+            }
+            assert!(Instant::now() < deadline, "still in progress: {op}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls until the status details contain `text` (while in progress).
+    async fn wait_details(&self, cert: &str, text: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let op = self.pending(cert).await;
+            assert_eq!(op["status"], "inProgress", "ended before '{text}': {op}");
+            if op["status_details"].as_str().unwrap_or("").contains(text) {
+                return op;
+            }
+            assert!(Instant::now() < deadline, "never '{text}': {op}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The managed secret (PEM: key, leaf, chain).
+    async fn chain_pem(&self, cert: &str) -> String {
+        let (s, secret) = self
+            .call(reqwest::Method::GET, &format!("/secrets/{cert}/"), None)
+            .await;
+        assert_eq!(s, 200, "{secret}");
+        secret["value"].as_str().unwrap().to_owned()
+    }
+}
+
+fn issuer_body(pebble: &Pebble, bind: &Bind) -> Value {
+    json!({
+        "provider": "acme",
+        "acme": {
+            "directory": pebble.directory_url,
+            "email": "ops@example.test",
+            "terms_agreed": true,
+            "ca_pem": pebble.tls_ca_pem,
+            "dns": {
+                "mode": "rfc2136",
+                "zone": bind.zone,
+                "server": bind.addr,
+                "tsig_key_name": bind.key_name,
+                "tsig_secret": bind.key_secret,
+            }
+        }
+    })
+}
+
+async fn check_issued(srv: &Server, pebble: &Pebble, cert: &str, names: &[&str]) {
+    let op = srv.wait_done(cert).await;
+    assert_eq!(op["status"], "completed", "{op}\n{}", pebble.log());
+    assert!(
+        op["target"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/certificates/{cert}"))
+    );
+    let (s, bundle) = srv
+        .call(
+            reqwest::Method::GET,
+            &format!("/certificates/{cert}/"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(bundle["attributes"]["enabled"], true, "{bundle}");
+    assert!(bundle["cer"].is_string());
+    let pem = srv.chain_pem(cert).await;
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+    let certs = &pem[pem.find("-----BEGIN CERTIFICATE-----").unwrap()..];
+    openssl_verify(certs, &pebble.root_pem(0).await);
+    let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(openssl_sans(certs), want);
+}
+
+#[tokio::test]
+async fn issuer_settings_are_validated_and_secrets_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let tsig = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=";
+    let eab = "ZWFiLWhtYWMta2V5LXRoYXQtaXMtc2VjcmV0LTAxMjM0";
+    let good = json!({
+        "provider": "acme",
+        "acme": {
+            "directory": "letsencrypt-staging",
+            "email": "ops@example.test",
+            "terms_agreed": true,
+            "eab_kid": "kid-1",
+            "eab_hmac_key": eab,
+            "preferred_chain": "ISRG Root X1",
+            "dns": {"mode": "rfc2136", "zone": "example.test", "server": "127.0.0.1:53",
+                    "tsig_key_name": "certvault", "tsig_secret": tsig}
+        }
+    });
+    let bad_cases = [
+        json!({"provider": "acme"}),
+        json!({"provider": "acme", "acme": {"directory": "http://ca.example.test/dir", "dns": {"mode": "notify"}}}),
+        json!({"provider": "acme", "acme": {"directory": "nosuchpreset", "dns": {"mode": "notify"}}}),
+        json!({"provider": "acme", "acme": {"directory": "letsencrypt"}}),
+        json!({"provider": "acme", "acme": {"directory": "letsencrypt", "dns": {"mode": "carrier-pigeon"}}}),
+        json!({"provider": "acme", "acme": {"directory": "letsencrypt", "dns": {"mode": "rfc2136", "zone": "example.test"}}}),
+        json!({"provider": "acme", "acme": {"directory": "letsencrypt", "eab_kid": "k", "dns": {"mode": "notify"}}}),
+        json!({"provider": "acme", "acme": {"directory": "letsencrypt", "email": "no at sign", "dns": {"mode": "notify"}}}),
+        json!({"provider": "acme", "acme": {"directory": "letsencrypt", "unknown": 1, "dns": {"mode": "notify"}}}),
+        json!({"provider": "acme", "acme": {"directory": "letsencrypt", "ca_pem": "not pem", "dns": {"mode": "notify"}}}),
+        json!({"provider": "Test", "acme": {"directory": "letsencrypt"}}),
+    ];
+    for b in bad_cases {
+        let (s, e) = srv.put_issuer("le", b.clone()).await;
+        assert_eq!(s, 400, "{b} → {e}");
+        assert_eq!(e["error"]["code"], "BadParameter");
+    }
+    let (s, _) = srv
+        .call(reqwest::Method::GET, "/certificates/issuers/le", None)
+        .await;
+    assert_eq!(s, 404, "nothing stored by refused requests");
+
+    let (s, out) = srv.put_issuer("le", good).await;
+    assert_eq!(s, 200, "{out}");
+    let text = out.to_string();
+    assert!(!text.contains(tsig) && !text.contains(eab), "{text}");
+    assert_eq!(out["provider"], "acme");
+    assert_eq!(
+        out["acme"]["directory_url"],
+        "https://acme-staging-v02.api.letsencrypt.org/directory"
+    );
+    assert_eq!(out["acme"]["preset"], "letsencrypt-staging");
+    assert_eq!(out["acme"]["eab_kid"], "kid-1");
+    assert_eq!(out["acme"]["eab_hmac_key_set"], true);
+    assert_eq!(out["acme"]["dns"]["tsig_secret_set"], true);
+
+    // PATCH changes one member and keeps the secrets.
+    let (s, out) = srv
+        .call(
+            reqwest::Method::PATCH,
+            "/certificates/issuers/le",
+            Some(json!({"acme": {"email": "new@example.test"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(out["acme"]["email"], "new@example.test");
+    assert_eq!(out["acme"]["eab_hmac_key_set"], true);
+    assert_eq!(out["acme"]["dns"]["tsig_secret_set"], true);
+    let (s, got) = srv
+        .call(reqwest::Method::GET, "/certificates/issuers/le", None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(got, out);
+    assert!(!got.to_string().contains(tsig));
+
+    // A policy the CA cannot validate is refused before anything is stored.
+    for sans in [
+        json!({"dns_names": ["a.example.test"], "emails": ["x@example.test"]}),
+        json!({"dns_names": ["a.*.example.test"]}),
+        json!({"dns_names": ["localhost"]}),
+    ] {
+        let (s, e) = srv
+            .call(
+                reqwest::Method::POST,
+                "/certificates/refused/create",
+                Some(json!({"policy": {"x509_props": {"subject": "O=x", "sans": sans}, "issuer": {"name": "le"}}})),
+            )
+            .await;
+        assert_eq!(s, 400, "{e}");
+    }
+    let (s, _) = srv
+        .call(reqwest::Method::GET, "/certificates/refused/pending", None)
+        .await;
+    assert_eq!(s, 404);
+    srv.stop().await;
+
+    // The secrets are not in the database files in plain text.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            let bytes = std::fs::read(&p).unwrap();
+            for secret in [tsig, eab] {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds a secret",
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn orders_single_san_and_wildcard_through_bind() {
+    let bind = Bind::start("order.test");
+    let pebble = Pebble::start(&PebbleOptions::new(&bind.addr)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let (s, out) = srv.put_issuer("pebble", issuer_body(&pebble, &bind)).await;
+    assert_eq!(s, 200, "{out}");
+
+    let single = ["www.order.test"];
+    let san = ["san.order.test", "www.san.order.test", "api.san.order.test"];
+    let wild = ["*.wild.order.test", "wild.order.test"];
+    let op = srv.create("single", "pebble", &single).await;
+    assert!(
+        op["status_details"].as_str().unwrap().contains("ACME"),
+        "{op}"
+    );
+    srv.create("san", "pebble", &san).await;
+    srv.create("wild", "pebble", &wild).await;
+    check_issued(&srv, &pebble, "single", &single).await;
+    check_issued(&srv, &pebble, "san", &san).await;
+    check_issued(&srv, &pebble, "wild", &wild).await;
+    assert_eq!(pebble.orders_created(), 3);
+    // The records were removed again.
+    for name in [
+        "_acme-challenge.www.order.test",
+        "_acme-challenge.wild.order.test",
+        "_acme-challenge.san.order.test",
+    ] {
+        assert!(bind.dig_txt(name).is_empty(), "{name} left behind");
+    }
+
+    // A second certificate from the same issuer reuses the account; a new version of an
+    // existing certificate is a new order.
+    srv.create("single", "pebble", &single).await;
+    check_issued(&srv, &pebble, "single", &single).await;
+    let (_, versions) = srv
+        .call(reqwest::Method::GET, "/certificates/single/versions", None)
+        .await;
+    assert_eq!(versions["value"].as_array().unwrap().len(), 2);
+    assert_eq!(pebble.orders_created(), 4);
+
+    // The CA's problem ends the operation failed, with its type: pebble refuses an account
+    // that did not agree to its terms.
+    let mut body = issuer_body(&pebble, &bind);
+    body["acme"]["terms_agreed"] = json!(false);
+    let (s, _) = srv.put_issuer("noterms", body).await;
+    assert_eq!(s, 200);
+    srv.create("refused", "noterms", &["refused.order.test"])
+        .await;
+    let op = srv.wait_done("refused").await;
+    assert_eq!(op["status"], "failed", "{op}");
+    let code = op["error"]["code"].as_str().unwrap();
+    assert!(code.starts_with("urn:ietf:params:acme:error:"), "{op}");
+    assert!(!op["error"]["message"].as_str().unwrap().is_empty(), "{op}");
+    // The failed operation left no pending version behind.
+    let (s, _) = srv
+        .call(reqwest::Method::GET, "/certificates/refused/", None)
+        .await;
+    assert_eq!(s, 404);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn failed_validation_fails_the_operation_with_the_problem_type() {
+    // Pebble's VA asks a server that does not have the records that certvault published to
+    // BIND: the authorization becomes invalid.
+    let bind = Bind::start("fail.test");
+    let chall = ChallTestSrv::start();
+    let pebble = Pebble::start(&PebbleOptions::new(&chall.dns_addr)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let (s, _) = srv.put_issuer("pebble", issuer_body(&pebble, &bind)).await;
+    assert_eq!(s, 200);
+    srv.create("bad", "pebble", &["bad.fail.test"]).await;
+    let op = srv.wait_done("bad").await;
+    assert_eq!(op["status"], "failed", "{op}");
+    assert_eq!(
+        op["error"]["code"], "urn:ietf:params:acme:error:unauthorized",
+        "{op}"
+    );
+    assert_eq!(op["error"]["innererror"]["code"], "unauthorized");
+    assert!(bind.dig_txt("_acme-challenge.bad.fail.test").is_empty());
+    // A new create is allowed after the failure.
+    let (s, _) = srv
+        .call(reqwest::Method::GET, "/certificates/bad/pending", None)
+        .await;
+    assert_eq!(s, 200);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_and_restart_mid_order() {
+    let bind = Bind::start("resume.test");
+    let mut opts = PebbleOptions::new(&bind.addr);
+    opts.va_sleep = true;
+    let pebble = Pebble::start(&opts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let (s, _) = srv.put_issuer("pebble", issuer_body(&pebble, &bind)).await;
+    assert_eq!(s, 200);
+
+    // Cancel while the CA validates: the operation is cancelled and the record removed.
+    srv.create("cancel", "pebble", &["cancel.resume.test"])
+        .await;
+    srv.wait_details("cancel", "waiting for the CA to validate")
+        .await;
+    assert_eq!(bind.dig_txt("_acme-challenge.cancel.resume.test").len(), 1);
+    let (s, op) = srv
+        .call(
+            reqwest::Method::PATCH,
+            "/certificates/cancel/pending",
+            Some(json!({"cancellation_requested": true})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(op["status"], "cancelled");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bind
+        .dig_txt("_acme-challenge.cancel.resume.test")
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "record not removed after cancel");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(srv.pending("cancel").await["status"], "cancelled");
+
+    // Stop the server once the order exists at the CA; the next start resumes it.
+    let names = ["resume.test", "*.resume.test"];
+    srv.create("resumed", "pebble", &names).await;
+    srv.wait_details("resumed", "ACME order created").await;
+    let before = pebble.orders_created();
+    srv.stop().await;
+    let srv = start(dir.path()).await;
+    check_issued(&srv, &pebble, "resumed", &names).await;
+    assert_eq!(
+        pebble.orders_created(),
+        before,
+        "no second order after the restart"
+    );
+    srv.stop().await;
+}
+
+/// The records a notify-mode operation waits for, from its status details
+/// (`NAME TXT "VALUE"; …`).
+fn wanted_records(op: &Value) -> Vec<(String, String)> {
+    let details = op["status_details"].as_str().unwrap();
+    let list = details.rsplit_once("): ").unwrap().1.trim_end_matches('.');
+    list.split("; ")
+        .map(|item| {
+            let (name, value) = item.split_once(" TXT ").unwrap();
+            (name.to_owned(), value.trim_matches('"').to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn notify_mode_waits_for_the_user_and_the_window() {
+    let bind = Bind::start("notify.test");
+    let pebble = Pebble::start(&PebbleOptions::new(&bind.addr)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let notify = |window: u64| {
+        json!({
+            "provider": "acme",
+            "acme": {
+                "directory": pebble.directory_url,
+                "terms_agreed": true,
+                "ca_pem": pebble.tls_ca_pem,
+                "dns": {"mode": "notify", "zone": bind.zone, "nameservers": [bind.addr],
+                        "window_seconds": window}
+            }
+        })
+    };
+    let (s, out) = srv.put_issuer("manual", notify(600)).await;
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(out["acme"]["dns"]["mode"], "notify");
+
+    // The user (this test) sets the records the operation asks for; certvault sees them on
+    // the authoritative server and has the CA validate. Wildcard + apex: two values, one name.
+    let names = ["notify.test", "*.notify.test"];
+    srv.create("manual", "manual", &names).await;
+    let op = srv
+        .wait_details("manual", "waiting for the DNS-01 TXT records")
+        .await;
+    let records = wanted_records(&op);
+    assert_eq!(records.len(), 2, "{op}");
+    let dns = certvault_dns::Rfc2136::new(
+        &bind.zone,
+        &bind.addr,
+        certvault_dns::TsigKey::hmac_sha256(&bind.key_name, &bind.key_secret).unwrap(),
+    )
+    .unwrap();
+    for (name, value) in &records {
+        dns.append_txt(name, value, 60).await.unwrap();
+    }
+    check_issued(&srv, &pebble, "manual", &names).await;
+
+    // The authoritative check cannot see the records (it asks a server that does not answer),
+    // but the user acknowledges: the CA is asked at once.
+    let mut body = notify(600);
+    body["acme"]["dns"]["nameservers"] =
+        json!([format!("127.0.0.1:{}", certvault_testkit::free_port())]);
+    let (s, _) = srv.put_issuer("acked", body).await;
+    assert_eq!(s, 200);
+    let (s, e) = srv
+        .call(
+            reqwest::Method::POST,
+            "/certificates/manual/pending/acknowledge",
+            None,
+        )
+        .await;
+    assert_eq!(s, 404, "nothing in progress: {e}");
+    srv.create("acked", "acked", &["www.notify.test"]).await;
+    let op = srv
+        .wait_details("acked", "waiting for the DNS-01 TXT records")
+        .await;
+    for (name, value) in wanted_records(&op) {
+        dns.append_txt(&name, &value, 60).await.unwrap();
+    }
+    let (s, op) = srv
+        .call(
+            reqwest::Method::POST,
+            "/certificates/acked/pending/acknowledge",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{op}");
+    check_issued(&srv, &pebble, "acked", &["www.notify.test"]).await;
+
+    // Nobody sets the record: the window passes and the order fails with a clear reason.
+    let (s, _) = srv.put_issuer("short", notify(10)).await;
+    assert_eq!(s, 200);
+    srv.create("late", "short", &["late.notify.test"]).await;
+    let op = srv.wait_done("late").await;
+    assert_eq!(op["status"], "failed", "{op}");
+    let msg = op["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("not visible") && msg.contains("10 s"), "{op}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn external_account_binding() {
+    let bind = Bind::start("eab.test");
+    let hmac = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(certvault_testkit::random_bytes(32))
+    };
+    let mut opts = PebbleOptions::new(&bind.addr);
+    opts.eab = Some(vec![("kid-1".into(), hmac.clone())]);
+    let pebble = Pebble::start(&opts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+
+    // Without EAB the CA (whose directory requires it) is not asked: the operation fails.
+    let (s, _) = srv.put_issuer("noeab", issuer_body(&pebble, &bind)).await;
+    assert_eq!(s, 200);
+    srv.create("noeab", "noeab", &["noeab.eab.test"]).await;
+    let op = srv.wait_done("noeab").await;
+    assert_eq!(op["status"], "failed", "{op}");
+    assert!(
+        op["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("External Account Binding"),
+        "{op}"
+    );
+
+    // With the key id and HMAC key given as Key Vault credentials (account_id / pwd).
+    let mut body = issuer_body(&pebble, &bind);
+    body["credentials"] = json!({"account_id": "kid-1", "pwd": hmac});
+    let (s, out) = srv.put_issuer("eab", body).await;
+    assert_eq!(s, 200, "{out}");
+    assert!(!out.to_string().contains(&hmac));
+    assert_eq!(out["acme"]["eab_kid"], "kid-1");
+    srv.create("eab", "eab", &["www.eab.test"]).await;
+    check_issued(&srv, &pebble, "eab", &["www.eab.test"]).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_orders_with_half_the_nonces_rejected() {
+    let bind = Bind::start("many.test");
+    let mut opts = PebbleOptions::new(&bind.addr);
+    opts.nonce_reject_percent = 50;
+    let pebble = Pebble::start(&opts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let (s, _) = srv.put_issuer("pebble", issuer_body(&pebble, &bind)).await;
+    assert_eq!(s, 200);
+    let names: Vec<[String; 2]> = (0..10)
+        .map(|i| [format!("c{i}.many.test"), format!("*.c{i}.many.test")])
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        let refs: Vec<&str> = n.iter().map(String::as_str).collect();
+        srv.create(&format!("c{i}"), "pebble", &refs).await;
+    }
+    for (i, n) in names.iter().enumerate() {
+        let refs: Vec<&str> = n.iter().map(String::as_str).collect();
+        check_issued(&srv, &pebble, &format!("c{i}"), &refs).await;
+    }
+    // One account for all of them, one order each.
+    assert_eq!(pebble.log().matches("There are now 1 accounts").count(), 1);
+    assert_eq!(pebble.orders_created(), 10);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn dns_settings_per_domain_suffix() {
+    let bind = Bind::start("suf.test");
+    let pebble = Pebble::start(&PebbleOptions::new(&bind.addr)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    // The default settings hold a key BIND does not know; names under ok.suf.test use the
+    // right one.
+    let mut body = issuer_body(&pebble, &bind);
+    body["acme"]["dns"]["tsig_secret"] = json!("d3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmc=");
+    body["acme"]["dns_suffixes"] = json!([{
+        "suffix": "ok.suf.test",
+        "dns": {"mode": "rfc2136", "zone": bind.zone, "server": bind.addr,
+                "tsig_key_name": bind.key_name, "tsig_secret": bind.key_secret}
+    }]);
+    let (s, out) = srv.put_issuer("split", body).await;
+    assert_eq!(s, 200, "{out}");
+    assert!(!out.to_string().contains(&bind.key_secret));
+    assert_eq!(
+        out["acme"]["dns_suffixes"][0]["dns"]["tsig_secret_set"],
+        true
+    );
+    // Sent again without its secret, an entry keeps the stored one.
+    let (s, out) = srv
+        .call(
+            reqwest::Method::PATCH,
+            "/certificates/issuers/split",
+            Some(json!({"acme": {"dns_suffixes": [{"suffix": "ok.suf.test", "dns": {"server": bind.addr}}]}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(
+        out["acme"]["dns_suffixes"][0]["dns"]["tsig_secret_set"],
+        true
+    );
+    let (s, e) = srv
+        .call(
+            reqwest::Method::PATCH,
+            "/certificates/issuers/split",
+            Some(json!({"acme": {"dns_suffixes": [{"suffix": "x.test", "dns": {"mode": "rfc2136"}}]}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+
+    let names = ["ok.suf.test", "*.ok.suf.test", "www.ok.suf.test"];
+    srv.create("split", "split", &names).await;
+    check_issued(&srv, &pebble, "split", &names).await;
+    srv.stop().await;
+}
