@@ -515,6 +515,40 @@ async fn notify_mode_waits_for_the_user_and_the_window() {
         dns.append_txt(name, value, 60).await.unwrap();
     }
     check_issued(&srv, &pebble, "manual", &names).await;
+    // The user was told through the outbox (the vault's channels and contacts): one
+    // `cert_domain_validation_required` per record, with the seed's fields at the top level,
+    // and the notice to remove them afterwards.
+    let (s, ev) = srv
+        .call(
+            reqwest::Method::GET,
+            "/admin/v1/vaults/default/events?certificate=manual",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{ev}");
+    let evs = ev["value"].as_array().unwrap();
+    let of = |t: &str| -> Vec<&Value> { evs.iter().filter(|e| e["event_type"] == t).collect() };
+    let required = of("cert_domain_validation_required");
+    assert_eq!(required.len(), 2, "{ev}");
+    let mut told: Vec<(String, String)> = required
+        .iter()
+        .map(|e| {
+            (
+                e["txt_record_name"].as_str().unwrap().to_owned(),
+                e["txt_record_val"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    told.sort();
+    let mut wanted = records.clone();
+    wanted.sort();
+    assert_eq!(told, wanted);
+    assert!(
+        required
+            .iter()
+            .all(|e| e["domain"].is_string() && e["id"].is_string())
+    );
+    assert_eq!(of("cert_domain_validation_completed").len(), 2, "{ev}");
 
     // The authoritative check cannot see the records (it asks a server that does not answer),
     // but the user acknowledges: the CA is asked at once.
@@ -556,6 +590,14 @@ async fn notify_mode_waits_for_the_user_and_the_window() {
     assert_eq!(op["status"], "failed", "{op}");
     let msg = op["error"]["message"].as_str().unwrap();
     assert!(msg.contains("not visible") && msg.contains("10 s"), "{op}");
+    let (_, ev) = srv
+        .call(
+            reqwest::Method::GET,
+            "/admin/v1/vaults/default/events?certificate=late&type=order_failed",
+            None,
+        )
+        .await;
+    assert_eq!(ev["value"].as_array().map(Vec::len), Some(1), "{ev}");
     srv.stop().await;
 }
 

@@ -185,6 +185,16 @@ fn event_row(r: &Row<'_>, o: usize) -> rusqlite::Result<EventRecord> {
     })
 }
 
+impl SqliteStore {
+    /// Records an event (and, by trigger, its deliveries) unless its dedup key exists; returns
+    /// whether it was recorded. For events that are not the outcome of a scheduler job (e.g.
+    /// the steps of an ACME order).
+    pub async fn record_event(&self, e: NewEvent) -> Result<bool, StoreError> {
+        self.write_bookkeeping(move |c| insert_event_tx(c, &e))
+            .await
+    }
+}
+
 /// Records `e` (and, by trigger, its deliveries) unless its dedup key exists. Inside a write.
 pub(crate) fn insert_event_tx(c: &Connection, e: &NewEvent) -> Result<bool, StoreError> {
     let n = c.execute(

@@ -271,10 +271,10 @@ pub async fn resume_all(state: Arc<AppState>) {
     }
 }
 
-/// Records an ACME event for the user.
-///
-/// TODO(issue 5): send it to the vault's notification channels through the lifecycle
-/// engine's outbox once that lands; for now it is only recorded in the audit trail.
+/// Records an ACME event for the user: in the audit trail, and in the outbox, from where the
+/// lifecycle engine delivers it to the vault's channels (webhook, Slack) and contacts (e-mail).
+/// The domain-validation events carry the IBM seed's fields (`domain`, `txt_record_name`,
+/// `txt_record_val`), also at the top level of the webhook payload.
 pub async fn emit_event(
     state: &Arc<AppState>,
     vault: &str,
@@ -289,11 +289,51 @@ pub async fn emit_event(
             Some(vault),
             Some(object),
             crate::audit::Outcome::Ok,
-            Some(payload),
+            Some(payload.clone()),
         )
         .await
     {
         tracing::error!(error = %e, event_type, "an ACME event could not be recorded");
+    }
+    // The vault's notification channels (and its contacts by e-mail) through the outbox.
+    let mut parts = object.splitn(3, '/');
+    let (Some("certificates"), Some(name), version) = (parts.next(), parts.next(), parts.next())
+    else {
+        return;
+    };
+    let Ok(v) = state.vault(&vault.to_ascii_lowercase()).await else {
+        return;
+    };
+    let cert = match state
+        .store
+        .certificate(v.vault.id, &name.to_ascii_lowercase())
+        .await
+    {
+        Ok(Some(c)) => c,
+        _ => return,
+    };
+    let field = |k: &str| payload.get(k).and_then(|x| x.as_str()).unwrap_or("");
+    let event = certvault_store::NewEvent {
+        kind: event_type.to_owned(),
+        cert_id: cert.id,
+        version: version.map(str::to_owned),
+        email: true,
+        // once per order, domain and TXT value: a resumed order does not notify twice
+        dedup: format!(
+            "acme:{event_type}:{}:{}:{}:{}",
+            cert.id,
+            version.unwrap_or(""),
+            field("domain"),
+            field("txt_record_val")
+        ),
+        body: payload,
+        created: state.clock.now(),
+    };
+    match state.store.record_event(event).await {
+        Ok(_) => state.lifecycle.wake_all(),
+        Err(e) => {
+            tracing::error!(error = %e, event_type, "an ACME event could not be queued for delivery")
+        }
     }
 }
 

@@ -181,7 +181,7 @@ pub fn webhook_payload(state: &AppState, ev: &EventRecord, payload_version: i64)
         (Some(n), None) => Some(format!("{base}/certificates/{n}")),
         _ => None,
     };
-    json!({
+    let mut p = json!({
         "version": payload_version,
         "id": ev.uid,
         "event_type": ev.kind,
@@ -193,7 +193,14 @@ pub fn webhook_payload(state: &AppState, ev: &EventRecord, payload_version: i64)
         "occurred_at": ev.created,
         "occurred_at_iso": iso(ev.created),
         "data": ev.body,
-    })
+    });
+    // The domain-validation events keep the IBM seed's field names at the top level too.
+    for k in ["domain", "txt_record_name", "txt_record_val"] {
+        if let Some(v) = ev.body.get(k) {
+            p[k] = v.clone();
+        }
+    }
+    p
 }
 
 fn iso(t: i64) -> String {
