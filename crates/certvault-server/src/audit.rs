@@ -330,6 +330,14 @@ fn kv_target(method: &Method, segs: &[&str]) -> (String, Option<String>, bool) {
             };
             (op, obj("certificates", 1), false)
         }
+        (["certificates", _, "pending", "acknowledge"], &M::POST) => (
+            "certificates.pending.acknowledge",
+            obj("certificates", 1),
+            false,
+        ),
+        (["certificates", _, "renew"], &M::POST) => {
+            ("certificates.renew", obj("certificates", 1), false)
+        }
         (["certificates", _, "pending", "merge"], &M::POST) => {
             ("certificates.merge", obj("certificates", 1), false)
         }
@@ -489,6 +497,68 @@ fn admin_target(method: &Method, segs: &[&str]) -> AdminName {
                     .map(|v| format!("admin/vaults/{v}/access-policies/{}", s(3)));
                 (op, v, object, None)
             }
+            (["test-clock"], &M::GET) => ("admin.test-clock.get", None, None, None),
+            (["test-clock", "advance"], &M::POST) => (
+                "admin.test-clock.advance",
+                None,
+                Some("admin/test-clock".into()),
+                None,
+            ),
+            (["vaults", _, "certificates", _, "renew"], &M::POST) => {
+                let v = vault(1);
+                (
+                    "certificates.renew",
+                    v,
+                    Some(format!("certificates/{}", s(3).to_ascii_lowercase())),
+                    None,
+                )
+            }
+            (["vaults", _, "channels"], m) => {
+                let op = match *m {
+                    M::GET => "admin.channels.list",
+                    M::POST => "admin.channels.create",
+                    _ => "admin.unknown",
+                };
+                let v = vault(1);
+                let created = (*m == M::POST)
+                    .then(|| {
+                        v.as_ref()
+                            .map(|v| ("/name", format!("admin/vaults/{v}/channels")))
+                    })
+                    .flatten();
+                (op, v, None, created)
+            }
+            (["vaults", _, "channels", _, rest @ ..], m) => {
+                let op = match (rest, m) {
+                    ([], &M::GET) => "admin.channels.get",
+                    ([], &M::PATCH) => "admin.channels.update",
+                    ([], &M::DELETE) => "admin.channels.delete",
+                    (["test"], &M::POST) => "admin.channels.test",
+                    (["deliveries"], &M::GET) => "admin.deliveries.list",
+                    _ => "admin.unknown",
+                };
+                let v = vault(1);
+                let object = v
+                    .as_ref()
+                    .map(|v| format!("admin/vaults/{v}/channels/{}", s(3)));
+                (op, v, object, None)
+            }
+            (["vaults", _, "deliveries"], &M::GET) => {
+                ("admin.deliveries.list", vault(1), None, None)
+            }
+            (["vaults", _, "deliveries", _, rest @ ..], m) => {
+                let op = match (rest, m) {
+                    ([], &M::GET) => "admin.deliveries.get",
+                    (["replay"], &M::POST) => "admin.deliveries.replay",
+                    _ => "admin.unknown",
+                };
+                let v = vault(1);
+                let object = v
+                    .as_ref()
+                    .map(|v| format!("admin/vaults/{v}/deliveries/{}", s(3)));
+                (op, v, object, None)
+            }
+            (["vaults", _, "events"], &M::GET) => ("admin.events.list", vault(1), None, None),
             _ => ("admin.unknown", None, None, None),
         };
     (op.to_owned(), vault, object, created)
@@ -861,6 +931,65 @@ mod tests {
     fn t(method: Method, url: &str) -> Target {
         let uri: Uri = url.parse().unwrap();
         target(&method, &uri, &HeaderMap::new(), "kv.test")
+    }
+
+    #[test]
+    fn names_lifecycle_and_acme_requests() {
+        let name = |m: Method, url: &str| {
+            let x = t(m, url);
+            (x.operation, x.vault, x.object)
+        };
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(
+            name(Method::POST, "https://kv.test/certificates/Web/renew"),
+            (
+                "certificates.renew".into(),
+                s("default"),
+                s("certificates/web")
+            )
+        );
+        assert_eq!(
+            name(
+                Method::POST,
+                "https://kv.test/certificates/web/pending/acknowledge"
+            )
+            .0,
+            "certificates.pending.acknowledge"
+        );
+        assert_eq!(
+            name(Method::POST, "https://kv.test/admin/v1/test-clock/advance").0,
+            "admin.test-clock.advance"
+        );
+        assert_eq!(
+            name(
+                Method::POST,
+                "https://kv.test/admin/v1/vaults/Prod/channels/ops/test"
+            ),
+            (
+                "admin.channels.test".into(),
+                s("prod"),
+                s("admin/vaults/prod/channels/ops")
+            )
+        );
+        assert_eq!(
+            name(
+                Method::POST,
+                "https://kv.test/admin/v1/vaults/prod/deliveries/7/replay"
+            )
+            .0,
+            "admin.deliveries.replay"
+        );
+        assert_eq!(
+            name(
+                Method::POST,
+                "https://kv.test/admin/v1/vaults/prod/certificates/web/renew"
+            ),
+            (
+                "certificates.renew".into(),
+                s("prod"),
+                s("certificates/web")
+            )
+        );
     }
 
     #[test]
