@@ -440,22 +440,7 @@ fn append_at(
             mac: Vec::new(),
         };
         rec.mac = chain.record(&rec.prev, &rec).to_vec();
-        let f = &rec.fields;
-        insert.execute(params![
-            rec.seq,
-            f.time,
-            f.request_id,
-            f.principal,
-            f.source,
-            f.vault,
-            f.object,
-            f.operation,
-            f.status,
-            f.outcome,
-            f.detail,
-            rec.prev,
-            rec.mac
-        ])?;
+        insert_record(&mut insert, &rec)?;
         if theirs {
             seqs.push(seq);
         }
@@ -468,6 +453,30 @@ fn append_at(
     c.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
         .execute(params![HEAD_KEY, value])?;
     Ok((seqs, (seq, prev, floor)))
+}
+
+/// Runs an `INSERT … INTO audit_log` statement whose 13 parameters are a record's columns.
+fn insert_record(
+    insert: &mut rusqlite::Statement<'_>,
+    rec: &AuditRecord,
+) -> Result<(), StoreError> {
+    let f = &rec.fields;
+    insert.execute(params![
+        rec.seq,
+        f.time,
+        f.request_id,
+        f.principal,
+        f.source,
+        f.vault,
+        f.object,
+        f.operation,
+        f.status,
+        f.outcome,
+        f.detail,
+        rec.prev,
+        rec.mac
+    ])?;
+    Ok(())
 }
 
 /// Stores records already chained by the journal (seq, prev and MAC given), skipping those
@@ -483,22 +492,7 @@ pub(crate) fn import(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
     for rec in records {
-        let f = &rec.fields;
-        insert.execute(params![
-            rec.seq,
-            f.time,
-            f.request_id,
-            f.principal,
-            f.source,
-            f.vault,
-            f.object,
-            f.operation,
-            f.status,
-            f.outcome,
-            f.detail,
-            rec.prev,
-            rec.mac
-        ])?;
+        insert_record(&mut insert, rec)?;
     }
     let Some(last) = records.last() else {
         return Ok(());

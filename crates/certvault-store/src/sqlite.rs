@@ -585,14 +585,7 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        self.submit(Box::new(Pending {
-            f: Some(f),
-            result: None,
-            reply: Reply::Task(tx),
-            changes_objects: true,
-        }))?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.write_as(f, true).await
     }
 
     /// [`Self::write`] for writes that change nothing but the audit trail: committing them does
@@ -602,12 +595,20 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
+        self.write_as(f, false).await
+    }
+
+    async fn write_as<R, F>(&self, f: F, changes_objects: bool) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         self.submit(Box::new(Pending {
             f: Some(f),
             result: None,
             reply: Reply::Task(tx),
-            changes_objects: false,
+            changes_objects,
         }))?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
