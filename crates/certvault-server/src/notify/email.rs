@@ -179,7 +179,7 @@ impl Mailer {
                         error: Some(if e.is_transient() {
                             "the SMTP server refused the message for now".into()
                         } else {
-                            format!("sending the e-mail failed: {}", error_chain(&e))
+                            format!("sending the e-mail failed: {e}")
                         }),
                     },
                     false,
@@ -207,23 +207,7 @@ fn tls_parameters(s: &SmtpSettings) -> Result<TlsParameters, crate::ServerError>
         let cert = Certificate::from_pem(pem).map_err(|e| cfg(format!("SMTP CA file: {e}")))?;
         b = b.add_root_certificate(cert);
     }
-    b.build_rustls()
-        .map_err(|e| cfg(format!("SMTP TLS: {}", error_chain(&e))))
-}
-
-/// `e` and its sources, so a TLS failure names its cause (e.g. the certificate).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        src = s.source();
-    }
-    out
+    b.build_rustls().map_err(|e| cfg(format!("SMTP TLS: {e}")))
 }
 
 fn html_escape(s: &str) -> String {
