@@ -304,13 +304,12 @@ pub async fn emit_event(
     let Ok(v) = state.vault(&vault.to_ascii_lowercase()).await else {
         return;
     };
-    let cert = match state
+    let Ok(Some(cert)) = state
         .store
         .certificate(v.vault.id, &name.to_ascii_lowercase())
         .await
-    {
-        Ok(Some(c)) => c,
-        _ => return,
+    else {
+        return;
     };
     let field = |k: &str| payload.get(k).and_then(|x| x.as_str()).unwrap_or("");
     let event = certvault_store::NewEvent {
