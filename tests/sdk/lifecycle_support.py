@@ -106,20 +106,37 @@ class _Sink:
         self.messages: list = []
         self.lock = threading.Lock()
 
+        # One entry per message: was the session under STARTTLS (session.ssl), was the
+        # transport TLS at all (STARTTLS or implicit TLS)?
+        self.tls: list = []
+
     async def handle_DATA(self, server, session, envelope):  # noqa: N802
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        transport = getattr(server, "transport", None)
+        on_tls = transport is not None and transport.get_extra_info("ssl_object") is not None
         with self.lock:
             self.messages.append((list(envelope.rcpt_tos), msg))
+            self.tls.append({"starttls": session.ssl is not None, "tls": on_tls})
         return "250 Message accepted for delivery"
 
 
 class SmtpSink:
-    """aiosmtpd on 127.0.0.1, recording (recipients, message)."""
+    """aiosmtpd on 127.0.0.1, recording (recipients, message).
 
-    def __init__(self):
+    `tls_context` with `mode="starttls"`: STARTTLS offered and required before MAIL;
+    `mode="tls"`: TLS from the first byte (SMTPS)."""
+
+    def __init__(self, tls_context: Any = None, mode: str = "none"):
         self.handler = _Sink()
         self.port = support.free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        kw: dict = {}
+        if mode == "starttls":
+            kw = {"tls_context": tls_context, "require_starttls": True}
+        elif mode == "tls":
+            kw = {"ssl_context": tls_context}
+        elif mode != "none":
+            raise ValueError(mode)
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **kw)
 
     def start(self) -> "SmtpSink":
         self.controller.start()
@@ -132,6 +149,11 @@ class SmtpSink:
     def messages(self) -> list:
         with self.handler.lock:
             return list(self.handler.messages)
+
+    @property
+    def tls(self) -> list:
+        with self.handler.lock:
+            return list(self.handler.tls)
 
 
 ADMIN = "/admin/v1"

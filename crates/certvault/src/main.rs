@@ -176,6 +176,10 @@ struct ServeArgs {
     /// Sender address of notification e-mail. Default certvault@<smtp host>.
     #[arg(long, env = "CERTVAULT_SMTP_FROM")]
     smtp_from: Option<String>,
+    /// PEM file of extra trusted roots for the SMTP server's certificate (in addition to the
+    /// built-in webpki roots), e.g. a private CA. Verification always stays on.
+    #[arg(long, env = "CERTVAULT_SMTP_CA_FILE")]
+    smtp_ca_file: Option<PathBuf>,
     /// Attempts before a notification delivery is dead-lettered. Default 20 (about 3 days).
     #[arg(long, env = "CERTVAULT_DELIVERY_MAX_ATTEMPTS")]
     delivery_max_attempts: Option<i64>,
@@ -233,6 +237,7 @@ struct FileConfig {
     smtp_username: Option<String>,
     smtp_password_file: Option<PathBuf>,
     smtp_from: Option<String>,
+    smtp_ca_file: Option<PathBuf>,
     delivery_max_attempts: Option<i64>,
 }
 
@@ -262,7 +267,11 @@ fn lifecycle_settings(
     }
     let host = args.smtp_host.take().or(file.smtp_host.take());
     let Some(host) = host else {
-        if args.smtp_username.is_some() || file.smtp_username.is_some() {
+        if args.smtp_username.is_some()
+            || file.smtp_username.is_some()
+            || args.smtp_ca_file.is_some()
+            || file.smtp_ca_file.is_some()
+        {
             bail!("SMTP settings were given without --smtp-host");
         }
         return Ok(s);
@@ -299,6 +308,15 @@ fn lifecycle_settings(
         .take()
         .or(file.smtp_from.take())
         .unwrap_or_else(|| format!("certvault@{host}"));
+    let ca_pem = match args.smtp_ca_file.take().or(file.smtp_ca_file.take()) {
+        Some(p) => {
+            if tls == SmtpTls::None {
+                bail!("--smtp-ca-file needs --smtp-tls starttls or tls");
+            }
+            Some(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
     s.smtp = Some(SmtpSettings {
         host,
         port,
@@ -306,6 +324,7 @@ fn lifecycle_settings(
         username: args.smtp_username.take().or(file.smtp_username.take()),
         password,
         from,
+        ca_pem,
     });
     Ok(s)
 }

@@ -2,7 +2,7 @@
 
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use zeroize::Zeroizing;
 
@@ -51,6 +51,9 @@ pub struct SmtpSettings {
     pub password: Option<Zeroizing<String>>,
     /// The sender address.
     pub from: String,
+    /// Extra trusted roots (PEM) for the server's certificate, in addition to the built-in
+    /// webpki roots: for a relay with a private CA.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for SmtpSettings {
@@ -62,6 +65,7 @@ impl std::fmt::Debug for SmtpSettings {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "[redacted]"))
             .field("from", &self.from)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
             .finish()
     }
 }
@@ -80,12 +84,8 @@ impl Mailer {
             .map_err(|e| cfg(format!("SMTP sender '{}': {e}", s.from)))?;
         let tls = match s.tls {
             SmtpTls::None => Tls::None,
-            SmtpTls::StartTls => Tls::Required(
-                TlsParameters::new(s.host.clone()).map_err(|e| cfg(format!("SMTP TLS: {e}")))?,
-            ),
-            SmtpTls::Tls => Tls::Wrapper(
-                TlsParameters::new(s.host.clone()).map_err(|e| cfg(format!("SMTP TLS: {e}")))?,
-            ),
+            SmtpTls::StartTls => Tls::Required(tls_parameters(s)?),
+            SmtpTls::Tls => Tls::Wrapper(tls_parameters(s)?),
         };
         let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(s.host.as_str())
             .port(s.port)
@@ -187,6 +187,27 @@ impl Mailer {
             }
         }
     }
+}
+
+/// TLS parameters for the SMTP connection: the webpki roots plus the extra roots of
+/// `ca_pem`. Certificate and host-name verification always stay on.
+fn tls_parameters(s: &SmtpSettings) -> Result<TlsParameters, crate::ServerError> {
+    let cfg = |m: String| crate::ServerError::Config(m);
+    let mut b =
+        TlsParameters::builder(s.host.clone()).certificate_store(CertificateStore::WebpkiRoots);
+    if let Some(pem) = &s.ca_pem {
+        use rustls::pki_types::pem::PemObject;
+        let n = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| cfg(format!("SMTP CA file: {e}")))?
+            .len();
+        if n == 0 {
+            return Err(cfg("SMTP CA file: no PEM certificate in it".into()));
+        }
+        let cert = Certificate::from_pem(pem).map_err(|e| cfg(format!("SMTP CA file: {e}")))?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build_rustls().map_err(|e| cfg(format!("SMTP TLS: {e}")))
 }
 
 fn html_escape(s: &str) -> String {
