@@ -27,11 +27,16 @@ fn create_body(kty: Kty, name: &str) -> Result<Bytes> {
 
 /// POST create, then GET pending until the status is no longer `inProgress`.
 pub(crate) async fn create_and_wait(conn: &mut Conn, kty: Kty, name: &str) -> Result<u64> {
+    create_body_and_wait(conn, create_body(kty, name)?, name).await
+}
+
+/// POST create with `body`, then GET pending until the status is no longer `inProgress`.
+pub(crate) async fn create_body_and_wait(conn: &mut Conn, body: Bytes, name: &str) -> Result<u64> {
     let r = conn
         .request(
             Method::POST,
             &format!("/certificates/{name}/create?{API}"),
-            Some(create_body(kty, name)?),
+            Some(body),
         )
         .await?;
     if r.status != StatusCode::ACCEPTED {

@@ -10,12 +10,13 @@ use base64::Engine;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 
-use crate::benches::{create_and_wait, healthz_op, measure, median_by};
+use crate::benches::{create_and_wait, create_body_and_wait, healthz_op, measure, median_by};
 use crate::load::{Op, OpFuture, Rng, Stats};
 use crate::net::Conn;
 use crate::seed::Kty;
 use crate::server::Server;
 use crate::{Common, check};
+use certvault_core::policy::KeyType;
 
 /// Settings of `sign`.
 #[derive(clap::Args, Debug)]
@@ -26,6 +27,112 @@ pub struct SignArgs {
     /// Rounds (each measures /healthz, then the signatures).
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
+    /// Also report ES256 signing with an EC-HSM key in a SoftHSM2 token (a second server with
+    /// `--pkcs11-module`); needs Debian's softhsm2 (`softhsm2-util`, the PKCS#11 module).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub softhsm: bool,
+}
+
+/// Debian's SoftHSM2 PKCS#11 module.
+const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A fresh SoftHSM2 token in `dir`: the environment and `serve` arguments that use it.
+fn softhsm_token(dir: &std::path::Path) -> Result<(Vec<(String, String)>, Vec<String>)> {
+    if !std::path::Path::new(SOFTHSM_MODULE).exists() {
+        bail!("{SOFTHSM_MODULE} is missing: apt-get install softhsm2 (or pass --softhsm false)");
+    }
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens)?;
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )?;
+    let pin = "bench-pin-4711";
+    let label = "certvault-bench";
+    let out = std::process::Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", label])
+        .args(["--so-pin", "bench-so-pin-0815", "--pin", pin])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .map_err(|e| anyhow!("softhsm2-util: {e} (apt-get install softhsm2)"))?;
+    if !out.status.success() {
+        bail!(
+            "softhsm2-util --init-token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pin_file = dir.join("pin");
+    std::fs::write(&pin_file, pin)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let env = vec![("SOFTHSM2_CONF".to_owned(), conf.display().to_string())];
+    let args = vec![
+        "--pkcs11-module".to_owned(),
+        SOFTHSM_MODULE.to_owned(),
+        "--pkcs11-token".to_owned(),
+        label.to_owned(),
+        "--pkcs11-pin-file".to_owned(),
+        pin_file.display().to_string(),
+    ];
+    Ok((env, args))
+}
+
+/// ES256 through the API with an EC-HSM (SoftHSM2) key, beside /healthz of the same server:
+/// the figure the keys issue asks to report (no target).
+async fn softhsm_sign(common: &Common, a: &SignArgs) -> Result<()> {
+    let dir = common.tempdir("certvault-bench-sign-hsm-")?;
+    let (env, args) = softhsm_token(dir.path())?;
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Server::start_with(
+        &common.server_bin,
+        &dir.path().join("data"),
+        &dir.path().join("server.log"),
+        &args_ref,
+        &env_ref,
+    )
+    .await?;
+    let mut policy = Kty::Ec.policy("CN=sign-hsm");
+    if let Some(k) = policy.key_props.as_mut() {
+        k.kty = Some(KeyType::EcHsm);
+        k.exportable = Some(false);
+    }
+    let body = Bytes::from(serde_json::to_vec(
+        &serde_json::json!({ "policy": policy }),
+    )?);
+    let mut conn = server.target.connect().await?;
+    create_body_and_wait(&mut conn, body, "sign-ec-hsm").await?;
+    drop(conn);
+    println!("  SoftHSM2 token, EC-HSM P-256 key (second server, same settings)");
+    let h = measure(
+        "GET /healthz (baseline, HSM server)",
+        &server,
+        common,
+        a.connections,
+        healthz_op(),
+    )
+    .await?;
+    let s = measure(
+        "POST /keys/{ec-hsm}//sign ES256",
+        &server,
+        common,
+        a.connections,
+        sign_op("sign-ec-hsm", "ES256")?,
+    )
+    .await?;
+    server.stop();
+    println!(
+        "  SoftHSM2 ES256 sign through the API: {:.0}/s, {:.3} x /healthz of the same server (reported; no target)",
+        s.rate(),
+        s.rate() / h.rate().max(1e-9)
+    );
+    Ok(())
 }
 
 struct SignOp {
@@ -151,6 +258,9 @@ pub async fn sign(common: &Common, a: &SignArgs) -> Result<bool> {
         base.push(b);
     }
     server.stop();
+    if a.softhsm {
+        softhsm_sign(common, a).await?;
+    }
     let h = median_by(&health, Stats::rate);
     let e = median_by(&ec, Stats::rate);
     let r = median_by(&rsa, Stats::rate);
