@@ -36,8 +36,11 @@ pub struct SignArgs {
 /// Debian's SoftHSM2 PKCS#11 module.
 const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
+/// Environment variables and `serve` arguments.
+type ServeSetup = (Vec<(String, String)>, Vec<String>);
+
 /// A fresh SoftHSM2 token in `dir`: the environment and `serve` arguments that use it.
-fn softhsm_token(dir: &std::path::Path) -> Result<(Vec<(String, String)>, Vec<String>)> {
+fn softhsm_token(dir: &std::path::Path) -> Result<ServeSetup> {
     if !std::path::Path::new(SOFTHSM_MODULE).exists() {
         bail!("{SOFTHSM_MODULE} is missing: apt-get install softhsm2 (or pass --softhsm false)");
     }
