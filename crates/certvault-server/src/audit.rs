@@ -18,8 +18,8 @@ use bytes::Bytes;
 use certvault_core::clock::SharedClock;
 use certvault_crypto::SymKey;
 use certvault_store::{
-    AuditChain, AuditFilter, AuditJournal, AuditMac, AuditRecord, AuditVerification,
-    NewAuditRecord, SqliteStore, StoreError,
+    AuditChain, AuditFilter, AuditJournal, AuditMac, AuditRecord, AuditVerification, Durability,
+    NewAuditRecord, SqliteStore, StoreError, SyncPolicy,
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header, request::Parts};
 use http_body_util::{BodyExt, Full};
@@ -115,6 +115,7 @@ pub struct Auditor {
     chain: AuditChain,
     clock: SharedClock,
     journal: std::sync::OnceLock<AuditJournal>,
+    sync: SyncPolicy,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -131,7 +132,13 @@ impl Auditor {
             chain: Arc::new(HmacChain(key)),
             clock,
             journal: std::sync::OnceLock::new(),
+            sync: SyncPolicy::default(),
         }
+    }
+
+    /// When records wait for `fdatasync` (before [`Self::start`]).
+    pub fn set_sync_policy(&mut self, sync: SyncPolicy) {
+        self.sync = sync;
     }
 
     /// Opens the audit journal (importing what a previous run left in it). Until this has
@@ -140,7 +147,7 @@ impl Auditor {
         if self.journal.get().is_some() {
             return Ok(());
         }
-        let j = AuditJournal::open(&self.store, self.chain.clone()).await?;
+        let j = AuditJournal::open_with(&self.store, self.chain.clone(), self.sync).await?;
         let _ = self.journal.set(j);
         Ok(())
     }
@@ -152,8 +159,24 @@ impl Auditor {
         }
     }
 
-    /// Appends events (durable when this returns). Returns their seqs.
+    /// Appends events (on disk when this returns). Returns their seqs.
     pub async fn record(&self, events: Vec<Event>) -> Result<Vec<i64>, StoreError> {
+        self.record_with(events, Durability::Synced).await
+    }
+
+    /// Appends the events of a request that changed nothing: written to the journal when this
+    /// returns (a crash of the process loses none), on disk within
+    /// `SYNC_INTERVAL` (5 ms) — or at once under
+    /// [`SyncPolicy::Always`]. Returns their seqs.
+    pub async fn record_read(&self, events: Vec<Event>) -> Result<Vec<i64>, StoreError> {
+        self.record_with(events, Durability::Written).await
+    }
+
+    async fn record_with(
+        &self,
+        events: Vec<Event>,
+        durability: Durability,
+    ) -> Result<Vec<i64>, StoreError> {
         let time = self.clock.now_millis();
         let records = events
             .into_iter()
@@ -171,7 +194,7 @@ impl Auditor {
             })
             .collect();
         match self.journal.get() {
-            Some(j) => j.append(records).await,
+            Some(j) => j.append_with(records, durability).await,
             None => self.store.append_audit(records, self.chain.clone()).await,
         }
     }
@@ -258,6 +281,25 @@ pub struct Target {
     versioned: bool,
     /// For a request no route knows: its method and path (shortened).
     unknown: Option<String>,
+    /// Whether the request may change state (anything but GET, HEAD and the key operations,
+    /// which read the key): its record must be on disk before the response leaves. The
+    /// records of the others are written before the response and synced within a few
+    /// milliseconds (see [`Auditor::record_read`]).
+    pub changes_state: bool,
+}
+
+/// The Key Vault key operations: POSTs that change nothing.
+const KEY_OPERATIONS: [&str; 6] = [
+    "keys.sign",
+    "keys.verify",
+    "keys.encrypt",
+    "keys.decrypt",
+    "keys.wrapKey",
+    "keys.unwrapKey",
+];
+
+fn changes_state(method: &Method, operation: &str) -> bool {
+    !(method == Method::GET || method == Method::HEAD || KEY_OPERATIONS.contains(&operation))
 }
 
 /// The version a Key Vault handler resolved (a request for the latest version names none);
@@ -582,6 +624,7 @@ pub fn target(method: &Method, uri: &Uri, headers: &HeaderMap, base_domain: &str
         let (operation, vault, object, created) = admin_target(method, &segs);
         return Target {
             unknown: unknown_request(&operation, method, path),
+            changes_state: changes_state(method, &operation),
             operation,
             vault,
             object,
@@ -598,6 +641,7 @@ pub fn target(method: &Method, uri: &Uri, headers: &HeaderMap, base_domain: &str
     let (operation, object, versioned) = kv_target(method, &segs);
     Target {
         unknown: unknown_request(&operation, method, path),
+        changes_state: changes_state(method, &operation),
         operation,
         vault: Some(crate::kv::vault_from_host(host, base_domain)),
         object,
@@ -704,7 +748,13 @@ pub async fn after_request(
             _ => Some(detail),
         },
     };
-    match state.auditor.record(vec![event]).await {
+    // A refused or failed request changed nothing (handlers are transactional).
+    let recorded = if target.changes_state && status < 400 {
+        state.auditor.record(vec![event]).await
+    } else {
+        state.auditor.record_read(vec![event]).await
+    };
+    match recorded {
         Ok(_) => resp,
         Err(e) => {
             tracing::error!(error = %e, request_id, "the audit record could not be written; the request fails");

@@ -63,6 +63,9 @@ impl ServerError {
     }
 }
 
+/// When audit records wait for `fdatasync` (`--audit-sync`).
+pub use certvault_store::SyncPolicy as AuditSync;
+
 /// Settings of `certvault serve`.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -88,6 +91,9 @@ pub struct ServeOptions {
     pub identity: Option<identity::IdentitySettings>,
     /// The lifecycle engine, notification delivery and SMTP.
     pub lifecycle: lifecycle::LifecycleSettings,
+    /// When audit records wait for `fdatasync`: `Requested` (default: requests that change
+    /// state and background actions; reads are synced within 5 ms) or `Always`.
+    pub audit_sync: certvault_store::SyncPolicy,
 }
 
 impl ServeOptions {
@@ -106,6 +112,7 @@ impl ServeOptions {
             jwt: None,
             identity: None,
             lifecycle: lifecycle::LifecycleSettings::default(),
+            audit_sync: certvault_store::SyncPolicy::default(),
         }
     }
 }
@@ -240,7 +247,8 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
             hsm,
         )
         .with_jwt(jwt)
-        .with_lifecycle(lifecycle),
+        .with_lifecycle(lifecycle)
+        .with_audit_sync(opts.audit_sync),
     );
     let store_err = |e: certvault_store::StoreError| ServerError::Store(e.to_string());
     if let Err(e) = state.auditor.start().await {

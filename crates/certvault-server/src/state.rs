@@ -131,6 +131,12 @@ impl AppState {
         self
     }
 
+    /// When audit records wait for `fdatasync` (before the auditor starts).
+    pub fn with_audit_sync(mut self, sync: certvault_store::SyncPolicy) -> Self {
+        self.auditor.set_sync_policy(sync);
+        self
+    }
+
     /// Uses `lifecycle` (settings, SMTP transport) for the lifecycle engine.
     pub fn with_lifecycle(mut self, lifecycle: crate::lifecycle::Lifecycle) -> Self {
         self.lifecycle = lifecycle;

@@ -1,6 +1,12 @@
 //! The audit journal: the write-ahead log of the audit trail.
 //!
-//! Every audited request waits until its record is durable (fail closed). Committing each
+//! Every audited request waits until its record is written to the journal (fail closed); a
+//! request that changes state (and every background action) also waits until the record is on
+//! disk (`fdatasync`). Records of requests that change nothing are written to the segment
+//! before their response leaves, so a crash of certvault loses none, and are synced within
+//! [`SYNC_INTERVAL`] (a power loss can lose at most that window of read records) — unless the
+//! journal is opened with [`SyncPolicy::Always`], when every round is synced before anyone is
+//! answered. See ARCHITECTURE §4b for the measurements behind this. Committing each
 //! group of records to the SQLite `audit_log` table costs a B-tree insert per record, three
 //! index inserts and a WAL frame per dirty page on every commit — measured at about a third of
 //! the server's CPU time on the hottest request (GET of a secret). The journal makes the
@@ -37,8 +43,32 @@ use crate::sqlite::SqliteStore;
 pub const IMPORT_INTERVAL: Duration = Duration::from_millis(250);
 /// ... or as soon as this many are pending.
 pub const IMPORT_BATCH: usize = 16_384;
-/// The most records one durable round takes.
+/// The most records one round takes.
 const MAX_ROUND: usize = 8192;
+/// Records written without waiting for `fdatasync` are synced at most this long after the
+/// first of them was written.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(5);
+
+/// When appends wait for `fdatasync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// Appends that ask for it wait for `fdatasync`; the others are synced within
+    /// [`SYNC_INTERVAL`] after their write.
+    #[default]
+    Requested,
+    /// Every append waits for `fdatasync`.
+    Always,
+}
+
+/// What an append waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The record is on disk (`fdatasync`) before the append resolves.
+    Synced,
+    /// The record is written to the segment (it survives a crash of the process) before the
+    /// append resolves, and is synced within [`SYNC_INTERVAL`].
+    Written,
+}
 /// Segment files are created at this size, filled with zeros and synced, before they take
 /// records: an append then overwrites blocks the file already has, so its `fdatasync` writes
 /// data only, without a file-system journal commit for the new size (measured here: 105 µs
@@ -46,17 +76,15 @@ const MAX_ROUND: usize = 8192;
 /// thread while the current one fills.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
 
-/// One caller's records and where its seqs go.
-type Unit = (
-    Vec<NewAuditRecord>,
-    oneshot::Sender<Result<Vec<i64>, String>>,
-);
+/// One caller's records, whether they must be synced, and where their seqs go.
+struct Unit {
+    records: Vec<NewAuditRecord>,
+    synced: bool,
+    reply: oneshot::Sender<Result<Vec<i64>, String>>,
+}
 
 enum Msg {
-    Append {
-        records: Vec<NewAuditRecord>,
-        reply: oneshot::Sender<Result<Vec<i64>, String>>,
-    },
+    Append(Unit),
     Flush {
         reply: oneshot::Sender<Result<(), String>>,
     },
@@ -213,8 +241,13 @@ struct Journal {
     /// Flushes waiting for `imported_upto` to reach a seq.
     flushes: Vec<(i64, oneshot::Sender<Result<(), String>>)>,
     last_import: Instant,
-    /// Set when a failed append could not be undone: every later append fails (fail closed).
+    /// Set when a failed append could not be undone, or a deferred sync failed: every later
+    /// append fails (fail closed).
     broken: Option<String>,
+    /// Every round waits for `fdatasync`.
+    always_sync: bool,
+    /// When the oldest record written but not yet synced was written.
+    unsynced_since: Option<Instant>,
 }
 
 impl Journal {
@@ -238,6 +271,13 @@ impl Journal {
 
     /// Moves to the next segment (prepared ahead if possible).
     fn rotate(&mut self) -> Result<(), StoreError> {
+        // What the current segment holds must be on disk before records go elsewhere.
+        if self.unsynced_since.is_some() {
+            self.sync_now();
+            if let Some(why) = &self.broken {
+                return Err(StoreError::Database(why.clone()));
+            }
+        }
         let n = self.segment + 1;
         let file = match self.next.take().map(|rx| rx.recv()) {
             Some(Ok(Ok(f))) => f,
@@ -254,21 +294,48 @@ impl Journal {
         Ok(())
     }
 
-    /// Chains, writes and syncs one round of appends; answers each.
+    /// Syncs records written without waiting for it. A failure breaks the journal: those
+    /// records were answered already, so every later append fails instead (fail closed).
+    fn sync_now(&mut self) {
+        if self.unsynced_since.is_none() {
+            return;
+        }
+        match self.file.sync_data() {
+            Ok(()) => self.unsynced_since = None,
+            Err(e) => {
+                tracing::error!(error = %e, "audit journal: fdatasync failed; audited requests fail until restart");
+                self.broken = Some(format!("the audit journal cannot be synced: {e}"));
+            }
+        }
+    }
+
+    /// Syncs written records once the oldest has waited [`SYNC_INTERVAL`].
+    fn sync_if_due(&mut self) {
+        if self
+            .unsynced_since
+            .is_some_and(|t| t.elapsed() >= SYNC_INTERVAL)
+        {
+            self.sync_now();
+        }
+    }
+
+    /// Chains and writes one round of appends, syncs it when any append (or the policy) asks
+    /// for it, and answers each.
     fn append_round(&mut self, units: Vec<Unit>) {
         if let Some(why) = &self.broken {
-            for (_, reply) in units {
-                let _ = reply.send(Err(why.clone()));
+            for u in units {
+                let _ = u.reply.send(Err(why.clone()));
             }
             return;
         }
         let (seq0, prev0, floor0) = (self.seq, self.prev.clone(), self.floor);
+        let sync = self.always_sync || units.iter().any(|u| u.synced);
         let mut buf = Vec::with_capacity(units.len() * 256);
         let mut chained = Vec::new();
         let mut answers = Vec::with_capacity(units.len());
-        for (records, reply) in units {
-            let mut seqs = Vec::with_capacity(records.len());
-            for mut fields in records {
+        for u in units {
+            let mut seqs = Vec::with_capacity(u.records.len());
+            for mut fields in u.records {
                 self.seq += 1;
                 fields.time = fields.time.max(self.floor);
                 self.floor = fields.time;
@@ -284,7 +351,7 @@ impl Journal {
                 seqs.push(rec.seq);
                 chained.push(rec);
             }
-            answers.push((seqs, reply));
+            answers.push((seqs, u.reply));
         }
         if self.len > 0
             && self.len + buf.len() as u64 > SEGMENT_BYTES
@@ -298,13 +365,22 @@ impl Journal {
             }
             return;
         }
-        let written = self
-            .file
-            .write_all(&buf)
-            .and_then(|()| self.file.sync_data());
+        let written = self.file.write_all(&buf).and_then(|()| {
+            if sync {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
         match written {
             Ok(()) => {
                 self.len += buf.len() as u64;
+                if sync {
+                    // Syncing the file also covered what earlier rounds wrote.
+                    self.unsynced_since = None;
+                } else if self.unsynced_since.is_none() {
+                    self.unsynced_since = Some(Instant::now());
+                }
                 self.prepare_next();
                 self.pending.extend(chained);
                 for (seqs, reply) in answers {
@@ -413,11 +489,14 @@ impl Journal {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut closing: Option<oneshot::Sender<()>> = None;
         loop {
-            let wait = if self.pending.is_empty() && self.retry.is_empty() {
+            let mut wait = if self.pending.is_empty() && self.retry.is_empty() {
                 Duration::from_secs(3600)
             } else {
                 IMPORT_INTERVAL.saturating_sub(self.last_import.elapsed())
             };
+            if let Some(t) = self.unsynced_since {
+                wait = wait.min(SYNC_INTERVAL.saturating_sub(t.elapsed()));
+            }
             let first = match rx.recv_timeout(wait) {
                 Ok(m) => Some(m),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -429,9 +508,9 @@ impl Journal {
             let mut next = first;
             while let Some(m) = next {
                 match m {
-                    Msg::Append { records, reply } => {
-                        n += records.len();
-                        units.push((records, reply));
+                    Msg::Append(u) => {
+                        n += u.records.len();
+                        units.push(u);
                     }
                     Msg::Flush { reply } => {
                         self.flushes.push((self.seq + n_as_i64(n), reply));
@@ -455,6 +534,7 @@ impl Journal {
             if !units.is_empty() {
                 self.append_round(units);
             }
+            self.sync_if_due();
             // Flushes with nothing left to import are answered at once.
             if self.pending.is_empty() && self.importing == 0 && self.retry.is_empty() {
                 for (_, reply) in std::mem::take(&mut self.flushes) {
@@ -470,6 +550,7 @@ impl Journal {
                 self.last_import = Instant::now();
             }
             if closing.is_some() {
+                self.sync_now();
                 break;
             }
         }
@@ -482,8 +563,8 @@ impl Journal {
                     result,
                     records,
                 }) => self.imported(upto, result, records),
-                Ok(Msg::Append { reply, .. }) => {
-                    let _ = reply.send(Err("the audit journal is closed".into()));
+                Ok(Msg::Append(u)) => {
+                    let _ = u.reply.send(Err("the audit journal is closed".into()));
                 }
                 Ok(Msg::Flush { reply }) => {
                     let _ = reply.send(Err("the audit journal is closed".into()));
@@ -519,6 +600,15 @@ impl AuditJournal {
     /// Opens the journal of `store` (the directory `<database>-audit` beside the database),
     /// imports what a previous run left there, and starts the journal thread.
     pub async fn open(store: &SqliteStore, chain: AuditChain) -> Result<Self, StoreError> {
+        Self::open_with(store, chain, SyncPolicy::default()).await
+    }
+
+    /// [`Self::open`] with a sync policy.
+    pub async fn open_with(
+        store: &SqliteStore,
+        chain: AuditChain,
+        policy: SyncPolicy,
+    ) -> Result<Self, StoreError> {
         let dir = store.audit_journal_dir();
         std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, &e))?;
         // Leftovers of a segment being prepared at a crash.
@@ -582,6 +672,8 @@ impl AuditJournal {
             flushes: Vec::new(),
             last_import: Instant::now(),
             broken: None,
+            always_sync: policy == SyncPolicy::Always,
+            unsynced_since: None,
         };
         std::thread::Builder::new()
             .name("certvault-audit-journal".into())
@@ -601,13 +693,27 @@ impl AuditJournal {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Appends records; resolves with their seqs once they are durable.
+    /// Appends records; resolves with their seqs once they are on disk.
     pub async fn append(&self, records: Vec<NewAuditRecord>) -> Result<Vec<i64>, StoreError> {
+        self.append_with(records, Durability::Synced).await
+    }
+
+    /// Appends records; resolves with their seqs once they are written (`Written`) or on disk
+    /// (`Synced`, or any append when the journal was opened with [`SyncPolicy::Always`]).
+    pub async fn append_with(
+        &self,
+        records: Vec<NewAuditRecord>,
+        durability: Durability,
+    ) -> Result<Vec<i64>, StoreError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
-        self.send(Msg::Append { records, reply })?;
+        self.send(Msg::Append(Unit {
+            records,
+            synced: durability == Durability::Synced,
+            reply,
+        }))?;
         match answer.await {
             Ok(Ok(seqs)) => Ok(seqs),
             Ok(Err(msg)) => Err(StoreError::Database(msg)),
@@ -701,6 +807,41 @@ mod tests {
         assert!(j.append(recs(0, 1)).await.is_err(), "closed: appends fail");
         // a clean stop leaves no segment behind
         assert!(segments(&s.audit_journal_dir()).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn written_records_are_in_the_segment_when_the_append_resolves() {
+        for policy in [SyncPolicy::Requested, SyncPolicy::Always] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+            let j = AuditJournal::open_with(&s, chain(), policy).await.unwrap();
+            let seqs = j
+                .append_with(recs(0, 3), Durability::Written)
+                .await
+                .unwrap();
+            assert_eq!(seqs, vec![1, 2, 3]);
+            // What a new process reads after this one crashes: the segment holds them, before
+            // any import or deferred sync.
+            let files = segments(&s.audit_journal_dir()).unwrap();
+            let (_, last) = files.last().unwrap();
+            let (got, clean) = decode_segment(&std::fs::read(last).unwrap(), &chain());
+            assert!(clean);
+            assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs);
+            // Later appends of either kind continue the chain across the deferred sync.
+            tokio::time::sleep(SYNC_INTERVAL * 3).await;
+            let more = j.append(recs(10, 2)).await.unwrap();
+            assert_eq!(more, vec![4, 5]);
+            let read = j
+                .append_with(recs(20, 1), Durability::Written)
+                .await
+                .unwrap();
+            assert_eq!(read, vec![6]);
+            j.flush().await.unwrap();
+            assert_eq!(all(&s).await.len(), 6);
+            assert_eq!(s.verify_audit(chain()).await.unwrap().problem, None);
+            j.close().await;
+            assert!(segments(&s.audit_journal_dir()).unwrap().is_empty());
+        }
     }
 
     #[tokio::test]
@@ -866,9 +1007,15 @@ mod tests {
             flushes: Vec::new(),
             last_import: Instant::now(),
             broken: None,
+            always_sync: false,
+            unsynced_since: None,
         };
         let (reply, answer) = oneshot::channel();
-        j.append_round(vec![(recs(0, 2), reply)]);
+        j.append_round(vec![Unit {
+            records: recs(0, 2),
+            synced: true,
+            reply,
+        }]);
         assert!(answer.await.unwrap().is_err());
         assert_eq!((j.seq, j.pending.len()), (0, 0), "nothing advanced");
         // The partial append could not be cut off either (read-only): the journal refuses
@@ -876,7 +1023,11 @@ mod tests {
         assert!(j.broken.is_some());
         j.rotate().unwrap();
         let (reply, answer) = oneshot::channel();
-        j.append_round(vec![(recs(0, 2), reply)]);
+        j.append_round(vec![Unit {
+            records: recs(0, 2),
+            synced: true,
+            reply,
+        }]);
         assert!(answer.await.unwrap().is_err());
     }
 }

@@ -21,7 +21,7 @@ pub use audit::{
     AuditChain, AuditFilter, AuditMac, AuditProblem, AuditProblemKind, AuditRecord,
     AuditVerification, HEAD_LOST_OPERATION, NewAuditRecord,
 };
-pub use audit_journal::AuditJournal;
+pub use audit_journal::{AuditJournal, Durability, SyncPolicy};
 pub use error::{Conflict, StoreError};
 pub use jobs::{CLAIM_SELECT, Job, JobNext, Scheduler};
 pub use outbox::{

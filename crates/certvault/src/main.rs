@@ -83,6 +83,11 @@ struct ServeArgs {
     /// Days a deleted certificate stays recoverable (7 to 90). Default 90.
     #[arg(long, env = "CERTVAULT_RECOVERABLE_DAYS")]
     recoverable_days: Option<i64>,
+    /// When audit records wait for fdatasync: `writes` (default: requests that change state
+    /// and background actions wait; records of reads are written before the response and
+    /// synced within 5 ms) or `always` (every audited request waits).
+    #[arg(long, env = "CERTVAULT_AUDIT_SYNC")]
+    audit_sync: Option<String>,
     /// PKCS#11 module for HSM keys (RSA-HSM / EC-HSM policies), e.g.
     /// /usr/lib/softhsm/libsofthsm2.so.
     #[arg(long, env = "CERTVAULT_PKCS11_MODULE")]
@@ -207,6 +212,7 @@ struct FileConfig {
     public_port: Option<u16>,
     max_body: Option<usize>,
     recoverable_days: Option<i64>,
+    audit_sync: Option<String>,
     log: Option<String>,
     pkcs11_module: Option<PathBuf>,
     pkcs11_token: Option<String>,
@@ -475,6 +481,16 @@ async fn serve(mut args: ServeArgs) -> Result<()> {
     if !(7..=90).contains(&recoverable_days) {
         bail!("--recoverable-days must be from 7 to 90");
     }
+    let audit_sync = match args
+        .audit_sync
+        .or(file.audit_sync.take())
+        .as_deref()
+        .unwrap_or("writes")
+    {
+        "writes" => certvault_server::AuditSync::Requested,
+        "always" => certvault_server::AuditSync::Always,
+        other => bail!("--audit-sync must be 'writes' or 'always', not '{other}'"),
+    };
     let pkcs11 = match args.pkcs11_module.or(file.pkcs11_module) {
         Some(module) => Some(certvault_server::Pkcs11Options {
             module,
@@ -516,6 +532,7 @@ async fn serve(mut args: ServeArgs) -> Result<()> {
         jwt,
         identity,
         lifecycle,
+        audit_sync,
     };
     let clock: certvault_core::clock::SharedClock = if args.test_clock {
         eprintln!("!!! certvault runs with a TEST CLOCK: the admin API can move time forward.");
