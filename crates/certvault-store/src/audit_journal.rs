@@ -91,7 +91,7 @@ enum Msg {
     Imported {
         upto: i64,
         result: Result<(), String>,
-        records: Vec<AuditRecord>,
+        records: Arc<Vec<AuditRecord>>,
     },
     Close {
         reply: oneshot::Sender<()>,
@@ -428,6 +428,9 @@ impl Journal {
         let upto = records.last().map_or(0, |r| r.seq);
         let tx = self.self_tx.clone();
         let chain = self.chain.clone();
+        // Shared with the store's closure rather than copied: a batch holds up to
+        // IMPORT_BATCH records.
+        let records = Arc::new(records);
         let for_store = records.clone();
         let queued = self.store.write_detached(
             move |c| crate::audit::import(c, &for_store, chain.as_ref()),
@@ -447,7 +450,7 @@ impl Journal {
         }
     }
 
-    fn imported(&mut self, upto: i64, result: Result<(), String>, recs: Vec<AuditRecord>) {
+    fn imported(&mut self, upto: i64, result: Result<(), String>, recs: Arc<Vec<AuditRecord>>) {
         self.importing = self.importing.saturating_sub(1);
         match result {
             Ok(()) => {
@@ -481,7 +484,8 @@ impl Journal {
                 for (_, reply) in std::mem::take(&mut self.flushes) {
                     let _ = reply.send(Err(format!("the audit log could not be updated: {e}")));
                 }
-                self.retry.push(recs);
+                self.retry
+                    .push(Arc::try_unwrap(recs).unwrap_or_else(|shared| shared.as_ref().clone()));
             }
         }
     }
