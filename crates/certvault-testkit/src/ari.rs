@@ -197,6 +197,7 @@ async fn answer(
         Ok(b) => b.to_bytes(),
         Err(_) => return plain(400, "unreadable body"),
     };
+    let mut order_replaces = None;
     if method == http::Method::POST {
         let mut s = script.lock().unwrap();
         if s.new_order_path.as_deref() == Some(path.as_str()) {
@@ -206,7 +207,8 @@ async fn answer(
                 .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
                 .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
                 .and_then(|p| p["replaces"].as_str().map(str::to_owned));
-            s.replaces.push(replaces);
+            s.replaces.push(replaces.clone());
+            order_replaces = replaces;
         }
     }
     let mut fwd = client.request(method.clone(), format!("{upstream}{path}"));
@@ -234,6 +236,14 @@ async fn answer(
         }
         dir["renewalInfo"] = serde_json::json!(format!("https://{host}{ARI_PATH}"));
         out = Bytes::from(dir.to_string());
+    }
+    // An ARI server reflects `replaces` in the new order (RFC 9773 §5; clients check it).
+    if let Some(rep) = order_replaces
+        && status.is_success()
+        && let Ok(mut order) = serde_json::from_slice::<serde_json::Value>(&out)
+    {
+        order["replaces"] = serde_json::json!(rep);
+        out = Bytes::from(order.to_string());
     }
     let mut r = Response::builder().status(status.as_u16());
     for (k, v) in &rh {

@@ -793,6 +793,21 @@ async fn run(state: &Arc<AppState>, id: i64, fresh_account: bool) -> Result<(), 
             }
             Ok(None) => run.save(&st, Some(details_after(&st))).await?,
             Err(e) => {
+                let busy = e.problem().is_some_and(|p| {
+                    p.is("rateLimited") || p.is("badNonce") || p.status.is_some_and(|s| s >= 500)
+                });
+                if step == Step::CreateOrder && st.request.replaces.is_some() && !busy {
+                    // `replaces` is a hint: a CA that refuses it (alreadyReplaced, an unknown
+                    // certificate) or does not reflect it still gets the order, without it.
+                    tracing::warn!(order = run.rec.id, error = %e, "the CA did not take the order's `replaces`; ordering without it");
+                    st.request.replaces = None;
+                    run.save(&st, None).await?;
+                    return Err(Halt::Retry {
+                        why: "ordering again without `replaces`".into(),
+                        wait: Some(Duration::from_millis(100)),
+                        new_account: false,
+                    });
+                }
                 run.save(&st, None).await?;
                 if let Some(p) = e.problem()
                     && p.is("accountDoesNotExist")
