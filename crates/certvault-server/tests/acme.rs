@@ -762,7 +762,13 @@ impl Server {
         let der = base64::engine::general_purpose::STANDARD
             .decode(b["cer"].as_str().unwrap())
             .unwrap();
-        let version = b["id"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+        let version = b["id"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
         (version, der, b["attributes"]["created"].as_i64().unwrap())
     }
 
@@ -808,7 +814,10 @@ impl Server {
             )
             .await;
         assert_eq!(s, 201, "{r}");
-        assert_eq!(r["status"], "inProgress", "an ACME renewal is an order: {r}");
+        assert_eq!(
+            r["status"], "inProgress",
+            "an ACME renewal is an order: {r}"
+        );
         r["version"].as_str().unwrap().to_owned()
     }
 
@@ -895,7 +904,11 @@ async fn renewal_on_demand_and_by_the_lifecycle_engine() {
     // The previous versions are still there with their certificates.
     for v in [&v1, &v2, &v3] {
         let (s, b) = srv
-            .call(reqwest::Method::GET, &format!("/certificates/ren/{v}"), None)
+            .call(
+                reqwest::Method::GET,
+                &format!("/certificates/ren/{v}"),
+                None,
+            )
             .await;
         assert_eq!(s, 200, "{b}");
         assert!(b["cer"].is_string());
@@ -975,7 +988,10 @@ async fn ari_window_decides_when_the_engine_renews_and_the_order_replaces() {
         created >= start && created <= end + 2,
         "renewed at {created}, outside [{start}, {end}] (+ the engine's tick)"
     );
-    assert_eq!(ari.replaces().last().unwrap().as_deref(), Some(id2.as_str()));
+    assert_eq!(
+        ari.replaces().last().unwrap().as_deref(),
+        Some(id2.as_str())
+    );
     // The new certificate's window is the far default: nothing more.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(srv.versions("ari").await, 3);
@@ -986,7 +1002,10 @@ async fn ari_window_decides_when_the_engine_renews_and_the_order_replaces() {
     srv.renew("ari", false).await;
     srv.wait_new_version("ari", &v3).await;
     let id3 = certvault_acme::ari_cert_id(&leaf3).unwrap();
-    assert_eq!(ari.replaces().last().unwrap().as_deref(), Some(id3.as_str()));
+    assert_eq!(
+        ari.replaces().last().unwrap().as_deref(),
+        Some(id3.as_str())
+    );
     srv.stop().await;
 }
 
@@ -1023,7 +1042,9 @@ async fn wrong_txt_value_fails_the_order_with_the_ca_problem() {
     .unwrap();
     // The user sets a wrong value: the authoritative check does not accept it …
     for (name, value) in wanted_records(&op) {
-        dns.append_txt(&name, &format!("x{value}"), 60).await.unwrap();
+        dns.append_txt(&name, &format!("x{value}"), 60)
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let op = srv.pending("wrong").await;

@@ -59,11 +59,10 @@ impl AriStandIn {
     /// HTTPS certificate (so the ACME client trusts it with `pebble.tls_ca_pem`).
     pub async fn start(pebble: &Pebble) -> Self {
         let d = pebble.dir();
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(d.join("cert.pem"))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(d.join("cert.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
         let key = PrivateKeyDer::from_pem_file(d.join("key.pem")).unwrap();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -76,10 +75,7 @@ impl AriStandIn {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let upstream = pebble
-            .directory_url
-            .trim_end_matches("/dir")
-            .to_owned();
+        let upstream = pebble.directory_url.trim_end_matches("/dir").to_owned();
         let client = reqwest::Client::builder()
             .http1_only()
             .tls_certs_only([reqwest::Certificate::from_pem(pebble.tls_ca_pem.as_bytes()).unwrap()])
@@ -204,7 +200,11 @@ async fn answer(
             let replaces = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|jws| jws["payload"].as_str().map(str::to_owned))
-                .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+                .and_then(|p| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(p)
+                        .ok()
+                })
                 .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
                 .and_then(|p| p["replaces"].as_str().map(str::to_owned));
             s.replaces.push(replaces.clone());

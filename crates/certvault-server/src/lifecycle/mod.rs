@@ -238,7 +238,8 @@ async fn run_job(state: &Arc<AppState>, job: &Job) -> Result<(), certvault_store
     };
     if p.at > now {
         let due = ari_recheck.map_or(p.at, |r| r.min(p.at));
-        let payload = json!({"version": cur.version, "item": p.item.name(), "at": p.at, "ari": ari});
+        let payload =
+            json!({"version": cur.version, "item": p.item.name(), "at": p.at, "ari": ari});
         return done(JobNext::At {
             due,
             payload: Some(payload.to_string()),
@@ -494,9 +495,16 @@ pub async fn renew_with(
     let replaces = match (replaces, &view.current) {
         (Some(r), _) => Some(r),
         (None, Some(cur)) => {
-            ari_replaces(state, &vault.vault.name, &view.policy, vault.vault.id, n.as_str(), cur)
-                .await
-        },
+            ari_replaces(
+                state,
+                &vault.vault.name,
+                &view.policy,
+                vault.vault.id,
+                n.as_str(),
+                cur,
+            )
+            .await
+        }
         (None, None) => None,
     };
     let caller = Caller::admin(crate::audit::SYSTEM);
