@@ -408,7 +408,13 @@ async fn ari_advice(
     let Some(leaf) = current_leaf(state, view.vault_id, &view.name, &cur.version).await else {
         return (None, None);
     };
-    match crate::acme::renewal_info(state, &view.vault, issuer, &leaf).await {
+    let asked = tokio::time::timeout(
+        Duration::from_secs(60),
+        crate::acme::renewal_info(state, &view.vault, issuer, &leaf),
+    )
+    .await
+    .unwrap_or_else(|_| Err("renewalInfo did not answer within 60 s".into()));
+    match asked {
         Ok(Some(a)) => {
             tracing::info!(vault = %view.vault, certificate = %view.name, version = %cur.version,
                 window_start = a.window_start, window_end = a.window_end, renew_at = a.renew_at,
@@ -570,7 +576,14 @@ async fn ari_replaces(
 ) -> Option<String> {
     let policy: Policy = serde_json::from_str(policy_json).ok()?;
     let leaf = current_leaf(state, vault_id, name, &cur.version).await?;
-    match crate::acme::renewal_info(state, vault, policy.issuer_name(), &leaf).await {
+    // A renewal on demand waits for the CA's answer only briefly.
+    let asked = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::acme::renewal_info(state, vault, policy.issuer_name(), &leaf),
+    )
+    .await
+    .unwrap_or_else(|_| Err("renewalInfo did not answer within 5 s".into()));
+    match asked {
         Ok(a) => a.map(|a| a.cert_id),
         Err(e) => {
             tracing::debug!(error = %e, "no ARI certificate id for the renewal");
