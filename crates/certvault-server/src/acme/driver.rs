@@ -210,7 +210,11 @@ impl Publishers {
                 let Some(n) = self.notify_for(&r) else {
                     continue;
                 };
-                match n.check(&r).await {
+                // Bounded, so that a slow DNS answer never holds the window open.
+                let checked = tokio::time::timeout(Duration::from_secs(10), n.check(&r))
+                    .await
+                    .unwrap_or_else(|_| Err("no answer within 10 s".into()));
+                match checked {
                     Ok((true, _)) => {
                         st.mark_published(&r);
                         if run.save(st, None).await.is_err() {
