@@ -9,6 +9,9 @@
 #   bench/run.sh scheduler            # lifecycle: one scheduler pass, 1,000,000 certificates
 #   bench/run.sh renewals             # lifecycle: 10,000 due EC P-256 renewals (test clock)
 #   bench/run.sh webhooks             # lifecycle: signed webhook deliveries to a local receiver
+#   bench/run.sh acme [--certs 100 --parallel 10]
+#                                     # ACME: certificates through DNS-01 from one pebble,
+#                                     # certvault vs lego (Debian `lego`, installed if missing)
 #   DURATION=10 WARMUP=3 bench/run.sh  # seconds per figure / warm-up
 #
 # The benchmarks start the release server themselves on a free 127.0.0.1 port with a
@@ -27,6 +30,24 @@ cp "$TARGET_DIR/release/certvault" "$TARGET_DIR/release/certvault-bench" "$BIN_D
 BENCH="$BIN_DIR/certvault-bench"
 COMMON=(--server-bin "$BIN_DIR/certvault" --duration "${DURATION:-10}" --warmup "${WARMUP:-3}")
 echo "certvault-bench: commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)'), $(date -u '+%Y-%m-%d %H:%M UTC')"
+if [ "${1:-}" = acme ]; then
+    shift
+    # The ACME benchmark's peers: pebble, BIND 9 (+ dnsutils) and lego, from Debian; the
+    # SDK suite's virtualenv (scripts/test-all.sh sdk makes it) for its Python helpers.
+    missing=()
+    for pc in pebble:pebble bind9:named bind9-dnsutils:dig lego:lego; do
+        command -v "${pc#*:}" >/dev/null || [ -x "/usr/sbin/${pc#*:}" ] || missing+=("${pc%%:*}")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "apt-get install ${missing[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+    PY=.venv/bin/python
+    [ -x "$PY" ] || { echo "no .venv: run 'bash scripts/test-all.sh sdk' first" >&2; exit 1; }
+    status=0
+    "$PY" bench/acme.py --server-bin "$BIN_DIR/certvault" "$@" || status=$?
+    exit $status
+fi
 if [ $# -gt 0 ]; then
     cmd=$1
     shift

@@ -5,8 +5,10 @@ RFC 2136 + TSIG. The chain is checked with `openssl verify` against pebble's roo
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -149,6 +151,108 @@ def test_sigkill_mid_order_resumes_every_order_without_duplicates(start_server):
         for cert in names:
             pem = ok_json(api.get(f"/secrets/{cert}/"))["value"]
             _verify(pem[pem.index("-----BEGIN CERTIFICATE-----"):], root)
+    finally:
+        pebble.stop()
+        bind.stop()
+
+
+def _nsupdate_add(bind: Bind, name: str, value: str) -> None:
+    """The user publishes a TXT record (RFC 2136 + TSIG with BIND's `nsupdate`)."""
+    nsupdate = binary("nsupdate", "bind9-dnsutils")
+    host, port = bind.addr.split(":")
+    script = f"server {host} {port}\nzone {bind.zone}\nupdate add {name}. 60 TXT \"{value}\"\nsend\n"
+    out = subprocess.run([nsupdate, "-y", f"hmac-sha256:{bind.key_name}:{bind.key_secret}"], input=script,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _waiting(api, cert: str) -> tuple[str, list[tuple[str, str]]]:
+    """The notify-mode operation's deadline text and the records it asks for."""
+    op = ok_json(api.get(f"/certificates/{cert}/pending"))
+    details = op["status_details"]
+    if op["status"] != "inProgress" or "waiting for the DNS-01 TXT records" not in details:
+        return "", []
+    until = details.split("authoritative servers until ", 1)[1].split(")", 1)[0]
+    records = []
+    for item in details.rsplit("): ", 1)[1].rstrip(".").split("; "):
+        name, value = item.split(" TXT ", 1)
+        records.append((name, value.strip('"')))
+    return until, records
+
+
+def test_notify_window_and_notices_survive_sigkill(start_server):
+    """Notify mode across a SIGKILL: the validation window keeps its deadline (it does not start
+    again), and the user is not told twice; an order whose record appears after the restart
+    completes, one whose record never appears fails at the original deadline."""
+    window = 30
+    bind = Bind("notify-kill.test")
+    pebble = Pebble(bind.addr)
+    try:
+        srv = start_server()
+        api = srv.api()
+        issuer = unique("notify")
+        ok_json(api.put(f"/certificates/issuers/{issuer}", json={"provider": "acme", "acme": {
+            "directory": pebble.directory_url, "terms_agreed": True, "ca_pem": pebble.tls_ca_pem,
+            "dns": {"mode": "notify", "zone": bind.zone, "nameservers": [bind.addr],
+                    "window_seconds": window}}}))
+        certs = {unique("late"): "late.notify-kill.test", unique("set"): "set.notify-kill.test"}
+        for cert, dns in certs.items():
+            body = {"policy": {"key_props": {"kty": "EC", "crv": "P-256"},
+                               "x509_props": {"subject": f"CN={dns}", "sans": {"dns_names": [dns]}},
+                               "issuer": {"name": issuer}}}
+            assert ok_json(api.post(f"/certificates/{cert}/create", json=body), 202)["status"] == "inProgress"
+        late, setc = list(certs)
+        before = {c: wait_until(lambda c=c: _waiting(api, c)[1] and _waiting(api, c),
+                                f"{c} waiting for its record", timeout=30, interval=0.1) for c in certs}
+        deadline = datetime.datetime.fromisoformat(before[late][0].replace("Z", "+00:00")).timestamp()
+
+        def told(cert: str, kind: str = "cert_domain_validation_required") -> int:
+            ev = ok_json(api.get("/admin/v1/vaults/default/events", api_version=None,
+                                 params={"certificate": cert, "type": kind}))
+            return len(ev["value"])
+
+        def audited(cert: str) -> int:
+            r = api.get("/admin/v1/audit", api_version=None,
+                        params={"operation": "certificates.acme.cert_domain_validation_required", "limit": 1000})
+            assert r.status_code == 200, r.text
+            return sum(1 for rec in r.json()["records"] if f"certificates/{cert}/" in (rec.get("object") or ""))
+
+        for c in certs:
+            assert told(c) == 1 and audited(c) == 1
+        time.sleep(5)
+        srv.proc.kill()  # SIGKILL in the middle of the window
+        srv.proc.wait(timeout=10)
+        srv.stop()
+        time.sleep(3)
+        srv.start()
+        api = srv.api()
+        after = {c: wait_until(lambda c=c: _waiting(api, c)[1] and _waiting(api, c),
+                               f"{c} waiting again after the restart", timeout=30, interval=0.1) for c in certs}
+        for c in certs:
+            assert after[c] == before[c], "the window or the records changed across the restart"
+        # A window started again would end at least 8 s later than the original one.
+        assert time.time() + window > deadline + 8
+        for name, value in after[setc][1]:
+            _nsupdate_add(bind, name, value)
+        done = wait_until(lambda: ok_json(api.get(f"/certificates/{setc}/pending"))["status"] != "inProgress"
+                          and ok_json(api.get(f"/certificates/{setc}/pending")), "the set record's order", timeout=60)
+        assert done["status"] == "completed", done
+        failed = wait_until(lambda: ok_json(api.get(f"/certificates/{late}/pending"))["status"] != "inProgress"
+                            and ok_json(api.get(f"/certificates/{late}/pending")), "the late order", timeout=60,
+                            interval=0.1)
+        assert failed["status"] == "failed", failed
+        assert "not visible" in failed["error"]["message"], failed
+        ev = ok_json(api.get("/admin/v1/vaults/default/events", api_version=None,
+                             params={"certificate": late, "type": "order_failed"}))["value"]
+        assert len(ev) == 1, ev
+        ended = ev[0]["occurred_at"]
+        assert deadline <= ended <= deadline + 4, f"failed {ended - deadline:.1f} s after the original deadline"
+        # Told once (outbox and audit), also across the restart.
+        for c in certs:
+            assert told(c) == 1 and audited(c) == 1, c
+        assert told(setc, "cert_domain_validation_completed") == 1
+        assert told(late, "order_failed") == 1
+        assert pebble.orders_created() == 2
     finally:
         pebble.stop()
         bind.stop()

@@ -167,6 +167,15 @@ pub struct OrderState {
     pub certificate_url: Option<String>,
     /// The CA's problem when the order or an authorization failed.
     pub error: Option<CaProblem>,
+    /// Records the user publishes (notify mode): the end of the window for them to appear
+    /// (Unix seconds of the caller's clock), fixed when the user is first told, so that a
+    /// resumed order keeps the window it had.
+    #[serde(default)]
+    pub validation_deadline: Option<i64>,
+    /// Records the user was already told about (`"<name> <value>"`), so that a resumed order
+    /// does not tell again.
+    #[serde(default)]
+    pub notified: Vec<String>,
 }
 
 /// The next thing to do for an order (see [`OrderState::next_step`]).

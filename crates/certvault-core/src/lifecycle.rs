@@ -101,6 +101,9 @@ pub struct VersionFacts<'a> {
     pub marks: &'a [String],
     /// A stable per-version value for the jitter (e.g. a hash of the version id).
     pub seed: u64,
+    /// The renewal time the CA suggested (ACME Renewal Information, RFC 9773): when set, it
+    /// replaces the AutoRenew actions' triggers (no jitter: the CA's window is already spread).
+    pub renew_at: Option<i64>,
 }
 
 /// The next item and when it is due.
@@ -176,6 +179,18 @@ pub fn retry_mark(attempt: u32, next: i64) -> String {
     format!("retry:{attempt}:{next}")
 }
 
+/// A renewal trigger at or before the version's creation (the CA issued a shorter lifetime than
+/// the policy's trigger assumes, e.g. "30 days before expiry" for a 6-day certificate, or the
+/// clock moved) would renew the new version at once, and again, without end. Such a version
+/// is renewed after two thirds of the life it had left when it was made.
+pub fn born_due(trigger: i64, created: i64, exp: i64) -> i64 {
+    if trigger <= created && created < exp {
+        created + (exp - created) * 2 / 3
+    } else {
+        trigger
+    }
+}
+
 /// The next item for a version, or `None` when nothing is left to do for it.
 pub fn plan(
     policy: &Policy,
@@ -195,7 +210,11 @@ pub fn plan(
         match la.action.action_type {
             ActionType::AutoRenew if v.made => {
                 let (attempt, retry_at) = retries(v.marks);
-                let at = (t + jitter(v.seed, exp - nbf)).max(retry_at.unwrap_or(i64::MIN));
+                let (t, spread) = match v.renew_at {
+                    Some(ari) => (ari, 0),
+                    None => (born_due(t, v.created, exp), jitter(v.seed, exp - nbf)),
+                };
+                let at = (t + spread).max(retry_at.unwrap_or(i64::MIN));
                 renew_at = Some(renew_at.map_or(t, |r: i64| r.min(t)));
                 if !v.op_in_progress && at < exp {
                     items.push((at, Item::Renew { index, attempt }));
@@ -270,7 +289,35 @@ mod tests {
             op_in_progress: false,
             marks,
             seed: 7,
+            renew_at: None,
         }
+    }
+
+    #[test]
+    fn a_version_due_at_birth_renews_after_two_thirds_of_its_remaining_life() {
+        let p = self_policy();
+        // Made at 90 % of its lifetime (e.g. the CA issued it shorter than the policy assumes).
+        let mut f = facts(&[]);
+        f.created = 90 * DAY;
+        let got = plan(&p, &f, &[], 90 * DAY).unwrap();
+        assert!(matches!(got.item, Item::Renew { .. }), "{got:?}");
+        let base = 90 * DAY + 10 * DAY * 2 / 3;
+        assert!(got.at >= base && got.at <= base + MAX_JITTER, "{got:?}");
+        assert_eq!(born_due(5, 10, 100), 70);
+        assert_eq!(born_due(50, 10, 100), 50);
+    }
+
+    #[test]
+    fn the_ca_suggested_time_replaces_the_autorenew_trigger() {
+        let p = self_policy();
+        let mut f = facts(&[]);
+        f.renew_at = Some(10 * DAY);
+        let got = plan(&p, &f, &DEFAULT_NOTICE_DAYS, 0).unwrap();
+        assert_eq!(got.at, 10 * DAY);
+        assert!(matches!(got.item, Item::Renew { .. }));
+        f.renew_at = Some(99 * DAY);
+        let got = plan(&p, &f, &DEFAULT_NOTICE_DAYS, 0).unwrap();
+        assert_eq!(got.at, 99 * DAY, "{got:?}");
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certvault_testkit::{Bind, ChallTestSrv, Pebble, PebbleOptions, openssl_sans, openssl_verify};
+use certvault_testkit::{
+    AriStandIn, Bind, ChallTestSrv, Pebble, PebbleOptions, openssl_sans, openssl_verify,
+};
 use serde_json::{Value, json};
 
 struct Server {
@@ -18,7 +20,11 @@ struct Server {
 }
 
 async fn start(dir: &Path) -> Server {
-    let clock: certvault_core::clock::SharedClock = Arc::new(certvault_core::SystemClock);
+    start_with(dir, Arc::new(certvault_core::SystemClock)).await
+}
+
+/// A server on `clock` (a `TestClock` lets the test move time: `POST /admin/v1/test-clock/advance`).
+async fn start_with(dir: &Path, clock: certvault_core::clock::SharedClock) -> Server {
     let opts = certvault_server::ServeOptions::local(dir, "certvault.test");
     let started = certvault_server::start(&opts, clock)
         .await
@@ -714,5 +720,357 @@ async fn dns_settings_per_domain_suffix() {
     let names = ["ok.suf.test", "*.ok.suf.test", "www.ok.suf.test"];
     srv.create("split", "split", &names).await;
     check_issued(&srv, &pebble, "split", &names).await;
+    srv.stop().await;
+}
+
+// ------------------------------------------------------------------------------ renewal, ARI
+
+/// A create body for `names` from `issuer`: EC P-256, PEM, key reuse as asked, AutoRenew at
+/// 80 % of the lifetime.
+fn renewing_policy(issuer: &str, names: &[&str], reuse_key: bool) -> Value {
+    json!({"policy": {
+        "key_props": {"kty": "EC", "crv": "P-256", "reuse_key": reuse_key},
+        "secret_props": {"contentType": "application/x-pem-file"},
+        "x509_props": {"subject": format!("CN={}", names[0]), "sans": {"dns_names": names}},
+        "lifetime_actions": [{"trigger": {"lifetime_percentage": 80}, "action": {"action_type": "AutoRenew"}}],
+        "issuer": {"name": issuer}}})
+}
+
+impl Server {
+    async fn create_body(&self, cert: &str, body: Value) {
+        let (s, op) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/certificates/{cert}/create"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, 202, "{op}");
+    }
+
+    /// The current version: (version id, leaf DER, created).
+    async fn current(&self, cert: &str) -> (String, Vec<u8>, i64) {
+        let (s, b) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/certificates/{cert}/"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        use base64::Engine as _;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b["cer"].as_str().unwrap())
+            .unwrap();
+        let version = b["id"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        (version, der, b["attributes"]["created"].as_i64().unwrap())
+    }
+
+    async fn versions(&self, cert: &str) -> usize {
+        let (s, v) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/certificates/{cert}/versions"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["value"].as_array().unwrap().len()
+    }
+
+    async fn now(&self) -> i64 {
+        let (s, v) = self
+            .call(reqwest::Method::GET, "/admin/v1/test-clock", None)
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["now"].as_i64().unwrap()
+    }
+
+    async fn advance(&self, seconds: i64) -> i64 {
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/admin/v1/test-clock/advance",
+                Some(json!({"seconds": seconds})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["now"].as_i64().unwrap()
+    }
+
+    /// Renews on demand through the Key Vault route; returns the new version.
+    async fn renew(&self, cert: &str, rekey: bool) -> String {
+        let (s, r) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/certificates/{cert}/renew"),
+                Some(json!({"rekey": rekey})),
+            )
+            .await;
+        assert_eq!(s, 201, "{r}");
+        assert_eq!(
+            r["status"], "inProgress",
+            "an ACME renewal is an order: {r}"
+        );
+        r["version"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the current version differs from `old` and its operation completed.
+    async fn wait_new_version(&self, cert: &str, old: &str) -> (String, Vec<u8>, i64) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let op = self.pending(cert).await;
+            if op["status"] == "completed" {
+                let cur = self.current(cert).await;
+                if cur.0 != old {
+                    return cur;
+                }
+            }
+            assert_ne!(op["status"], "failed", "{op}");
+            assert!(Instant::now() < deadline, "no new version: {op}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn spki(der: &[u8]) -> Vec<u8> {
+    certvault_crypto::parse_certificate(der)
+        .unwrap()
+        .public_key
+        .spki_der()
+        .to_vec()
+}
+
+fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn renewal_on_demand_and_by_the_lifecycle_engine() {
+    let bind = Bind::start("renew.test");
+    let mut opts = PebbleOptions::new(&bind.addr);
+    opts.validity_seconds = Some(86_400);
+    let pebble = Pebble::start(&opts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start_with(dir.path(), Arc::new(certvault_core::TestClock::new())).await;
+    let (s, _) = srv.put_issuer("pebble", issuer_body(&pebble, &bind)).await;
+    assert_eq!(s, 200);
+    let names = ["renew.test", "*.renew.test", "www.renew.test"];
+    srv.create_body("ren", renewing_policy("pebble", &names, true))
+        .await;
+    check_issued(&srv, &pebble, "ren", &names).await;
+    let (v1, leaf1, _) = srv.current("ren").await;
+
+    // On demand, keeping the key (the policy says reuse_key): a new order, a new version with
+    // the same public key.
+    let v2 = srv.renew("ren", false).await;
+    assert_ne!(v2, v1);
+    let (cur, leaf2, _) = srv.wait_new_version("ren", &v1).await;
+    assert_eq!(cur, v2);
+    check_issued(&srv, &pebble, "ren", &names).await;
+    assert_ne!(leaf2, leaf1);
+    assert_eq!(spki(&leaf2), spki(&leaf1), "reuse-key keeps the public key");
+
+    // On demand with rekey: a new key.
+    let v3 = srv.renew("ren", true).await;
+    let (cur, leaf3, _) = srv.wait_new_version("ren", &v2).await;
+    assert_eq!(cur, v3);
+    check_issued(&srv, &pebble, "ren", &names).await;
+    assert_ne!(spki(&leaf3), spki(&leaf2), "rekey changes the public key");
+    assert_eq!(srv.versions("ren").await, 3, "earlier versions are kept");
+    assert_eq!(pebble.orders_created(), 3);
+
+    // By the lifecycle engine: AutoRenew at 80 % of pebble's one-day lifetime (+ jitter ≤ 1 %).
+    srv.advance(86_400 * 80 / 100 + 900).await;
+    let (v4, leaf4, _) = srv.wait_new_version("ren", &v3).await;
+    check_issued(&srv, &pebble, "ren", &names).await;
+    assert_eq!(spki(&leaf4), spki(&leaf3), "the engine reuses the key too");
+    assert_eq!(srv.versions("ren").await, 4);
+    // The new version is due by the old trigger already (pebble dates it by the wall clock):
+    // it is renewed after two thirds of its remaining life, not at once, again and again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(srv.current("ren").await.0, v4);
+    assert_eq!(srv.versions("ren").await, 4);
+    assert_eq!(pebble.orders_created(), 4);
+    // The previous versions are still there with their certificates.
+    for v in [&v1, &v2, &v3] {
+        let (s, b) = srv
+            .call(
+                reqwest::Method::GET,
+                &format!("/certificates/ren/{v}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        assert!(b["cer"].is_string());
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn ari_window_decides_when_the_engine_renews_and_the_order_replaces() {
+    let bind = Bind::start("ari.test");
+    let pebble = Pebble::start(&PebbleOptions::new(&bind.addr)).await;
+    let ari = AriStandIn::start(&pebble).await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start_with(dir.path(), Arc::new(certvault_core::TestClock::new())).await;
+    let mut body = issuer_body(&pebble, &bind);
+    body["acme"]["directory"] = json!(ari.directory_url);
+    let (s, out) = srv.put_issuer("ari", body).await;
+    assert_eq!(s, 200, "{out}");
+
+    // Far window for every certificate; Retry-After 600 s.
+    let t0 = srv.now().await;
+    ari.set_window(None, &rfc3339(t0 + 30 * 86_400), &rfc3339(t0 + 31 * 86_400));
+    ari.set_retry_after(Some(600));
+    let names = ["ari.test", "www.ari.test"];
+    srv.create_body("ari", renewing_policy("ari", &names, false))
+        .await;
+    check_issued(&srv, &pebble, "ari", &names).await;
+    let (v1, leaf1, _) = srv.current("ari").await;
+    let id1 = certvault_acme::ari_cert_id(&leaf1).unwrap();
+    assert_eq!(ari.replaces(), vec![None], "a first order replaces nothing");
+
+    // The engine asks the CA once the version exists; the window is far: no renewal.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ari.asked().is_empty() {
+        assert!(Instant::now() < deadline, "renewalInfo never asked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ari.asked(), vec![id1.clone()]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(srv.versions("ari").await, 1, "far window: not renewed");
+
+    // The window moves into the past, but Retry-After (600 s) has not passed: not asked again.
+    ari.set_window(Some(&id1), &rfc3339(t0 - 7200), &rfc3339(t0 - 3600));
+    srv.advance(300).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ari.asked().len(), 1, "asked again before Retry-After");
+    assert_eq!(srv.versions("ari").await, 1);
+    // After Retry-After it asks again, and renews at once, replacing the old certificate.
+    srv.advance(400).await;
+    let (v2, leaf2, _) = srv.wait_new_version("ari", &v1).await;
+    check_issued(&srv, &pebble, "ari", &names).await;
+    assert_eq!(ari.asked()[..2], [id1.clone(), id1.clone()]);
+    assert_eq!(ari.replaces(), vec![None, Some(id1.clone())]);
+
+    // A window ahead: renewed inside it (the test moves the clock in 5-minute steps).
+    let id2 = certvault_acme::ari_cert_id(&leaf2).unwrap();
+    let now = srv.now().await;
+    let (start, end) = (now + 3600, now + 7200);
+    ari.set_window(Some(&id2), &rfc3339(start), &rfc3339(end));
+    // The engine's first look at v2 may have seen the far default window: wait for its
+    // Retry-After to pass before the window starts (both are before `start`).
+    srv.advance(3600).await;
+    // Up to the window's end in steps shorter than Retry-After; the engine's own tick (1 s)
+    // covers the last seconds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while srv.versions("ari").await <= 2 {
+        assert!(Instant::now() < deadline, "not renewed inside the window");
+        let clock = srv.now().await;
+        if clock < end - 10 {
+            srv.advance((end - 5 - clock).min(300)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let (v3, _, created) = srv.wait_new_version("ari", &v2).await;
+    assert_ne!(v3, v2);
+    assert!(
+        created >= start && created <= end + 2,
+        "renewed at {created}, outside [{start}, {end}] (+ the engine's tick)"
+    );
+    assert_eq!(
+        ari.replaces().last().unwrap().as_deref(),
+        Some(id2.as_str())
+    );
+    // The new certificate's window is the far default: nothing more.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(srv.versions("ari").await, 3);
+    assert_eq!(pebble.orders_created(), 3);
+
+    // On demand, the order replaces the current certificate too.
+    let (v3, leaf3, _) = srv.current("ari").await;
+    srv.renew("ari", false).await;
+    srv.wait_new_version("ari", &v3).await;
+    let id3 = certvault_acme::ari_cert_id(&leaf3).unwrap();
+    assert_eq!(
+        ari.replaces().last().unwrap().as_deref(),
+        Some(id3.as_str())
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_txt_value_fails_the_order_with_the_ca_problem() {
+    let bind = Bind::start("wrong.test");
+    let pebble = Pebble::start(&PebbleOptions::new(&bind.addr)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let (s, out) = srv
+        .put_issuer(
+            "manual",
+            json!({
+                "provider": "acme",
+                "acme": {
+                    "directory": pebble.directory_url,
+                    "terms_agreed": true,
+                    "ca_pem": pebble.tls_ca_pem,
+                    "dns": {"mode": "notify", "zone": bind.zone, "nameservers": [bind.addr]}
+                }
+            }),
+        )
+        .await;
+    assert_eq!(s, 200, "{out}");
+    srv.create("wrong", "manual", &["www.wrong.test"]).await;
+    let op = srv
+        .wait_details("wrong", "waiting for the DNS-01 TXT records")
+        .await;
+    let dns = certvault_dns::Rfc2136::new(
+        &bind.zone,
+        &bind.addr,
+        certvault_dns::TsigKey::hmac_sha256(&bind.key_name, &bind.key_secret).unwrap(),
+    )
+    .unwrap();
+    // The user sets a wrong value: the authoritative check does not accept it …
+    for (name, value) in wanted_records(&op) {
+        dns.append_txt(&name, &format!("x{value}"), 60)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let op = srv.pending("wrong").await;
+    assert_eq!(op["status"], "inProgress", "{op}");
+    assert!(
+        op["status_details"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for the DNS-01 TXT records"),
+        "{op}"
+    );
+    // … and when the user acknowledges anyway, the CA sees the wrong value and refuses.
+    let (s, _) = srv
+        .call(
+            reqwest::Method::POST,
+            "/certificates/wrong/pending/acknowledge",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let op = srv.wait_done("wrong").await;
+    assert_eq!(op["status"], "failed", "{op}");
+    assert_eq!(
+        op["error"]["code"], "urn:ietf:params:acme:error:unauthorized",
+        "{op}"
+    );
+    assert!(!op["error"]["message"].as_str().unwrap().is_empty());
     srv.stop().await;
 }

@@ -4,7 +4,9 @@
 //!   to update TXT records (`update-policy { grant KEY zonesub TXT; }`);
 //! * [`ChallTestSrv`]: `pebble-challtestsrv` as a DNS server whose TXT records are set over its
 //!   HTTP API;
-//! * [`Pebble`]: Debian's `pebble` ACME test CA, its VA resolving through either of the above.
+//! * [`Pebble`]: Debian's `pebble` ACME test CA, its VA resolving through either of the above;
+//! * [`AriStandIn`]: a reverse proxy in front of pebble that adds ACME Renewal Information
+//!   (RFC 9773), which Debian's pebble 2.4 lacks.
 //!
 //! Each one runs on free loopback ports with its own temporary directory and is killed (by its
 //! PID) when dropped. A missing binary is a panic that says which Debian package to install:
@@ -23,6 +25,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use tempfile::TempDir;
+
+mod ari;
+pub use ari::{AriStandIn, Window};
 
 /// The absolute path of a binary, or a panic naming the Debian package that provides it.
 pub fn binary(name: &str, package: &str) -> PathBuf {
@@ -376,6 +381,9 @@ pub struct PebbleOptions {
     /// Let the VA sleep 0–5 s before each lookup (pebble's default; off here), so that tests
     /// can act while an order waits for validation.
     pub va_sleep: bool,
+    /// `certificateValidityPeriod` (seconds) of the issued certificates (pebble's default: 5
+    /// years).
+    pub validity_seconds: Option<u64>,
 }
 
 impl PebbleOptions {
@@ -388,6 +396,7 @@ impl PebbleOptions {
             authz_reuse_percent: 0,
             alternate_roots: 0,
             va_sleep: false,
+            validity_seconds: None,
         }
     }
 }
@@ -425,7 +434,7 @@ impl Pebble {
             .flatten()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "pebble": {
                 "listenAddress": format!("127.0.0.1:{port}"),
                 "managementListenAddress": format!("127.0.0.1:{mgmt}"),
@@ -438,6 +447,9 @@ impl Pebble {
                 "externalAccountMACKeys": mac_keys,
             }
         });
+        if let Some(v) = opts.validity_seconds {
+            config["pebble"]["certificateValidityPeriod"] = serde_json::json!(v);
+        }
         let conf_path = d.join("pebble.json");
         fs::write(&conf_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let mut cmd = Command::new(bin);

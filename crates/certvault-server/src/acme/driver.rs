@@ -152,13 +152,33 @@ impl Publishers {
     async fn wait(&self, st: &mut OrderState, run: &Run<'_>) -> Result<(), AcmeError> {
         let records = st.to_publish();
         let mut window = Duration::ZERO;
+        let mut changed = false;
         for r in &records {
             if let Some(n) = self.notify_for(r) {
-                n.event("cert_domain_validation_required", r, None).await;
                 window = window.max(n.window);
+                // Once per record, also across restarts (the list is persisted with the state;
+                // the outbox's once-only key covers a crash right after the event).
+                let key = format!("{} {}", r.name, r.value);
+                if !st.notified.contains(&key) {
+                    n.event("cert_domain_validation_required", r, None).await;
+                    st.notified.push(key);
+                    changed = true;
+                }
             }
         }
-        let until_ts = run.state.clock.now() + i64::try_from(window.as_secs()).unwrap_or(600);
+        // The window starts when the user is first told and survives restarts.
+        let until_ts = match st.validation_deadline {
+            Some(t) => t,
+            None => {
+                changed = true;
+                let t = run.state.clock.now() + i64::try_from(window.as_secs()).unwrap_or(600);
+                st.validation_deadline = Some(t);
+                t
+            }
+        };
+        if changed && run.save(st, None).await.is_err() {
+            return Err(AcmeError::Network("the store is unavailable".into()));
+        }
         let until = time::OffsetDateTime::from_unix_timestamp(until_ts)
             .ok()
             .and_then(|t| {
@@ -166,7 +186,6 @@ impl Publishers {
                     .ok()
             })
             .unwrap_or_else(|| until_ts.to_string());
-        let deadline = std::time::Instant::now() + window;
         let mut last = String::new();
         loop {
             let acknowledged = run
@@ -191,7 +210,11 @@ impl Publishers {
                 let Some(n) = self.notify_for(&r) else {
                     continue;
                 };
-                match n.check(&r).await {
+                // Bounded, so that a slow DNS answer never holds the window open.
+                let checked = tokio::time::timeout(Duration::from_secs(10), n.check(&r))
+                    .await
+                    .unwrap_or_else(|_| Err("no answer within 10 s".into()));
+                match checked {
                     Ok((true, _)) => {
                         st.mark_published(&r);
                         if run.save(st, None).await.is_err() {
@@ -206,9 +229,9 @@ impl Publishers {
             if left.is_empty() {
                 return Ok(());
             }
-            if std::time::Instant::now() > deadline {
+            if run.state.clock.now() > until_ts {
                 return Err(AcmeError::Invalid(format!(
-                    "the DNS-01 TXT records were not visible on the zone's authoritative servers within {} s ({last})",
+                    "the DNS-01 TXT records were not visible on the zone's authoritative servers within {} s, by {until} ({last})",
                     window.as_secs()
                 )));
             }
@@ -499,7 +522,7 @@ fn account_aad(vault_id: i64, issuer_key: &str, fingerprint: &str) -> Vec<u8> {
 
 /// The issuer's account client: cached, else loaded from its sealed credentials, else
 /// registered (once: concurrent orders wait for the first registration).
-async fn account(
+pub(super) async fn account(
     state: &Arc<AppState>,
     vault: &VaultCtx,
     issuer_key: &str,
@@ -774,6 +797,21 @@ async fn run(state: &Arc<AppState>, id: i64, fresh_account: bool) -> Result<(), 
             }
             Ok(None) => run.save(&st, Some(details_after(&st))).await?,
             Err(e) => {
+                let busy = e.problem().is_some_and(|p| {
+                    p.is("rateLimited") || p.is("badNonce") || p.status.is_some_and(|s| s >= 500)
+                });
+                if step == Step::CreateOrder && st.request.replaces.is_some() && !busy {
+                    // `replaces` is a hint: a CA that refuses it (alreadyReplaced, an unknown
+                    // certificate) or does not reflect it still gets the order, without it.
+                    tracing::warn!(order = run.rec.id, error = %e, "the CA did not take the order's `replaces`; ordering without it");
+                    st.request.replaces = None;
+                    run.save(&st, None).await?;
+                    return Err(Halt::Retry {
+                        why: "ordering again without `replaces`".into(),
+                        wait: Some(Duration::from_millis(100)),
+                        new_account: false,
+                    });
+                }
                 run.save(&st, None).await?;
                 if let Some(p) = e.problem()
                     && p.is("accountDoesNotExist")

@@ -85,6 +85,9 @@ pub struct Plan {
     issuer_name: String,
     /// The DNS names ordered (the CSR's SANs must be exactly these).
     pub identifiers: Vec<String>,
+    /// The ARI certificate id of the version this order replaces (RFC 9773 `replaces`), set
+    /// for renewals when the CA offers renewalInfo and knows the previous certificate.
+    pub replaces: Option<String>,
 }
 
 fn valid_dns_name(n: &str) -> bool {
@@ -178,6 +181,7 @@ pub fn prepare(ctx: &Ctx<'_>, policy: &Policy, issuer: &IssuerRecord) -> ApiResu
         issuer_key,
         issuer_name: issuer.name.clone(),
         identifiers,
+        replaces: None,
     })
 }
 
@@ -213,7 +217,7 @@ impl Plan {
         )?;
         let st = OrderState::new(OrderRequest {
             identifiers: self.identifiers.clone(),
-            replaces: None,
+            replaces: self.replaces.clone(),
             profile: cfg.public.profile.clone(),
         });
         let rec = AcmeOrderRecord {
@@ -232,6 +236,77 @@ impl Plan {
         };
         Ok(ctx.state.store.insert_acme_order(rec).await?)
     }
+}
+
+/// What the CA suggests for renewing one certificate (ACME Renewal Information, RFC 9773),
+/// in server-clock seconds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AriAdvice {
+    /// The ARI certificate id (`replaces` of the renewal's order).
+    pub cert_id: String,
+    /// The suggested window.
+    pub window_start: i64,
+    /// The suggested window's end.
+    pub window_end: i64,
+    /// The chosen renewal time: a uniformly random point in the window (now when it passed).
+    pub renew_at: i64,
+    /// When to ask again (the CA's Retry-After, clamped).
+    pub recheck_at: i64,
+}
+
+/// Asks the CA of ACME issuer `issuer_name` when to renew `cert_der`. `Ok(None)` when the
+/// issuer is not an ACME issuer or its CA offers no renewalInfo (then the lifetime actions
+/// rule); an error when the CA could not be asked or does not know the certificate.
+pub async fn renewal_info(
+    state: &Arc<AppState>,
+    vault_key: &str,
+    issuer_name: &str,
+    cert_der: &[u8],
+) -> Result<Option<AriAdvice>, String> {
+    let vault = state
+        .vault(&vault_key.to_ascii_lowercase())
+        .await
+        .map_err(|e| e.message)?;
+    let issuer_key = issuer_name.to_ascii_lowercase();
+    let Some(issuer) = state
+        .store
+        .issuer(vault.vault.id, &issuer_key)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    if !is_acme(&issuer.provider) {
+        return Ok(None);
+    }
+    let cfg = config::load(&vault, &issuer_key, &issuer.body, issuer.secret.as_deref())
+        .map_err(|e| e.message)?;
+    let client = driver::account(state, &vault, &issuer_key, &cfg, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    if client.directory().renewal_info.is_none() {
+        return Ok(None);
+    }
+    let now = state.clock.now();
+    let now_t = time::OffsetDateTime::from_unix_timestamp(now).map_err(|e| e.to_string())?;
+    // A uniform fraction from 53 random bits.
+    let bits = uuid::Uuid::new_v4().as_u128() >> 75;
+    let random = bits as f64 / (1u64 << 53) as f64;
+    let Some(s) = client
+        .renewal_info(cert_der, now_t, random)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let cert_id = certvault_acme::ari_cert_id(cert_der).map_err(|e| e.to_string())?;
+    Ok(Some(AriAdvice {
+        cert_id,
+        window_start: s.window_start.unix_timestamp(),
+        window_end: s.window_end.unix_timestamp(),
+        renew_at: s.renew_at.unix_timestamp(),
+        recheck_at: now + i64::try_from(s.recheck_after.as_secs()).unwrap_or(21_600),
+    }))
 }
 
 /// Removes an order whose create failed before its operation was stored.

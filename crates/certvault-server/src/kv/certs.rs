@@ -340,7 +340,7 @@ struct CreateBody {
 
 /// POST /certificates/{n}/create
 pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
-    create_with(ctx, seg, false).await
+    create_with(ctx, seg, false, None).await
 }
 
 /// Create (or create again: renew) with the body of `ctx`; `force_new_key` makes a new key
@@ -349,6 +349,7 @@ pub async fn create_with(
     ctx: &Ctx<'_>,
     seg: &str,
     force_new_key: bool,
+    replaces: Option<String>,
 ) -> ApiResult<Response<Body>> {
     let n = name(seg)?;
     let body: CreateBody = ctx.json()?;
@@ -382,7 +383,9 @@ pub async fn create_with(
             .await?;
         match rec {
             Some(r) if crate::acme::is_acme(&r.provider) => {
-                acme = Some(crate::acme::prepare(ctx, &policy, &r)?);
+                let mut plan = crate::acme::prepare(ctx, &policy, &r)?;
+                plan.replaces = replaces;
+                acme = Some(plan);
             }
             None => {
                 return Err(ApiError::bad(format!(

@@ -206,6 +206,12 @@ async fn run_job(state: &Arc<AppState>, job: &Job) -> Result<(), certvault_store
             return done(JobNext::Done).await;
         }
     };
+    // ACME Renewal Information: the CA's suggested time replaces the AutoRenew triggers.
+    let (ari, ari_recheck) = if cur.made && auto_renews(&policy) && !view.op_in_progress {
+        ari_advice(state, job, &view, &policy, cur, now).await
+    } else {
+        (None, None)
+    };
     let facts = VersionFacts {
         nbf: cur.nbf,
         exp: cur.exp,
@@ -214,14 +220,28 @@ async fn run_job(state: &Arc<AppState>, job: &Job) -> Result<(), certvault_store
         op_in_progress: view.op_in_progress,
         marks: &cur.marks,
         seed: planner::seed_of(&cur.version),
+        renew_at: ari.as_ref().map(|a| a.renew_at),
     };
-    let Some(p) = planner::plan(&policy, &facts, &state.lifecycle.settings.notice_days, now) else {
-        return done(JobNext::Done).await;
+    let planned = planner::plan(&policy, &facts, &state.lifecycle.settings.notice_days, now);
+    let Some(p) = planned else {
+        return match ari_recheck {
+            Some(at) => {
+                done(JobNext::At {
+                    due: at,
+                    payload: None,
+                    attempts: 0,
+                })
+                .await
+            }
+            None => done(JobNext::Done).await,
+        };
     };
     if p.at > now {
-        let payload = json!({"version": cur.version, "item": p.item.name(), "at": p.at});
+        let due = ari_recheck.map_or(p.at, |r| r.min(p.at));
+        let payload =
+            json!({"version": cur.version, "item": p.item.name(), "at": p.at, "ari": ari});
         return done(JobNext::At {
-            due: p.at,
+            due,
             payload: Some(payload.to_string()),
             attempts: 0,
         })
@@ -241,7 +261,8 @@ async fn run_job(state: &Arc<AppState>, job: &Job) -> Result<(), certvault_store
     match p.item {
         Item::Renew { attempt, .. } => {
             let object = format!("certificates/{}", view.name);
-            match renew(state, &view.vault, &view.name, false).await {
+            let replaces = ari.as_ref().map(|a| a.cert_id.clone());
+            match renew_with(state, &view.vault, &view.name, false, replaces).await {
                 Ok(r) => {
                     tracing::info!(vault = %view.vault, certificate = %view.name, version = %r.version, status = %r.status, "certificate renewed by its lifetime action");
                     if let Err(e) = state
@@ -251,7 +272,7 @@ async fn run_job(state: &Arc<AppState>, job: &Job) -> Result<(), certvault_store
                             Some(&view.vault),
                             Some(&object),
                             Outcome::Ok,
-                            Some(json!({"previous": cur.version, "version": r.version, "status": r.status})),
+                            Some(json!({"previous": cur.version, "version": r.version, "status": r.status, "ari": ari})),
                         )
                         .await
                     {
@@ -346,6 +367,70 @@ async fn run_job(state: &Arc<AppState>, job: &Job) -> Result<(), certvault_store
     Ok(())
 }
 
+/// The policy has an AutoRenew lifetime action.
+fn auto_renews(policy: &Policy) -> bool {
+    policy
+        .lifetime_actions
+        .iter()
+        .any(|la| la.action.action_type == certvault_core::policy::ActionType::AutoRenew)
+}
+
+/// How long the engine waits before asking a CA's renewalInfo again after it failed.
+const ARI_ERROR_RECHECK: i64 = 3600;
+
+/// The CA's renewal advice for the current version (ARI, RFC 9773), from the job's payload
+/// while its Retry-After has not passed, else asked again; and when to ask next. `(None,
+/// None)` when the issuer offers no ARI: the lifetime actions rule.
+async fn ari_advice(
+    state: &Arc<AppState>,
+    job: &Job,
+    view: &certvault_store::LifecycleView,
+    policy: &Policy,
+    cur: &certvault_store::CurrentVersion,
+    now: i64,
+) -> (Option<crate::acme::AriAdvice>, Option<i64>) {
+    let issuer = policy.issuer_name();
+    if issuer.eq_ignore_ascii_case("Self") || issuer.eq_ignore_ascii_case("Unknown") {
+        return (None, None);
+    }
+    let cached = job
+        .payload
+        .as_deref()
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        .filter(|v| v["version"] == cur.version.as_str())
+        .and_then(|v| serde_json::from_value::<crate::acme::AriAdvice>(v["ari"].clone()).ok());
+    if let Some(a) = cached
+        && now < a.recheck_at
+    {
+        let at = a.recheck_at;
+        return (Some(a), Some(at));
+    }
+    let Some(leaf) = current_leaf(state, view.vault_id, &view.name, &cur.version).await else {
+        return (None, None);
+    };
+    let asked = tokio::time::timeout(
+        Duration::from_secs(60),
+        crate::acme::renewal_info(state, &view.vault, issuer, &leaf),
+    )
+    .await
+    .unwrap_or_else(|_| Err("renewalInfo did not answer within 60 s".into()));
+    match asked {
+        Ok(Some(a)) => {
+            tracing::info!(vault = %view.vault, certificate = %view.name, version = %cur.version,
+                window_start = a.window_start, window_end = a.window_end, renew_at = a.renew_at,
+                recheck_at = a.recheck_at, "ACME renewal information");
+            let at = a.recheck_at;
+            (Some(a), Some(at))
+        }
+        Ok(None) => (None, None),
+        Err(e) => {
+            tracing::warn!(vault = %view.vault, certificate = %view.name, error = %e,
+                "could not ask the CA for renewal information; the lifetime actions rule until it answers");
+            (None, Some(now + ARI_ERROR_RECHECK))
+        }
+    }
+}
+
 /// The result of a renewal.
 #[derive(Debug, Clone)]
 pub struct Renewed {
@@ -366,6 +451,19 @@ pub async fn renew(
     vault_key: &str,
     name: &str,
     rekey: bool,
+) -> ApiResult<Renewed> {
+    renew_with(state, vault_key, name, rekey, None).await
+}
+
+/// [`renew`], with the ARI certificate id the new ACME order replaces. Without one, and when
+/// the policy's issuer is an ACME issuer whose CA offers renewalInfo and knows the current
+/// version, its id is sent (RFC 9773 `replaces`).
+pub async fn renew_with(
+    state: &Arc<AppState>,
+    vault_key: &str,
+    name: &str,
+    rekey: bool,
+    replaces: Option<String>,
 ) -> ApiResult<Renewed> {
     let vault = state.vault(&vault_key.to_ascii_lowercase()).await?;
     let n = ObjectName::parse(name)?;
@@ -400,6 +498,21 @@ pub async fn renew(
         }
         Some(_) => {}
     }
+    let replaces = match (replaces, &view.current) {
+        (Some(r), _) => Some(r),
+        (None, Some(cur)) => {
+            ari_replaces(
+                state,
+                &vault.vault.name,
+                &view.policy,
+                vault.vault.id,
+                n.as_str(),
+                cur,
+            )
+            .await
+        }
+        (None, None) => None,
+    };
     let caller = Caller::admin(crate::audit::SYSTEM);
     let request_id = uuid::Uuid::new_v4().to_string();
     let ctx = crate::kv::Ctx {
@@ -414,7 +527,7 @@ pub async fn renew(
         caller: &caller,
         resolved_version: std::sync::OnceLock::new(),
     };
-    crate::kv::certs::create_with(&ctx, n.as_str(), rekey).await?;
+    crate::kv::certs::create_with(&ctx, n.as_str(), rekey, replaces).await?;
     let op = state
         .store
         .operation(cert.id)
@@ -428,6 +541,55 @@ pub async fn renew(
             .csr
             .map(|c| base64::engine::general_purpose::STANDARD.encode(c)),
     })
+}
+
+/// The current version's leaf (DER).
+async fn current_leaf(
+    state: &Arc<AppState>,
+    vault_id: i64,
+    name: &str,
+    version: &str,
+) -> Option<Vec<u8>> {
+    state
+        .store
+        .cert_version(
+            vault_id,
+            &name.to_ascii_lowercase(),
+            false,
+            certvault_store::Which::Version(version),
+        )
+        .await
+        .ok()
+        .flatten()
+        .and_then(|(_, v)| v.cer)
+}
+
+/// The ARI certificate id of the current version when its policy's issuer is an ACME CA that
+/// offers renewalInfo and knows the certificate (best effort: `None` otherwise).
+async fn ari_replaces(
+    state: &Arc<AppState>,
+    vault: &str,
+    policy_json: &str,
+    vault_id: i64,
+    name: &str,
+    cur: &certvault_store::CurrentVersion,
+) -> Option<String> {
+    let policy: Policy = serde_json::from_str(policy_json).ok()?;
+    let leaf = current_leaf(state, vault_id, name, &cur.version).await?;
+    // A renewal on demand waits for the CA's answer only briefly.
+    let asked = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::acme::renewal_info(state, vault, policy.issuer_name(), &leaf),
+    )
+    .await
+    .unwrap_or_else(|_| Err("renewalInfo did not answer within 5 s".into()));
+    match asked {
+        Ok(a) => a.map(|a| a.cert_id),
+        Err(e) => {
+            tracing::debug!(error = %e, "no ARI certificate id for the renewal");
+            None
+        }
+    }
 }
 
 /// POST /certificates/{n}/renew (certvault extension, permission `certificates/create`):
