@@ -8,6 +8,7 @@ the Debian package to install (scripts/test-all.sh installs them).
 
 from __future__ import annotations
 
+import secret_registry
 import base64
 import datetime
 import json
@@ -94,6 +95,7 @@ class Bind:
         self.addr = f"127.0.0.1:{self.port}"
         self.key_name = "certvault-test"
         self.key_secret = base64.b64encode(os.urandom(32)).decode()
+        secret_registry.register("bind9 TSIG secret", self.key_secret)
         d = self.dir
         (d / "zone.db").write_text(
             f"$TTL 60\n@ IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import secret_registry  # noqa: F401 - the session-wide registry (whole-suite log scan)
 import support
 from support import CertvaultServer, Clients, new_server
 
@@ -179,3 +180,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         if tr.stats.get("failed") or tr.stats.get("error"):
             tr.section(f"certvault session server log, last 200 lines ({srv.log_path})")
             tr.write_line(srv.log_tail(200))
+
+
+# ----------------------------------------------------------------------------- whole-suite log scan
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The log scan (test_zz_log_scan.py) runs after every other test, whatever the file order."""
+    last = [i for i in items if i.nodeid.split("::")[0].endswith("test_zz_log_scan.py")]
+    items[:] = [i for i in items if i not in last] + last
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Server logs live in one session dir (secret_registry.log_dir) until the session ends; kept
+    when something failed."""
+    import secret_registry
+
+    if exitstatus == 0 and secret_registry.logs():
+        shutil.rmtree(secret_registry.log_dir(), ignore_errors=True)

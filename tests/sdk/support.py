@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import requests
 from azure.core.credentials import AccessToken
+from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.keyvault.certificates import (
     CertificateClient,
     CertificateContentType,
@@ -40,6 +41,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+import secret_registry
 
 # ----------------------------------------------------------------------------- constants
 
@@ -185,8 +188,9 @@ class CertvaultServer:
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
         env.setdefault("NO_COLOR", "1")
-        # One debug line per request, so a failing test can show what the server saw.
-        env.setdefault("CERTVAULT_LOG", "info,certvault_server=debug")
+        # Every crate at debug: a failing test can show what the server saw, and the final log
+        # scan (test_zz_log_scan.py) searches the most output for secrets (+~5% run time).
+        env.setdefault("CERTVAULT_LOG", "debug")
         env.update(self.extra_env)
         self.proc = subprocess.Popen(
             self.command(),
@@ -197,6 +201,9 @@ class CertvaultServer:
         )
         self.starts += 1
         self._wait_healthy()
+        # The admin token: printed once on the first start by design, a secret everywhere else.
+        if self.token_path.is_file():
+            secret_registry.register_bootstrap(self.log_path, self.token)
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -281,7 +288,8 @@ def new_server(binary: str, root: Optional[Path] = None, port: Optional[int] = N
         binary=binary,
         data_dir=root / "data",
         port=port or free_port(),
-        log_path=root / "server.log",
+        # In the session log dir, not the data dir: kept for the final log scan (secret_registry).
+        log_path=secret_registry.new_log_path(root.name),
     )
 
 
@@ -292,6 +300,7 @@ class StaticCredential:
     """A TokenCredential returning a fixed token; records what the SDK asked for (§3)."""
 
     def __init__(self, token: str):
+        secret_registry.register_token("SDK credential token", token)
         self.token = token
         self.calls: list[tuple[tuple[str, ...], dict[str, Any]]] = []
 
@@ -319,9 +328,27 @@ class Clients:
         return CryptographyClient(key_id, self.cred, **self.kwargs)
 
 
+class _RegisterSecretsPolicy(SansIOHTTPPolicy):
+    """Registers every secret the SDK sends or receives (passwords, import values, downloaded
+    secrets, JWKs) for the final log scan."""
+
+    def on_request(self, request):  # noqa: D401
+        try:
+            secret_registry.register_body("SDK request", request.http_request.body)
+        except Exception:  # noqa: BLE001 - registration must never break a request
+            pass
+
+    def on_response(self, request, response):
+        try:
+            secret_registry.register_body("SDK response", response.http_response.text())
+        except Exception:  # noqa: BLE001
+            pass
+
+
 def make_clients(url: str, token: str, ca: str, verify_challenge_resource: bool = False, **extra: Any) -> Clients:
     cred = StaticCredential(token)
     kw = dict(
+        per_call_policies=[_RegisterSecretsPolicy()],
         connection_verify=ca,
         verify_challenge_resource=verify_challenge_resource,
         connection_timeout=10,
@@ -376,6 +403,8 @@ class Api:
             q["api-version"] = api_version
         h = {}
         tok = self.token if token is _DEFAULT else token
+        secret_registry.register_token("bearer token", tok)
+        secret_registry.register_body("request", json if json is not _DEFAULT else data)
         if tok is not None:
             h["Authorization"] = f"Bearer {tok}"
         if headers:
@@ -386,7 +415,9 @@ class Api:
         elif data is not None:
             kw["data"] = data
             h.setdefault("Content-Type", "application/json")
-        return self.session.request(method, url, params=q, headers=h, verify=self.ca, timeout=HTTP_TIMEOUT, **kw)
+        r = self.session.request(method, url, params=q, headers=h, verify=self.ca, timeout=HTTP_TIMEOUT, **kw)
+        secret_registry.register_body("response", r.content)
+        return r
 
     def get(self, path: str, **kw: Any) -> requests.Response:
         return self.request("GET", path, **kw)
@@ -516,7 +547,9 @@ def raw_policy(subject: str, *, issuer: str = "Self", kty: str = "RSA", key_size
 
 
 def rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    secret_registry.register_key(f"generated RSA-{bits} key", key)
+    return key
 
 
 CURVES = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}
@@ -524,7 +557,9 @@ CURVE_BYTES = {"P-256": 32, "P-384": 48, "P-521": 66}
 
 
 def ec_key(curve: str = "P-256") -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(CURVES[curve]())
+    key = ec.generate_private_key(CURVES[curve]())
+    secret_registry.register_key(f"generated EC {curve} key", key)
+    return key
 
 
 def name_cn(cn: str) -> x509.Name:

@@ -5,6 +5,7 @@ the token; a token that is not configured; purge destroying the key.
 The token is inspected independently with OpenSC's pkcs11-tool."""
 from __future__ import annotations
 
+import secret_registry
 import base64
 import datetime
 import hashlib
@@ -30,6 +31,8 @@ from support import LRO, b64url, new_server, unique
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 PIN = "user-pin-4711"
+secret_registry.register("HSM user PIN", PIN)
+secret_registry.register("HSM SO PIN", "so-pin-0815")
 LABEL = "certvault"
 
 

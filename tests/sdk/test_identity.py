@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 import access_support
+import secret_registry
 import support
 from support import StaticCredential, b64url, describe, unique
 
@@ -59,6 +60,8 @@ class Idp:
     def __init__(self) -> None:
         self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.ec = ec.generate_private_key(ec.SECP256R1())
+        secret_registry.register_key("test_identity RSA key", self.rsa)
+        secret_registry.register_key("test_identity EC key", self.ec)
 
     def jwks(self) -> dict:
         rn = self.rsa.public_key().public_numbers()

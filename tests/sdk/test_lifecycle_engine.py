@@ -6,6 +6,7 @@ Receivers are real: an HTTP server verifying HMAC signatures and aiosmtpd."""
 
 from __future__ import annotations
 
+import secret_registry
 import os
 import shutil
 import sqlite3
@@ -28,6 +29,7 @@ from support import LRO, describe, new_server, unique
 
 DAY = 86_400
 SECRET = "lifecycle-test-secret-0123456789"
+secret_registry.register("webhook signing secret", SECRET)
 
 
 @pytest.fixture
