@@ -32,6 +32,7 @@ async fn jwks_server(doc: Value) -> JwksServer {
     let dir = tempfile::tempdir().unwrap();
     let dd = certvault_server::bootstrap::open_data_dir(
         dir.path(),
+        None,
         "idp.certvault.test",
         now(),
         None,

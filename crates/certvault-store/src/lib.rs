@@ -1,4 +1,7 @@
-//! certvault storage. The SQLite implementation keeps one writer thread that commits queued
+//! certvault storage on two backends behind [`Store`]: SQLite (the zero-config default) and
+//! PostgreSQL ([`PgStore`], for several replicas sharing one database).
+//!
+//! The SQLite implementation keeps one writer thread that commits queued
 //! writes together (group commit: one durable fsync for many requests, each write isolated in
 //! its own savepoint) and a small pool of reader connections used from blocking threads.
 //!
@@ -12,8 +15,16 @@ mod audit_journal;
 mod error;
 mod jobs;
 mod outbox;
+mod pg;
+mod pg_access;
+mod pg_acme;
+mod pg_audit;
+mod pg_jobs;
+mod pg_outbox;
+mod pg_schema;
 mod records;
 mod sqlite;
+mod store;
 
 pub use access::{PolicyRecord, PrincipalRecord, TokenRecord};
 pub use acme::{AcmeAccountRecord, AcmeOrderRecord};
@@ -28,5 +39,7 @@ pub use outbox::{
     ChannelRecord, CurrentVersion, DELIVERY_SELECT, DeliveryFilter, DeliveryJob, DeliveryNext,
     DeliveryOutcome, DeliveryRecord, EventFilter, EventRecord, LifecycleView, Mark, NewEvent,
 };
+pub use pg::PgStore;
 pub use records::*;
 pub use sqlite::{SqliteStore, Which};
+pub use store::{Store, is_postgres_url};

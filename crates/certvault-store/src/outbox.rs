@@ -166,7 +166,7 @@ pub struct EventRecord {
     pub created: i64,
 }
 
-const EVENT_COLS: &str = "e.id, e.uid, e.kind, e.vault_id, e.vault, e.cert_id, e.cert_name, e.version, e.email, e.body, e.created";
+pub(crate) const EVENT_COLS: &str = "e.id, e.uid, e.kind, e.vault_id, e.vault, e.cert_id, e.cert_name, e.version, e.email, e.body, e.created";
 
 fn event_row(r: &Row<'_>, o: usize) -> rusqlite::Result<EventRecord> {
     let body: String = r.get(o + 9)?;
@@ -319,7 +319,7 @@ impl std::fmt::Debug for ChannelRecord {
     }
 }
 
-const CHANNEL_COLS: &str = "ch.id, ch.vault_id, ch.name, ch.kind, ch.target, ch.sealed, \
+pub(crate) const CHANNEL_COLS: &str = "ch.id, ch.vault_id, ch.name, ch.kind, ch.target, ch.sealed, \
      ch.payload_version, ch.enabled, ch.created, ch.updated";
 
 fn channel_row(r: &Row<'_>, o: usize) -> rusqlite::Result<ChannelRecord> {
@@ -417,7 +417,7 @@ pub const DELIVERY_SELECT: &str = "SELECT d.id FROM deliveries d \
      AND d.id = (SELECT MIN(e.id) FROM deliveries e WHERE e.lane = d.lane AND e.status = 'pending') \
      ORDER BY d.next_try LIMIT ?2";
 
-const DELIVERY_LIST_COLS: &str = "d.id, d.event_id, e.uid, e.kind, e.cert_name, ch.name, d.status, \
+pub(crate) const DELIVERY_LIST_COLS: &str = "d.id, d.event_id, e.uid, e.kind, e.cert_name, ch.name, d.status, \
      d.attempts, d.next_try, d.last_status, d.last_error, d.delivered_at, d.created";
 
 fn delivery_row(r: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
