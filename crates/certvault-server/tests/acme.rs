@@ -19,7 +19,10 @@ struct Server {
 
 async fn start(dir: &Path) -> Server {
     let clock: certvault_core::clock::SharedClock = Arc::new(certvault_core::SystemClock);
-    let opts = certvault_server::ServeOptions::local(dir, "certvault.test");
+    let opts = certvault_server::ServeOptions {
+        database: certvault_testkit::test_database(dir),
+        ..certvault_server::ServeOptions::local(dir, "certvault.test")
+    };
     let started = certvault_server::start(&opts, clock)
         .await
         .expect("server starts");

@@ -132,6 +132,7 @@ struct Server {
 fn opts(dir: &Path) -> certvault_server::ServeOptions {
     certvault_server::ServeOptions {
         max_body: 256 * 1024,
+        database: certvault_testkit::test_database(dir),
         ..certvault_server::ServeOptions::local(dir, "certvault.test")
     }
 }

@@ -825,6 +825,11 @@ impl Postgres {
         self.url(&name)
     }
 
+    /// The server's data directory (tables, WAL).
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         self.proc.log_text()
@@ -863,16 +868,42 @@ impl Drop for Postgres {
     }
 }
 
-/// The database the server integration tests run against, from `CERTVAULT_TEST_DATABASE`:
-/// unset or `sqlite` → `None` (SQLite in the data directory); `postgres` → a fresh database on
-/// this test process's private PostgreSQL server (kept for the life of the process; its
-/// watchdog stops it when the process ends). Anything else is a panic.
-pub fn test_database() -> Option<String> {
-    use std::sync::{Arc, OnceLock};
-    static SERVER: OnceLock<Arc<Postgres>> = OnceLock::new();
+/// The database the server integration tests run against for the data directory `dir`, from
+/// `CERTVAULT_TEST_DATABASE`: unset or `sqlite` → `None` (SQLite in the data directory);
+/// `postgres` → a database on this test process's private PostgreSQL server, the same one
+/// each time for the same `dir` (a restarted server finds its data), a fresh one for a new
+/// `dir`. The server is kept for the life of the process (its watchdog stops it when the
+/// process ends). Anything else is a panic.
+pub fn test_database(dir: &Path) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static DATABASES: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
     match std::env::var("CERTVAULT_TEST_DATABASE").as_deref() {
         Err(_) | Ok("" | "sqlite") => None,
-        Ok("postgres") => Some(SERVER.get_or_init(Postgres::shared).database()),
+        Ok("postgres") => {
+            let mut dbs = DATABASES.lock().unwrap_or_else(|p| p.into_inner());
+            let url = dbs
+                .get_or_insert_with(HashMap::new)
+                .entry(dir.to_owned())
+                .or_insert_with(|| test_server().database())
+                .clone();
+            Some(url)
+        }
         Ok(other) => panic!("CERTVAULT_TEST_DATABASE must be sqlite or postgres, not {other:?}"),
+    }
+}
+
+/// The PostgreSQL server of [`test_database`], started on first use.
+fn test_server() -> &'static std::sync::Arc<Postgres> {
+    static SERVER: std::sync::OnceLock<std::sync::Arc<Postgres>> = std::sync::OnceLock::new();
+    SERVER.get_or_init(Postgres::shared)
+}
+
+/// When `CERTVAULT_TEST_DATABASE=postgres`: the data directory of the PostgreSQL server the
+/// databases of [`test_database`] live in (to scan its files); `None` otherwise.
+pub fn test_database_dir() -> Option<PathBuf> {
+    match std::env::var("CERTVAULT_TEST_DATABASE").as_deref() {
+        Ok("postgres") => Some(test_server().data_dir()),
+        _ => None,
     }
 }
