@@ -323,7 +323,7 @@ async fn create_get_secret_and_bad_input_changes_nothing() {
 /// Scans the data directory and, on PostgreSQL, every file of the server's data directory
 /// (tables, WAL) for the needles.
 fn scan(dir: &Path, needles: &[(String, Vec<u8>)]) {
-    fn walk(dir: &Path, deep: bool, files: &mut Vec<std::path::PathBuf>) {
+    fn walk(dir: &Path, deep: bool, files: &mut Vec<PathBuf>) {
         let Ok(rd) = std::fs::read_dir(dir) else {
             return;
         };
