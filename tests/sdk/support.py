@@ -121,6 +121,42 @@ def wait_until(fn: Callable[[], Any], what: str, timeout: float = 30.0, interval
 # ----------------------------------------------------------------------------- server process
 
 
+# Databases created for data directories in this session (CERTVAULT_TEST_DATABASE=postgres).
+_PG_DATABASES: dict[str, str] = {}
+
+
+def database_args(data_dir: Path) -> list[str]:
+    """The `--database` arguments of a server with this data directory.
+
+    CERTVAULT_TEST_DATABASE unset or `sqlite`: none (SQLite in the data directory). `postgres`:
+    a database of its own on the PostgreSQL server at 127.0.0.1:$CERTVAULT_TEST_PG_PORT (role
+    `postgres`, trust authentication; `scripts/test-all.sh sdk-pg` starts one), the same one
+    for every start of the same data directory (restarts find their data).
+    """
+    kind = os.environ.get("CERTVAULT_TEST_DATABASE", "") or "sqlite"
+    if kind == "sqlite":
+        return []
+    if kind != "postgres":
+        raise RuntimeError(f"CERTVAULT_TEST_DATABASE must be sqlite or postgres, not {kind!r}")
+    port = os.environ.get("CERTVAULT_TEST_PG_PORT")
+    if not port:
+        raise RuntimeError(
+            "CERTVAULT_TEST_DATABASE=postgres needs CERTVAULT_TEST_PG_PORT, the port of a "
+            "PostgreSQL server on 127.0.0.1 (run `bash scripts/test-all.sh sdk-pg`, which "
+            "installs the `postgresql` package and starts one)")
+    key = str(data_dir.resolve())
+    if key not in _PG_DATABASES:
+        name = "sdk_" + hashlib.sha256(key.encode()).hexdigest()[:20]
+        out = subprocess.run(
+            ["psql", "-X", "-q", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", "postgres",
+             "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {name}"],
+            capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"CREATE DATABASE {name} failed: {out.stderr}")
+        _PG_DATABASES[key] = f"postgres://postgres@127.0.0.1:{port}/{name}"
+    return ["--database", _PG_DATABASES[key]]
+
+
 @dataclass
 class CertvaultServer:
     """One `certvault serve` process on 127.0.0.1:port with its own data dir."""
@@ -169,6 +205,7 @@ class CertvaultServer:
             "serve",
             "--data-dir",
             str(self.data_dir),
+            *database_args(self.data_dir),
             "--listen",
             f"127.0.0.1:{self.port}",
             "--base-domain",
