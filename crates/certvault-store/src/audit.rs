@@ -1045,6 +1045,8 @@ impl SqliteStore {
 pub(crate) mod tests {
     use super::*;
     use crate::AuditProblemKind::*;
+    use crate::Store;
+    use crate::store::testing::{TestStore, backends};
 
     /// A keyed stand-in for the server's HMAC (the store tests need a MAC that depends on the
     /// key, every field and the order; not a secure one).
@@ -1095,37 +1097,59 @@ pub(crate) mod tests {
         }
     }
 
-    async fn store_with(n: i64) -> (tempfile::TempDir, SqliteStore, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let s = SqliteStore::open(&path).unwrap();
-        for i in 1..=n {
-            s.append_audit(
-                vec![rec(i, "alice", "secrets.get", &format!("secrets/s{i}"))],
-                chain(),
-            )
-            .await
-            .unwrap();
+    /// One store per backend, each with `n` records appended.
+    async fn stores_with(n: i64) -> Vec<TestStore> {
+        let mut out = Vec::new();
+        for t in backends().await {
+            eprintln!("backend: {}", t.store.backend());
+            for i in 1..=n {
+                t.store
+                    .append_audit(
+                        vec![rec(i, "alice", "secrets.get", &format!("secrets/s{i}"))],
+                        chain(),
+                    )
+                    .await
+                    .unwrap();
+            }
+            out.push(t);
         }
-        (dir, s, path)
+        out
     }
 
-    /// A raw connection with the append-only triggers dropped, as an attacker would do.
-    fn raw(path: &std::path::Path) -> Connection {
-        let c = Connection::open(path).unwrap();
-        c.execute_batch("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;")
-            .unwrap();
-        c
+    /// Runs `sql` on a raw connection with the append-only triggers dropped, as an attacker
+    /// would do.
+    async fn tamper(t: &TestStore, sql: &str) {
+        let drop = match t.store {
+            Store::Sqlite(_) => {
+                "DROP TRIGGER IF EXISTS audit_log_no_update; \
+                                 DROP TRIGGER IF EXISTS audit_log_no_delete;"
+            }
+            Store::Postgres(_) => "DROP TRIGGER IF EXISTS audit_log_no_change ON audit_log;",
+        };
+        t.raw(&format!("{drop} {sql}")).await.unwrap();
     }
 
-    async fn verify_problem(s: &SqliteStore) -> AuditProblem {
+    /// 32 zero bytes as an SQL expression of the backend.
+    fn zero32(t: &TestStore) -> &'static str {
+        match t.store {
+            Store::Sqlite(_) => "zeroblob(32)",
+            Store::Postgres(_) => "decode(repeat('00', 32), 'hex')",
+        }
+    }
+
+    async fn verify_problem(s: &Store) -> AuditProblem {
         let v = s.verify_audit(chain()).await.unwrap();
         v.problem.expect("a problem is found")
     }
 
     #[tokio::test]
     async fn concurrent_appends_chain_without_gaps_and_verify() {
-        let (_d, s, _p) = store_with(0).await;
+        for t in stores_with(0).await {
+            concurrent_appends_on(&t.store).await;
+        }
+    }
+
+    async fn concurrent_appends_on(s: &Store) {
         let mut tasks = Vec::new();
         for t in 0..32 {
             let s = s.clone();
@@ -1180,17 +1204,15 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn updates_and_deletes_are_refused_by_the_schema() {
-        let (_d, s, path) = store_with(3).await;
-        let c = Connection::open(&path).unwrap();
-        assert!(
-            c.execute("UPDATE audit_log SET principal = 'x' WHERE seq = 2", [])
-                .is_err()
-        );
-        assert!(
-            c.execute("DELETE FROM audit_log WHERE seq = 3", [])
-                .is_err()
-        );
-        assert_eq!(s.verify_audit(chain()).await.unwrap().problem, None);
+        for t in stores_with(3).await {
+            assert!(
+                t.raw("UPDATE audit_log SET principal = 'x' WHERE seq = 2")
+                    .await
+                    .is_err()
+            );
+            assert!(t.raw("DELETE FROM audit_log WHERE seq = 3").await.is_err());
+            assert_eq!(t.store.verify_audit(chain()).await.unwrap().problem, None);
+        }
     }
 
     #[tokio::test]
@@ -1203,147 +1225,171 @@ pub(crate) mod tests {
             ("object", "NULL"),
             ("principal", "5"),
         ] {
-            let (_d, s, path) = store_with(6).await;
-            raw(&path)
-                .execute(
+            for t in stores_with(6).await {
+                tamper(
+                    &t,
                     &format!("UPDATE audit_log SET {col} = {val} WHERE seq = 4"),
-                    [],
                 )
-                .unwrap();
-            let p = verify_problem(&s).await;
-            assert_eq!((p.seq, p.kind), (4, Changed), "{col}: {p:?}");
-            assert_eq!(s.verify_audit(chain()).await.unwrap().records_checked, 3);
+                .await;
+                let s = &t.store;
+                let p = verify_problem(s).await;
+                assert_eq!((p.seq, p.kind), (4, Changed), "{col}: {p:?}");
+                assert_eq!(s.verify_audit(chain()).await.unwrap().records_checked, 3);
+            }
         }
         // an edited link alone
-        let (_d, s, path) = store_with(6).await;
-        raw(&path)
-            .execute("UPDATE audit_log SET prev = zeroblob(32) WHERE seq = 5", [])
-            .unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (5, Changed), "{p:?}");
+        for t in stores_with(6).await {
+            let zero = zero32(&t);
+            tamper(
+                &t,
+                &format!("UPDATE audit_log SET prev = {zero} WHERE seq = 5"),
+            )
+            .await;
+            let p = verify_problem(&t.store).await;
+            assert_eq!((p.seq, p.kind), (5, Changed), "{p:?}");
+        }
     }
 
     #[tokio::test]
     async fn a_removed_middle_record_is_reported_even_after_more_appends() {
-        let (_d, s, path) = store_with(8).await;
-        raw(&path)
-            .execute("DELETE FROM audit_log WHERE seq = 5", [])
-            .unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (5, Removed), "{p:?}");
-        assert!(p.detail.contains("record 5 is missing"), "{p:?}");
-        s.append_audit(
-            vec![rec(9, "bob", "certificates.get", "certificates/c")],
-            chain(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(verify_problem(&s).await.seq, 5);
-
-        // removed, then the later records renumbered to close the gap
-        let (_d, s, path) = store_with(8).await;
-        let c = raw(&path);
-        c.execute("DELETE FROM audit_log WHERE seq = 3", [])
-            .unwrap();
-        c.execute("UPDATE audit_log SET seq = seq - 1 WHERE seq > 3", [])
-            .unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (3, Removed), "{p:?}");
-        assert!(p.detail.contains("renumbered"), "{p:?}");
-    }
-
-    #[tokio::test]
-    async fn removed_last_records_are_reported_as_truncated() {
-        let (_d, s, path) = store_with(8).await;
-        raw(&path)
-            .execute("DELETE FROM audit_log WHERE seq >= 7", [])
-            .unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (7, Truncated), "{p:?}");
-        assert!(p.detail.contains("records 7 to 8 are missing"), "{p:?}");
-        // the next append continues after the head, so the gap stays visible
-        s.append_audit(
-            vec![rec(9, "bob", "certificates.get", "certificates/c")],
-            chain(),
-        )
-        .await
-        .unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (7, Removed), "{p:?}");
-
-        // every record removed
-        let (_d, s, path) = store_with(3).await;
-        raw(&path).execute("DELETE FROM audit_log", []).unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (1, Truncated), "{p:?}");
-
-        // the tail and the head removed: the next append leaves the finding in the log
-        let (_d, s, path) = store_with(8).await;
-        let c = raw(&path);
-        c.execute("DELETE FROM audit_log WHERE seq >= 7", [])
-            .unwrap();
-        c.execute("DELETE FROM meta WHERE key = 'audit_head'", [])
-            .unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (7, Truncated), "{p:?}");
-        let got = s
-            .append_audit(
+        for t in stores_with(8).await {
+            let s = &t.store;
+            tamper(&t, "DELETE FROM audit_log WHERE seq = 5").await;
+            let p = verify_problem(s).await;
+            assert_eq!((p.seq, p.kind), (5, Removed), "{p:?}");
+            assert!(p.detail.contains("record 5 is missing"), "{p:?}");
+            s.append_audit(
                 vec![rec(9, "bob", "certificates.get", "certificates/c")],
                 chain(),
             )
             .await
             .unwrap();
-        assert_eq!(got, vec![8]);
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (7, Truncated), "{p:?}");
-        assert!(p.detail.contains("head was missing"), "{p:?}");
+            assert_eq!(verify_problem(s).await.seq, 5);
+        }
+
+        // removed, then the later records renumbered to close the gap
+        for t in stores_with(8).await {
+            tamper(
+                &t,
+                "DELETE FROM audit_log WHERE seq = 3; \
+                 UPDATE audit_log SET seq = seq - 1 WHERE seq > 3;",
+            )
+            .await;
+            let p = verify_problem(&t.store).await;
+            assert_eq!((p.seq, p.kind), (3, Removed), "{p:?}");
+            assert!(p.detail.contains("renumbered"), "{p:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn removed_last_records_are_reported_as_truncated() {
+        for t in stores_with(8).await {
+            let s = &t.store;
+            tamper(&t, "DELETE FROM audit_log WHERE seq >= 7").await;
+            let p = verify_problem(s).await;
+            assert_eq!((p.seq, p.kind), (7, Truncated), "{p:?}");
+            assert!(p.detail.contains("records 7 to 8 are missing"), "{p:?}");
+            // the next append continues after the head, so the gap stays visible
+            s.append_audit(
+                vec![rec(9, "bob", "certificates.get", "certificates/c")],
+                chain(),
+            )
+            .await
+            .unwrap();
+            let p = verify_problem(s).await;
+            assert_eq!((p.seq, p.kind), (7, Removed), "{p:?}");
+        }
+
+        // every record removed
+        for t in stores_with(3).await {
+            tamper(&t, "DELETE FROM audit_log").await;
+            let p = verify_problem(&t.store).await;
+            assert_eq!((p.seq, p.kind), (1, Truncated), "{p:?}");
+        }
+
+        // the tail and the head removed: the next append leaves the finding in the log
+        for t in stores_with(8).await {
+            let s = &t.store;
+            tamper(
+                &t,
+                "DELETE FROM audit_log WHERE seq >= 7; DELETE FROM meta WHERE key = 'audit_head';",
+            )
+            .await;
+            let p = verify_problem(s).await;
+            assert_eq!((p.seq, p.kind), (7, Truncated), "{p:?}");
+            let got = s
+                .append_audit(
+                    vec![rec(9, "bob", "certificates.get", "certificates/c")],
+                    chain(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(got, vec![8]);
+            let p = verify_problem(s).await;
+            assert_eq!((p.seq, p.kind), (7, Truncated), "{p:?}");
+            assert!(p.detail.contains("head was missing"), "{p:?}");
+        }
 
         // the tail removed and the head forged to match: the tag does not match
-        let (_d, s, path) = store_with(8).await;
-        let c = raw(&path);
-        c.execute("DELETE FROM audit_log WHERE seq >= 7", [])
-            .unwrap();
-        c.execute(
-            "UPDATE meta SET value = (SELECT CAST(X'0000000000000006' || mac || zeroblob(32) AS BLOB) \
-             FROM audit_log WHERE seq = 6) \
-             WHERE key = 'audit_head'",
-            [],
-        )
-        .unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (6, Changed), "{p:?}");
-        assert!(p.detail.contains("head was altered"), "{p:?}");
+        for t in stores_with(8).await {
+            let forged = match t.store {
+                Store::Sqlite(_) => "CAST(X'0000000000000006' || mac || zeroblob(32) AS BLOB)",
+                Store::Postgres(_) => {
+                    "'\\x0000000000000006'::bytea || mac || decode(repeat('00', 32), 'hex')"
+                }
+            };
+            tamper(
+                &t,
+                &format!(
+                    "DELETE FROM audit_log WHERE seq >= 7; \
+                     UPDATE meta SET value = (SELECT {forged} FROM audit_log WHERE seq = 6) \
+                     WHERE key = 'audit_head';"
+                ),
+            )
+            .await;
+            let p = verify_problem(&t.store).await;
+            assert_eq!((p.seq, p.kind), (6, Changed), "{p:?}");
+            assert!(p.detail.contains("head was altered"), "{p:?}");
+        }
     }
 
     #[tokio::test]
     async fn swapped_records_are_reported_as_reordered() {
         for (a, b) in [(3, 6), (4, 5)] {
-            let (_d, s, path) = store_with(8).await;
-            let c = raw(&path);
-            // swap everything but seq between the two rows
-            c.execute_batch(&format!(
-                "CREATE TEMP TABLE t AS SELECT * FROM audit_log WHERE seq IN ({a}, {b});
-                 UPDATE audit_log SET (time, request_id, principal, source, vault, object, operation,
-                     status, outcome, detail, prev, mac) =
-                   (SELECT time, request_id, principal, source, vault, object, operation, status,
-                       outcome, detail, prev, mac FROM t
-                    WHERE t.seq = CASE audit_log.seq WHEN {a} THEN {b} ELSE {a} END)
-                 WHERE seq IN ({a}, {b});"
-            ))
-            .unwrap();
-            let p = verify_problem(&s).await;
-            assert_eq!((p.seq, p.kind), (a, Reordered), "{p:?}");
-            assert!(
-                p.detail.contains(&format!("holds the record made as {b}"))
-                    && p.detail.contains(&format!("stands at position {b}")),
-                "{p:?}"
-            );
+            for t in stores_with(8).await {
+                // swap everything but seq between the two rows
+                tamper(
+                    &t,
+                    &format!(
+                        "CREATE TEMP TABLE t AS SELECT * FROM audit_log WHERE seq IN ({a}, {b});
+                         UPDATE audit_log SET (time, request_id, principal, source, vault, object,
+                             operation, status, outcome, detail, prev, mac) =
+                           (SELECT time, request_id, principal, source, vault, object, operation,
+                               status, outcome, detail, prev, mac FROM t
+                            WHERE t.seq = CASE audit_log.seq WHEN {a} THEN {b} ELSE {a} END)
+                         WHERE seq IN ({a}, {b});"
+                    ),
+                )
+                .await;
+                let p = verify_problem(&t.store).await;
+                assert_eq!((p.seq, p.kind), (a, Reordered), "{p:?}");
+                assert!(
+                    p.detail.contains(&format!("holds the record made as {b}"))
+                        && p.detail.contains(&format!("stands at position {b}")),
+                    "{p:?}"
+                );
+            }
         }
     }
 
     #[tokio::test]
     async fn queries_filter_and_page_by_seq() {
-        let (_d, s, _p) = store_with(0).await;
+        for t in stores_with(0).await {
+            queries_on(&t.store).await;
+        }
+    }
+
+    async fn queries_on(s: &Store) {
         for i in 1..=30 {
             let principal = if i % 3 == 0 { "bob" } else { "alice" };
             let object = match i % 4 {
@@ -1416,7 +1462,12 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn time_ranges_follow_seq_with_equal_and_clamped_times() {
-        let (_d, s, _p) = store_with(0).await;
+        for t in stores_with(0).await {
+            time_ranges_on(&t.store).await;
+        }
+    }
+
+    async fn time_ranges_on(s: &Store) {
         // 1000 1000 2000 2000 2000 3000, and one stamped earlier that is kept at 3000
         for t in [1000, 1000, 2000, 2000, 2000, 3000, 1500] {
             let mut r = rec(t, "a", "x", "o");

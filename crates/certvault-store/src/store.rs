@@ -333,6 +333,20 @@ pub(crate) mod testing {
     }
 
     impl TestStore {
+        /// Runs SQL statements on a raw connection of the backend, bypassing the store.
+        pub(crate) async fn raw(&self, sql: &str) -> Result<(), String> {
+            match &self.store {
+                Store::Sqlite(_) => rusqlite::Connection::open(&self.database)
+                    .and_then(|c| c.execute_batch(sql))
+                    .map_err(|e| e.to_string()),
+                Store::Postgres(p) => {
+                    use deadpool_postgres::GenericClient;
+                    let c = p.conn().await.map_err(|e| e.to_string())?;
+                    c.batch_execute(sql).await.map_err(|e| e.to_string())
+                }
+            }
+        }
+
         /// Closes the store and opens the same database again.
         pub(crate) async fn reopen(&mut self) {
             self.store.close();
