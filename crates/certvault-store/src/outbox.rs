@@ -889,6 +889,17 @@ mod tests {
         }
     }
 
+    /// One fresh store per backend, each with the vault `v`.
+    async fn setups() -> Vec<(crate::store::testing::TestStore, i64)> {
+        let mut out = Vec::new();
+        for t in crate::store::testing::backends().await {
+            eprintln!("backend: {}", t.store.backend());
+            let v = t.store.create_vault("v", vec![1], 90, 1).await.unwrap();
+            out.push((t, v.id));
+        }
+        out
+    }
+
     async fn setup() -> (tempfile::TempDir, SqliteStore, i64) {
         let d = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&d.path().join("t.db")).unwrap();
@@ -913,7 +924,12 @@ mod tests {
 
     #[tokio::test]
     async fn versions_schedule_the_certificate_and_emit_events_in_the_same_transaction() {
-        let (_d, s, vid) = setup().await;
+        for (t, vid) in setups().await {
+            versions_schedule_on(&t.store, vid).await;
+        }
+    }
+
+    async fn versions_schedule_on(s: &crate::Store, vid: i64) {
         s.create_channel(channel(vid, "hook")).await.unwrap();
         let nv = |v: &str, status: &str| NewVersion {
             record: ver(v, 1000),
@@ -998,7 +1014,12 @@ mod tests {
 
     #[tokio::test]
     async fn job_outcome_records_events_once_and_lanes_keep_order() {
-        let (_d, s, vid) = setup().await;
+        for (t, vid) in setups().await {
+            job_outcome_on(&t.store, vid).await;
+        }
+    }
+
+    async fn job_outcome_on(s: &crate::Store, vid: i64) {
         s.create_channel(channel(vid, "hook")).await.unwrap();
         let (cert, _) = s
             .add_version(
