@@ -270,7 +270,7 @@ start_test_postgres() {
   done
   psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'SELECT 1' >/dev/null \
     || die "the private PostgreSQL did not start on port $port"
-  export CERTVAULT_TEST_PG_PORT="$port"
+  export CERTVAULT_TEST_PG_PORT="$port" CERTVAULT_TEST_PG_DATA="$PG_TMP/data"
   echo "PostgreSQL for the SDK suite on 127.0.0.1:$port ($PG_TMP)"
 }
 

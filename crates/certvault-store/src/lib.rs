@@ -14,6 +14,7 @@ mod audit;
 mod audit_journal;
 mod error;
 mod jobs;
+mod migrate;
 mod outbox;
 mod pg;
 mod pg_access;
@@ -35,6 +36,7 @@ pub use audit::{
 pub use audit_journal::AuditJournal;
 pub use error::{Conflict, StoreError};
 pub use jobs::{CLAIM_SELECT, Job, JobNext, Scheduler};
+pub use migrate::MigrateReport;
 pub use outbox::{
     ChannelRecord, CurrentVersion, DELIVERY_SELECT, DeliveryFilter, DeliveryJob, DeliveryNext,
     DeliveryOutcome, DeliveryRecord, EventFilter, EventRecord, LifecycleView, Mark, NewEvent,
