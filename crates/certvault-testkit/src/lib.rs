@@ -655,8 +655,8 @@ fn as_postgres(cmd: &mut Command, ids: Option<(u32, u32)>) -> &mut Command {
 /// each ([`Postgres::database`]), so they run in parallel without seeing each other's rows.
 pub struct Postgres {
     proc: Proc,
-    /// Stops the server when this test process is gone, even if it never dropped it (a
-    /// server kept in a static, a test process killed).
+    /// Stops the server and removes its directory when this test process is gone, even if it
+    /// never dropped it (a server kept in a static, a test process killed).
     watchdog: Child,
     port: u16,
     ids: Option<(u32, u32)>,
@@ -723,9 +723,11 @@ impl Postgres {
         let watchdog = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "while kill -0 {} 2>/dev/null; do sleep 1; done; kill -QUIT {} 2>/dev/null",
-                std::process::id(),
-                proc.child.id()
+                "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -QUIT {pg} 2>/dev/null; \
+                 while kill -0 {pg} 2>/dev/null; do sleep 0.2; done; rm -rf '{dir}'",
+                me = std::process::id(),
+                pg = proc.child.id(),
+                dir = dir.path().display()
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
