@@ -48,7 +48,12 @@ APT_PACKAGES=(
   "pebble:pebble-challtestsrv"
   "bind9:named"
   "bind9-dnsutils:dig"
-  # later: "postgresql", "chromium:chromium"
+  # PostgreSQL 15 backend: the Rust tests start private servers (crates/certvault-testkit),
+  # the sdk-pg stage starts one below; all fail (never skip) when it is missing.
+  "postgresql:/usr/lib/postgresql/15/bin/initdb"
+  "postgresql:/usr/lib/postgresql/15/bin/postgres"
+  "postgresql:psql"
+  # later: "chromium:chromium"
 )
 
 # The Python interpreter the venv is made from: Debian's, which the list
@@ -240,6 +245,35 @@ start_services() {
   :
 }
 
+# A private PostgreSQL for the sdk-pg stage: initdb into a temporary directory (as the
+# `postgres` user when root: PostgreSQL refuses to run as root), a free loopback port, durability
+# off (test data only), trust authentication for the role `postgres`. Exports
+# CERTVAULT_TEST_PG_PORT; stopped with the other services on exit.
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_TMP=""
+start_test_postgres() {
+  local as=() port i
+  PG_TMP="$(mktemp -d /tmp/certvault-sdk-pg-XXXXXX)"
+  if [[ $(id -u) -eq 0 ]]; then
+    chown postgres:postgres "$PG_TMP"
+    as=(setpriv --reuid=postgres --regid=postgres --init-groups)
+  fi
+  "${as[@]}" "$PG_BIN/initdb" -D "$PG_TMP/data" -U postgres --auth=trust --no-locale -E UTF8 \
+    --no-sync >"$PG_TMP/initdb.log" 2>&1 || { cat "$PG_TMP/initdb.log"; die "initdb failed"; }
+  port="$("$SYSTEM_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  start_service postgres "${as[@]}" "$PG_BIN/postgres" -D "$PG_TMP/data" -p "$port" \
+    -h 127.0.0.1 -k "$PG_TMP" -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+    -c max_connections=300
+  for i in $(seq 1 100); do
+    psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'SELECT 1' >/dev/null \
+    || die "the private PostgreSQL did not start on port $port"
+  export CERTVAULT_TEST_PG_PORT="$port" CERTVAULT_TEST_PG_DATA="$PG_TMP/data"
+  echo "PostgreSQL for the SDK suite on 127.0.0.1:$port ($PG_TMP)"
+}
+
 stop_services() {
   local pid
   for pid in "${SERVICE_PIDS[@]}"; do
@@ -249,6 +283,10 @@ stop_services() {
     wait "$pid" 2>/dev/null || true
   done
   SERVICE_PIDS=()
+  if [[ -n "$PG_TMP" ]]; then
+    rm -rf "$PG_TMP"
+    PG_TMP=""
+  fi
 }
 
 # ------------------------------------------------------------------ stages
@@ -261,6 +299,14 @@ run_sdk_suite() {
     echo "pytest collected no tests (exit code 5): counted as a failure"
   fi
   return "$rc"
+}
+
+# The same suite with every server's store in the private PostgreSQL (tests/sdk/support.py
+# reads these variables).
+run_sdk_suite_pg() {
+  local CERTVAULT_TEST_DATABASE=postgres
+  export CERTVAULT_TEST_DATABASE
+  run_sdk_suite
 }
 
 setup_stage() {
@@ -277,14 +323,14 @@ setup_stage "setup: services" start_services
 
 # Stages to run: all by default; a developer may name some (sdk implies build).
 STAGES=("$@")
-[[ ${#STAGES[@]} -gt 0 ]] || STAGES=(fmt clippy test build sdk)
+[[ ${#STAGES[@]} -gt 0 ]] || STAGES=(fmt clippy test test-pg build sdk sdk-pg)
 wanted() {
   local s
   for s in "${STAGES[@]}"; do [[ "$s" == "$1" ]] && return 0; done
   return 1
 }
 for s in "${STAGES[@]}"; do
-  case "$s" in fmt | clippy | test | build | sdk) ;; *) die "unknown stage '$s' (stages: fmt clippy test build sdk)" ;; esac
+  case "$s" in fmt | clippy | test | test-pg | build | sdk | sdk-pg) ;; *) die "unknown stage '$s' (stages: fmt clippy test test-pg build sdk sdk-pg)" ;; esac
 done
 
 if wanted fmt; then run_stage "cargo fmt" cargo fmt --all -- --check; fi
@@ -292,8 +338,21 @@ if wanted clippy; then run_stage "cargo clippy" cargo clippy --workspace --all-t
 # Rust tests that cross-check with Python's cryptography use the venv's interpreter.
 export CERTVAULT_TEST_PYTHON="$PY"
 if wanted test; then run_stage "cargo test" cargo test --workspace --locked; fi
-if wanted build || wanted sdk; then run_stage "cargo build (certvault)" cargo build --locked -p certvault; fi
-if wanted sdk; then
+# The store tests run on both backends in `test`; this reruns the server's integration tests
+# with every server on PostgreSQL (each test process starts its own private server).
+if wanted test-pg; then
+  run_stage "cargo test on PostgreSQL (certvault-server)" \
+    env CERTVAULT_TEST_DATABASE=postgres cargo test --locked -p certvault-server
+fi
+if wanted build || wanted sdk || wanted sdk-pg; then run_stage "cargo build (certvault)" cargo build --locked -p certvault; fi
+if wanted sdk || wanted sdk-pg; then
   setup_stage "setup: managed-identity key directory" ensure_arc_key_dir
+fi
+if wanted sdk; then
   run_stage "SDK conformance suite (tests/sdk)" run_sdk_suite
+fi
+if wanted sdk-pg; then
+  setup_stage "setup: PostgreSQL for the SDK suite" start_test_postgres
+  run_stage "SDK conformance suite on PostgreSQL (tests/sdk)" \
+    run_sdk_suite_pg
 fi

@@ -11,7 +11,7 @@ use certvault_core::policy::{
     X509PropsIn,
 };
 use certvault_crypto::{CertParams, KeyAlg, PrivateKey};
-use certvault_store::{NewVersion, SqliteStore, VersionRecord};
+use certvault_store::{NewVersion, Store, VersionRecord};
 use tokio::task::JoinSet;
 
 use crate::server::BASE_DOMAIN;
@@ -230,7 +230,7 @@ pub async fn seed(
 }
 
 async fn add_one(
-    store: &SqliteStore,
+    store: &Store,
     vault_id: i64,
     vault_key: &certvault_crypto::SymKey,
     m: &Material,

@@ -124,6 +124,84 @@ def wait_until(fn: Callable[[], Any], what: str, timeout: float = 30.0, interval
 # ----------------------------------------------------------------------------- server process
 
 
+# Databases created for data directories in this session (CERTVAULT_TEST_DATABASE=postgres).
+_PG_DATABASES: dict[str, str] = {}
+
+
+def database_args(data_dir: Path) -> list[str]:
+    """The `--database` arguments of a server with this data directory.
+
+    CERTVAULT_TEST_DATABASE unset or `sqlite`: none (SQLite in the data directory). `postgres`:
+    a database of its own on the PostgreSQL server at 127.0.0.1:$CERTVAULT_TEST_PG_PORT (role
+    `postgres`, trust authentication; `scripts/test-all.sh sdk-pg` starts one), the same one
+    for every start of the same data directory (restarts find their data).
+    """
+    kind = os.environ.get("CERTVAULT_TEST_DATABASE", "") or "sqlite"
+    if kind == "sqlite":
+        return []
+    if kind != "postgres":
+        raise RuntimeError(f"CERTVAULT_TEST_DATABASE must be sqlite or postgres, not {kind!r}")
+    port = os.environ.get("CERTVAULT_TEST_PG_PORT")
+    if not port:
+        raise RuntimeError(
+            "CERTVAULT_TEST_DATABASE=postgres needs CERTVAULT_TEST_PG_PORT, the port of a "
+            "PostgreSQL server on 127.0.0.1 (run `bash scripts/test-all.sh sdk-pg`, which "
+            "installs the `postgresql` package and starts one)")
+    key = str(data_dir.resolve())
+    if key not in _PG_DATABASES:
+        name = "sdk_" + hashlib.sha256(key.encode()).hexdigest()[:20]
+        out = subprocess.run(
+            ["psql", "-X", "-q", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", "postgres",
+             "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {name}"],
+            capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"CREATE DATABASE {name} failed: {out.stderr}")
+        _PG_DATABASES[key] = f"postgres://postgres@127.0.0.1:{port}/{name}"
+    return ["--database", _PG_DATABASES[key]]
+
+
+def using_postgres() -> bool:
+    """Whether the suite's servers keep their store in PostgreSQL (CERTVAULT_TEST_DATABASE)."""
+    return (os.environ.get("CERTVAULT_TEST_DATABASE", "") or "sqlite") == "postgres"
+
+
+def db_query(data_dir: Path, sql: str) -> list[tuple]:
+    """Runs `sql` directly on the store of the server with this data directory, bypassing the
+    server (to inspect it, or to tamper with it as an attacker would): the SQLite file, or the
+    server's PostgreSQL database through psql. Returns the rows (PostgreSQL values as text,
+    integers converted)."""
+    if not using_postgres():
+        import sqlite3
+        con = sqlite3.connect(data_dir / "certvault.db")
+        try:
+            with con:
+                return con.execute(sql).fetchall()
+        finally:
+            con.close()
+    url = database_args(data_dir)[1]
+    out = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1",
+                          url, "-c", sql], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"psql failed: {out.stderr}")
+    rows = []
+    for line in out.stdout.splitlines():
+        if line:
+            rows.append(tuple(int(v) if re.fullmatch(r"-?\d+", v) else v for v in line.split("\t")))
+    return rows
+
+
+def store_files() -> list[Path]:
+    """On PostgreSQL, every file of the server's data directory ($CERTVAULT_TEST_PG_DATA: tables,
+    WAL), to scan for plaintext; on SQLite none (the database is in the data directory)."""
+    if not using_postgres():
+        return []
+    data = os.environ.get("CERTVAULT_TEST_PG_DATA")
+    if not data:
+        raise RuntimeError("CERTVAULT_TEST_DATABASE=postgres needs CERTVAULT_TEST_PG_DATA, the "
+                           "PostgreSQL data directory (scripts/test-all.sh sdk-pg sets it)")
+    return [p for p in Path(data).rglob("*") if p.is_file()]
+
+
 @dataclass
 class CertvaultServer:
     """One `certvault serve` process on 127.0.0.1:port with its own data dir."""
@@ -172,6 +250,7 @@ class CertvaultServer:
             "serve",
             "--data-dir",
             str(self.data_dir),
+            *database_args(self.data_dir),
             "--listen",
             f"127.0.0.1:{self.port}",
             "--base-domain",

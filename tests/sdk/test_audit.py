@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import subprocess
 
 import pytest
@@ -142,11 +141,11 @@ def test_sdk_requests_are_recorded_and_the_cli_verifies_and_finds_an_edit(start_
     target = next(rec for rec in records if rec["operation"] == "secrets.get" and rec["status"] == 200)
     seq = target["seq"]
     srv.stop()
-    db = sqlite3.connect(srv.data_dir / "certvault.db")
-    with db:
-        db.execute("DROP TRIGGER IF EXISTS audit_log_no_update")
-        db.execute("UPDATE audit_log SET principal = 'nobody' WHERE seq = ?", (seq,))
-    db.close()
+    if support.using_postgres():
+        support.db_query(srv.data_dir, "DROP TRIGGER IF EXISTS audit_log_no_change ON audit_log")
+    else:
+        support.db_query(srv.data_dir, "DROP TRIGGER IF EXISTS audit_log_no_update")
+    support.db_query(srv.data_dir, f"UPDATE audit_log SET principal = 'nobody' WHERE seq = {int(seq)}")
     srv.start()
 
     bad = cli(certvault_bin, srv, "audit", "verify")

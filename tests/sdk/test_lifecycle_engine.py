@@ -9,7 +9,6 @@ from __future__ import annotations
 import secret_registry
 import os
 import shutil
-import sqlite3
 import subprocess
 import tempfile
 import time
@@ -441,10 +440,6 @@ def test_sigkill_during_renewals_completes_each_due_renewal_exactly_once(lc_serv
     time.sleep(3.0)
     counts = {n: len(versions(certs, n)) for n in names}
     assert all(c == 2 for c in counts.values()), counts
-    con = sqlite3.connect(f"file:{srv.data_dir / 'certvault.db'}?mode=ro", uri=True)
-    try:
-        renewed = con.execute("SELECT cert_name, COUNT(*) FROM events WHERE kind = 'renewed' "
-                              "GROUP BY cert_name").fetchall()
-    finally:
-        con.close()
+    renewed = support.db_query(srv.data_dir, "SELECT cert_name, COUNT(*) FROM events "
+                               "WHERE kind = 'renewed' GROUP BY cert_name")
     assert sorted(renewed) == sorted((n, 1) for n in names)

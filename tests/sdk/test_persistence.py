@@ -51,7 +51,8 @@ def secret_private_key(secrets, name, version=None):
 
 def test_data_dir_layout_and_modes(server):
     d = server.data_dir
-    assert (d / "certvault.db").is_file()
+    # On PostgreSQL the store is in the database, not in the data directory.
+    assert (d / "certvault.db").is_file() != support.using_postgres()
     for secret_file in ("master.key", "admin.token"):
         p = d / secret_file
         assert p.is_file(), f"{p} missing"
@@ -241,14 +242,23 @@ def test_private_keys_not_stored_in_clear(start_server):
 
     files = [p for p in srv.data_dir.rglob("*") if p.is_file()]
     names = {p.name for p in files}
-    assert "certvault.db" in names, names
+    if support.using_postgres():
+        pg_files = support.store_files()
+        assert len(pg_files) > 100, "the PostgreSQL data files are scanned"
+    else:
+        pg_files = []
+        assert "certvault.db" in names, names
     contents = {p: p.read_bytes() for p in files}
+    store_contents = {p: p.read_bytes() for p in pg_files}
     hits = []
     for n, key in private.items():
         for label, needle in key_needles(key).items():
             for p, data in contents.items():
                 if needle in data:
                     hits.append(f"{made[n]} ({n}): {label} found in {p.relative_to(srv.data_dir)}")
+            for p, data in store_contents.items():
+                if needle in data:
+                    hits.append(f"{made[n]} ({n}): {label} found in PostgreSQL file {p}")
     for p, data in contents.items():
         rel = p.relative_to(srv.data_dir)
         if rel.parts[0] == "tls":

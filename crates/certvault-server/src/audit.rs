@@ -19,7 +19,7 @@ use certvault_core::clock::SharedClock;
 use certvault_crypto::SymKey;
 use certvault_store::{
     AuditChain, AuditFilter, AuditJournal, AuditMac, AuditRecord, AuditVerification, Durability,
-    NewAuditRecord, SqliteStore, StoreError, SyncPolicy,
+    NewAuditRecord, Store, StoreError, SyncPolicy,
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header, request::Parts};
 use http_body_util::{BodyExt, Full};
@@ -111,7 +111,7 @@ pub struct Event {
 /// batches afterwards. Queries and verification flush the journal first. Before `start` (tests
 /// that build the state by hand), each call appends to `audit_log` directly.
 pub struct Auditor {
-    store: SqliteStore,
+    store: Store,
     chain: AuditChain,
     clock: SharedClock,
     journal: std::sync::OnceLock<AuditJournal>,
@@ -126,7 +126,7 @@ impl std::fmt::Debug for Auditor {
 
 impl Auditor {
     /// An auditor writing to `store` with the audit key.
-    pub fn new(store: SqliteStore, key: SymKey, clock: SharedClock) -> Self {
+    pub fn new(store: Store, key: SymKey, clock: SharedClock) -> Self {
         Self {
             store,
             chain: Arc::new(HmacChain(key)),
@@ -147,7 +147,12 @@ impl Auditor {
         if self.journal.get().is_some() {
             return Ok(());
         }
-        let j = AuditJournal::open_with(&self.store, self.chain.clone(), self.sync).await?;
+        // The journal is a SQLite feature (a file beside the database); on PostgreSQL
+        // records are appended to the store directly.
+        let Some(sqlite) = self.store.as_sqlite() else {
+            return Ok(());
+        };
+        let j = AuditJournal::open_with(sqlite, self.chain.clone(), self.sync).await?;
         let _ = self.journal.set(j);
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use certvault_crypto::{CertParams, KeyAlg, PrivateKey, SymKey};
-use certvault_store::SqliteStore;
+use certvault_store::{SqliteStore, Store};
 
 use crate::ServerError;
 
@@ -16,7 +16,7 @@ use crate::ServerError;
 #[derive(Debug)]
 pub struct DataDir {
     /// The store.
-    pub store: SqliteStore,
+    pub store: Store,
     /// The master key.
     pub master: MasterKey,
     /// The backup key.
@@ -77,9 +77,13 @@ fn random_token() -> Result<String, ServerError> {
     Ok(format!("cvt_{}", URL_SAFE_NO_PAD.encode(bytes)))
 }
 
-/// Opens or initialises the data directory.
+/// Opens or initialises the data directory. `database` is a `postgres://` URL to keep the
+/// store in PostgreSQL; `None` keeps it in SQLite in the data directory (`certvault.db`). The
+/// master key, local CA, server certificate and admin token file stay in the data directory
+/// either way (replicas sharing a database share the master key file).
 pub async fn open_data_dir(
     dir: &Path,
+    database: Option<&str>,
     base_domain: &str,
     now: i64,
     hsm: Option<&Hsm>,
@@ -87,28 +91,61 @@ pub async fn open_data_dir(
 ) -> Result<DataDir, ServerError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    let db_path = dir.join("certvault.db");
     let master_path = dir.join("master.key");
-    let db_existed = db_path.exists();
+    let store_err = |e: certvault_store::StoreError| ServerError::Store(e.to_string());
+
+    // the database, and whether it was initialised before
+    let (store, db_existed, db_name) = match database {
+        Some(url) => {
+            if !certvault_store::is_postgres_url(url) {
+                return Err(ServerError::Store(
+                    "--database must be a postgres:// or postgresql:// URL (SQLite lives in the \
+                     data directory without it)"
+                        .into(),
+                ));
+            }
+            let store = Store::open(url).await.map_err(store_err)?;
+            let existed = match store.meta("master_check").await {
+                Ok(v) => v.is_some(),
+                Err(e) => {
+                    store.close();
+                    return Err(store_err(e));
+                }
+            };
+            (store, existed, "the PostgreSQL database".to_owned())
+        }
+        None => {
+            let db_path = dir.join("certvault.db");
+            let existed = db_path.exists();
+            let store = Store::Sqlite(SqliteStore::open(&db_path).map_err(store_err)?);
+            (
+                store,
+                existed,
+                format!("the database {}", db_path.display()),
+            )
+        }
+    };
 
     // master key
     let master = if master_path.exists() {
-        masterkey::read_key_file(&master_path, hsm)?
+        masterkey::read_key_file(&master_path, hsm)
+    } else if db_existed {
+        Err(ServerError::MasterKey(format!(
+            "{db_name} exists but the master key file {} is missing: without it the stored keys \
+             cannot be decrypted. Restore the master key file; certvault will not create a new one.",
+            master_path.display()
+        )))
     } else {
-        if db_existed {
-            return Err(ServerError::MasterKey(format!(
-                "the database {} exists but the master key file {} is missing: without it the stored keys \
-                 cannot be decrypted. Restore the master key file; certvault will not create a new one.",
-                db_path.display(),
-                master_path.display()
-            )));
-        }
-        let key = MasterKey::generate(new_master, hsm)?;
-        masterkey::write_key_file(&master_path, &key)?;
-        key
+        MasterKey::generate(new_master, hsm)
+            .and_then(|key| masterkey::write_key_file(&master_path, &key).map(|()| key))
     };
-
-    let store = SqliteStore::open(&db_path).map_err(|e| ServerError::Store(e.to_string()))?;
+    let master = match master {
+        Ok(k) => k,
+        Err(e) => {
+            store.close();
+            return Err(e);
+        }
+    };
 
     // master key check: the database remembers a value sealed under its master key
     let check = store

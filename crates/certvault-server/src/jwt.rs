@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use certvault_store::{PrincipalRecord, SqliteStore};
+use certvault_store::{PrincipalRecord, Store};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -608,7 +608,7 @@ impl JwtAuth {
     /// token is no longer accepted. `Err(Ok(_))` is a refusal, `Err(Err(_))` a store failure.
     pub async fn resolve(
         &self,
-        store: &SqliteStore,
+        store: &Store,
         token: &str,
         now: i64,
     ) -> Result<(PrincipalRecord, i64), Result<JwtError, certvault_store::StoreError>> {
@@ -782,7 +782,7 @@ mod tests {
         rsa: PrivateKey,
         ec: PrivateKey,
         auth: JwtAuth,
-        store: SqliteStore,
+        store: Store,
         now: i64,
     }
 
@@ -799,7 +799,8 @@ mod tests {
         tweak(&mut s);
         let auth = JwtAuth::new(s, RESOURCE).unwrap();
         assert_eq!(auth.load().await.unwrap(), 2, "the oct key is skipped");
-        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let store =
+            Store::Sqlite(certvault_store::SqliteStore::open(&dir.path().join("db")).unwrap());
         store
             .create_principal("app-1", false, None, 1)
             .await

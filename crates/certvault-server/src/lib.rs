@@ -71,6 +71,9 @@ pub use certvault_store::SyncPolicy as AuditSync;
 pub struct ServeOptions {
     /// Data directory.
     pub data_dir: PathBuf,
+    /// A `postgres://` URL to keep the store in PostgreSQL; `None`: SQLite in the data
+    /// directory.
+    pub database: Option<String>,
     /// Listen address.
     pub listen: SocketAddr,
     /// Base domain of vault host names.
@@ -102,6 +105,7 @@ impl ServeOptions {
     pub fn local(data_dir: &std::path::Path, base_domain: &str) -> Self {
         Self {
             data_dir: data_dir.to_owned(),
+            database: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             base_domain: base_domain.to_owned(),
             public_port: None,
@@ -192,6 +196,7 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
     };
     let dd = bootstrap::open_data_dir(
         &opts.data_dir,
+        opts.database.as_deref(),
         &opts.base_domain,
         now,
         hsm.as_ref(),

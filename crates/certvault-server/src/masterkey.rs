@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 
 use certvault_crypto::SymKey;
 use certvault_hsm::{Hsm, KeyRef};
-use certvault_store::{SealedKind, SqliteStore};
+use certvault_store::{SealedKind, Store};
 use zeroize::Zeroizing;
 
 use crate::ServerError;
@@ -185,7 +185,7 @@ impl MasterKeys {
     /// were re-wrapped.
     pub async fn rotate(
         &self,
-        store: &SqliteStore,
+        store: &Store,
         kind: Option<MasterKind>,
         hsm: Option<&Hsm>,
     ) -> Result<usize, ServerError> {

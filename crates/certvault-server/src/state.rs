@@ -8,7 +8,7 @@ use certvault_crypto::SymKey;
 
 use crate::masterkey::{MasterKeys, MasterKind};
 use certvault_hsm::Hsm;
-use certvault_store::{SqliteStore, Vault};
+use certvault_store::{Store, Vault};
 
 use crate::error::{ApiError, ApiResult};
 
@@ -58,7 +58,7 @@ pub struct VaultCtx {
 #[derive(Debug)]
 pub struct AppState {
     /// The store.
-    pub store: SqliteStore,
+    pub store: Store,
     /// The master key (rotatable).
     pub master: MasterKeys,
     /// The key backups are sealed with.
@@ -99,7 +99,7 @@ pub fn vault_key_aad(name_key: &str) -> Vec<u8> {
 impl AppState {
     /// Builds the state.
     pub fn new(
-        store: SqliteStore,
+        store: Store,
         master: MasterKeys,
         backup_key: SymKey,
         audit_key: SymKey,

@@ -25,7 +25,10 @@ async fn start(dir: &Path) -> Server {
 
 /// A server on `clock` (a `TestClock` lets the test move time: `POST /admin/v1/test-clock/advance`).
 async fn start_with(dir: &Path, clock: certvault_core::clock::SharedClock) -> Server {
-    let opts = certvault_server::ServeOptions::local(dir, "certvault.test");
+    let opts = certvault_server::ServeOptions {
+        database: certvault_testkit::test_database(dir),
+        ..certvault_server::ServeOptions::local(dir, "certvault.test")
+    };
     let started = certvault_server::start(&opts, clock)
         .await
         .expect("server starts");

@@ -19,16 +19,32 @@ struct Server {
     http: reqwest::Client,
 }
 
-fn opts(dir: &Path) -> certvault_server::ServeOptions {
+fn opts(dir: &Path, sqlite_only: bool) -> certvault_server::ServeOptions {
     certvault_server::ServeOptions {
         max_body: 256 * 1024,
+        database: if sqlite_only {
+            None
+        } else {
+            certvault_testkit::test_database(dir)
+        },
         ..certvault_server::ServeOptions::local(dir, "certvault.test")
     }
 }
 
+/// A server on the backend `CERTVAULT_TEST_DATABASE` names.
 async fn start(dir: &Path) -> Server {
+    start_on(dir, false).await
+}
+
+/// A server on SQLite whatever `CERTVAULT_TEST_DATABASE` says: for the tests of the audit
+/// journal (a SQLite feature) and of tampering with the SQLite file directly.
+async fn start_sqlite(dir: &Path) -> Server {
+    start_on(dir, true).await
+}
+
+async fn start_on(dir: &Path, sqlite_only: bool) -> Server {
     let clock: certvault_core::clock::SharedClock = Arc::new(certvault_core::SystemClock);
-    let started = certvault_server::start(&opts(dir), clock)
+    let started = certvault_server::start(&opts(dir, sqlite_only), clock)
         .await
         .expect("server starts");
     let port = started.addr.port();
@@ -450,7 +466,7 @@ async fn every_request_is_recorded_once_with_its_principal_operation_object_and_
 #[tokio::test]
 async fn records_wait_in_the_journal_while_the_audit_table_refuses_them() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = start(dir.path()).await;
+    let srv = start_sqlite(dir.path()).await;
     srv.create_cert("web").await;
     let before = srv.last_seq().await;
 
@@ -499,7 +515,7 @@ async fn records_wait_in_the_journal_while_the_audit_table_refuses_them() {
 #[tokio::test]
 async fn a_failing_audit_journal_fails_the_request_without_leaking_the_response() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = start(dir.path()).await;
+    let srv = start_sqlite(dir.path()).await;
     srv.create_cert("web").await;
     let (s, ok) = srv.call(Method::GET, "/secrets/web", None).await;
     assert_eq!(s, 200);
@@ -537,7 +553,7 @@ async fn a_failing_audit_journal_fails_the_request_without_leaking_the_response(
     srv.stop().await;
 
     // after a restart the chain goes on without a gap: nothing was recorded while refused
-    let srv = start(&dir_path).await;
+    let srv = start_sqlite(&dir_path).await;
     let (s, again) = srv.call(Method::GET, "/secrets/web", None).await;
     assert_eq!((s, again["value"].as_str()), (200, Some(value.as_str())));
     let v = srv.verify().await;
@@ -572,7 +588,7 @@ fn problem(v: &Value) -> (i64, String) {
 #[tokio::test]
 async fn tampering_in_the_database_is_reported_with_the_record_and_kind() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = start(dir.path()).await;
+    let srv = start_sqlite(dir.path()).await;
     srv.create_cert("web").await;
     some_traffic(&srv, 12).await;
     assert_eq!(srv.verify().await["ok"], true);
@@ -651,7 +667,7 @@ async fn tampering_in_the_database_is_reported_with_the_record_and_kind() {
     c.execute("DELETE FROM audit_log WHERE seq > ?1", [last - 3])
         .unwrap();
     drop(c);
-    let srv = start(&dir_path).await;
+    let srv = start_sqlite(&dir_path).await;
     let v = srv.verify().await;
     assert_eq!(problem(&v), (last - 2, "truncated".into()), "{v}");
     // and the CLI-facing detail names the records
@@ -671,7 +687,7 @@ async fn tampering_in_the_database_is_reported_with_the_record_and_kind() {
 #[tokio::test]
 async fn master_key_rotation_keeps_the_chain_verifiable() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = start(dir.path()).await;
+    let srv = start_sqlite(dir.path()).await;
     srv.create_cert("web").await;
     some_traffic(&srv, 5).await;
     let sealed_before: Vec<u8> = rusqlite::Connection::open(&srv.db)
@@ -706,7 +722,7 @@ async fn master_key_rotation_keeps_the_chain_verifiable() {
     let dir_path = dir.path().to_owned();
     srv.stop().await;
     // after a restart with the new master key the same chain continues and verifies
-    let srv = start(&dir_path).await;
+    let srv = start_sqlite(&dir_path).await;
     some_traffic(&srv, 3).await;
     let v = srv.verify().await;
     assert_eq!(v["ok"], true, "{v}");

@@ -32,6 +32,7 @@ async fn jwks_server(doc: Value) -> JwksServer {
     let dir = tempfile::tempdir().unwrap();
     let dd = certvault_server::bootstrap::open_data_dir(
         dir.path(),
+        None,
         "idp.certvault.test",
         now(),
         None,
@@ -131,6 +132,7 @@ struct Server {
 fn opts(dir: &Path) -> certvault_server::ServeOptions {
     certvault_server::ServeOptions {
         max_body: 256 * 1024,
+        database: certvault_testkit::test_database(dir),
         ..certvault_server::ServeOptions::local(dir, "certvault.test")
     }
 }

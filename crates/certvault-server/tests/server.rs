@@ -22,6 +22,7 @@ struct Server {
 fn opts(dir: &Path) -> certvault_server::ServeOptions {
     certvault_server::ServeOptions {
         max_body: 256 * 1024,
+        database: certvault_testkit::test_database(dir),
         ..certvault_server::ServeOptions::local(dir, "certvault.test")
     }
 }
@@ -319,15 +320,36 @@ async fn create_get_secret_and_bad_input_changes_nothing() {
     srv.stop().await;
 }
 
+/// Scans the data directory and, on PostgreSQL, every file of the server's data directory
+/// (tables, WAL) for the needles.
 fn scan(dir: &Path, needles: &[(String, Vec<u8>)]) {
-    let mut files = vec![];
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_file() {
-            files.push(p);
+    fn walk(dir: &Path, deep: bool, files: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() && deep {
+                walk(&p, deep, files);
+            } else if p.is_file() {
+                files.push(p);
+            }
         }
     }
-    assert!(files.iter().any(|f| f.ends_with("certvault.db")));
+    let mut files = vec![];
+    // The top level of the data directory (tls/ holds the local CA's key, in PEM).
+    walk(dir, false, &mut files);
+    match certvault_testkit::test_database_dir() {
+        None => assert!(files.iter().any(|f| f.ends_with("certvault.db"))),
+        Some(pg) => {
+            let before = files.len();
+            walk(&pg, true, &mut files);
+            assert!(
+                files.len() > before + 100,
+                "the PostgreSQL data files are scanned"
+            );
+        }
+    }
     for f in files {
         // -wal and -shm files come and go with connections
         let Ok(data) = std::fs::read(&f) else {

@@ -29,6 +29,7 @@ impl ManualClock {
 fn opts(dir: &Path) -> certvault_server::ServeOptions {
     certvault_server::ServeOptions {
         max_body: 256 * 1024,
+        database: certvault_testkit::test_database(dir),
         ..certvault_server::ServeOptions::local(dir, "certvault.test")
     }
 }

@@ -92,7 +92,7 @@ pub struct PolicyRecord {
     pub updated: i64,
 }
 
-const PRINCIPAL_COLS: &str =
+pub(crate) const PRINCIPAL_COLS: &str =
     "p.id, p.name, p.admin, p.disabled, p.description, p.created, p.updated";
 
 fn principal_row(r: &Row<'_>, o: usize) -> rusqlite::Result<PrincipalRecord> {
@@ -107,7 +107,8 @@ fn principal_row(r: &Row<'_>, o: usize) -> rusqlite::Result<PrincipalRecord> {
     })
 }
 
-const TOKEN_COLS: &str = "t.id, t.principal_id, t.label, t.created, t.expires, t.revoked";
+pub(crate) const TOKEN_COLS: &str =
+    "t.id, t.principal_id, t.label, t.created, t.expires, t.revoked";
 
 fn token_row(r: &Row<'_>, o: usize) -> rusqlite::Result<TokenRecord> {
     Ok(TokenRecord {
@@ -120,7 +121,7 @@ fn token_row(r: &Row<'_>, o: usize) -> rusqlite::Result<TokenRecord> {
     })
 }
 
-const POLICY_SELECT: &str = "SELECT a.vault_id, v.name, a.principal_id, p.name, a.permissions, a.updated \
+pub(crate) const POLICY_SELECT: &str = "SELECT a.vault_id, v.name, a.principal_id, p.name, a.permissions, a.updated \
      FROM access_policies a JOIN vaults v ON v.id = a.vault_id JOIN principals p ON p.id = a.principal_id";
 
 fn policy_row(r: &Row<'_>) -> rusqlite::Result<PolicyRecord> {
@@ -134,7 +135,8 @@ fn policy_row(r: &Row<'_>) -> rusqlite::Result<PolicyRecord> {
     })
 }
 
-const VAULT_COLS: &str = "id, name, wrapped_key, recoverable_days, created, deleted_at, purge_at";
+pub(crate) const VAULT_COLS: &str =
+    "id, name, wrapped_key, recoverable_days, created, deleted_at, purge_at";
 
 pub(crate) fn vault_row(r: &Row<'_>) -> rusqlite::Result<Vault> {
     Ok(Vault {
@@ -583,8 +585,13 @@ mod tests {
 
     #[tokio::test]
     async fn principals_tokens_policies_and_vault_purge() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("db")).unwrap();
+        for t in crate::store::testing::backends().await {
+            eprintln!("backend: {}", t.store.backend());
+            access_on(&t.store).await;
+        }
+    }
+
+    async fn access_on(s: &crate::Store) {
         let v = s.create_vault("Team", vec![1], 30, 1).await.unwrap();
         let p = s.create_principal("Bob", false, None, 1).await.unwrap();
         assert!(matches!(

@@ -86,7 +86,7 @@ pub struct AcmeOrderRecord {
     pub updated: i64,
 }
 
-const ORDER_COLS: &str = "id, vault_id, vault_key, cert_key, version, issuer_key, enabled, state, status, created, updated, acknowledged";
+pub(crate) const ORDER_COLS: &str = "id, vault_id, vault_key, cert_key, version, issuer_key, enabled, state, status, created, updated, acknowledged";
 
 fn order_row(r: &Row<'_>) -> rusqlite::Result<AcmeOrderRecord> {
     Ok(AcmeOrderRecord {
@@ -306,8 +306,13 @@ mod tests {
 
     #[tokio::test]
     async fn orders_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        for t in crate::store::testing::backends().await {
+            eprintln!("backend: {}", t.store.backend());
+            orders_on(&t.store).await;
+        }
+    }
+
+    async fn orders_on(s: &crate::Store) {
         let v = s.create_vault("v", vec![1, 2, 3], 90, 1).await.unwrap();
         let rec = AcmeOrderRecord {
             id: 0,

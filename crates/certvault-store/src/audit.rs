@@ -45,7 +45,7 @@ CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 "#;
 
 /// The `meta` key of the chain head: `seq (8, big-endian) ‖ mac (32) ‖ head tag (32)`.
-const HEAD_KEY: &str = "audit_head";
+pub(crate) const HEAD_KEY: &str = "audit_head";
 /// The operation of the record an append writes when it finds the head missing, altered or
 /// behind the last record: it chains on from the last record and leaves the finding in the log.
 pub const HEAD_LOST_OPERATION: &str = "audit.head-lost";
@@ -288,7 +288,7 @@ pub struct AuditVerification {
     pub problem: Option<AuditProblem>,
 }
 
-const COLS: &str = "seq, time, request_id, principal, source, vault, object, operation, status, \
+pub(crate) const COLS: &str = "seq, time, request_id, principal, source, vault, object, operation, status, \
      outcome, detail, prev, mac";
 
 fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
@@ -312,7 +312,7 @@ fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
 }
 
 /// The stored head: (seq, mac, tag).
-type Head = (i64, Vec<u8>, Vec<u8>);
+pub(crate) type Head = (i64, Vec<u8>, Vec<u8>);
 
 /// A value as bytes, whatever its storage class (tampering may change it): a head or MAC of
 /// the wrong type then fails its check instead of failing every append.
@@ -331,18 +331,7 @@ fn read_head(c: &Connection) -> Result<Option<Head>, StoreError> {
         .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
         .query_row([HEAD_KEY], |r| r.get(0))
         .optional()?;
-    let Some(v) = v.map(bytes_of) else {
-        return Ok(None);
-    };
-    match v.split_first_chunk::<8>() {
-        Some((seq, rest)) if rest.len() == 64 => {
-            let (mac, tag) = rest.split_at(32);
-            Ok(Some((i64::from_be_bytes(*seq), mac.to_vec(), tag.to_vec())))
-        }
-        // A head of the wrong shape counts as altered: its tag cannot match.
-        Some((seq, rest)) => Ok(Some((i64::from_be_bytes(*seq), rest.to_vec(), Vec::new()))),
-        None => Ok(Some((0, Vec::new(), Vec::new()))),
-    }
+    Ok(v.map(bytes_of).map(parse_head))
 }
 
 fn last_record(c: &Connection) -> Result<Option<(i64, Vec<u8>, i64)>, StoreError> {
@@ -370,14 +359,23 @@ fn append(
 /// Where the chain continues: the last seq, its MAC, and the time floor.
 pub(crate) type ChainEnd = (i64, Vec<u8>, i64);
 
-/// [`append`], also returning where the chain continues after the appended records.
-fn append_at(
-    c: &Connection,
+/// What an append writes: the records (chained), the seqs of the caller's records, where the
+/// chain continues, and the new head value for `meta`.
+pub(crate) struct AppendPlan {
+    pub(crate) rows: Vec<AuditRecord>,
+    pub(crate) seqs: Vec<i64>,
+    pub(crate) end: ChainEnd,
+    pub(crate) head_value: Vec<u8>,
+}
+
+/// Chains `records` after the stored `head` and `last` record (read in the same transaction,
+/// which must keep other appends out until it commits). Backend-independent.
+pub(crate) fn plan_append(
+    head: Option<Head>,
+    last: Option<(i64, Vec<u8>, i64)>,
     records: Vec<NewAuditRecord>,
     chain: &dyn AuditMac,
-) -> Result<(Vec<i64>, ChainEnd), StoreError> {
-    let head = read_head(c)?;
-    let last = last_record(c)?;
+) -> AppendPlan {
     let head_ok = head
         .as_ref()
         .map(|(seq, mac, tag)| chain.head(*seq, mac).as_slice() == tag.as_slice());
@@ -424,11 +422,7 @@ fn append_at(
     }
     all.extend(records.into_iter().map(|r| (true, r)));
     let mut seqs = Vec::with_capacity(all.len());
-    let mut insert = c.prepare_cached(
-        "INSERT INTO audit_log (seq, time, request_id, principal, source, vault, object, \
-         operation, status, outcome, detail, prev, mac) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?;
+    let mut rows = Vec::with_capacity(all.len());
     for (theirs, mut fields) in all {
         seq += 1;
         fields.time = fields.time.max(floor);
@@ -440,19 +434,61 @@ fn append_at(
             mac: Vec::new(),
         };
         rec.mac = chain.record(&rec.prev, &rec).to_vec();
-        insert_record(&mut insert, &rec)?;
         if theirs {
             seqs.push(seq);
         }
-        prev = rec.mac;
+        prev = rec.mac.clone();
+        rows.push(rec);
     }
+    let head_value = head_value(seq, &prev, chain);
+    AppendPlan {
+        rows,
+        seqs,
+        end: (seq, prev, floor),
+        head_value,
+    }
+}
+
+/// The `meta` value of the head at (`seq`, `mac`).
+pub(crate) fn head_value(seq: i64, mac: &[u8], chain: &dyn AuditMac) -> Vec<u8> {
     let mut value = Vec::with_capacity(72);
     value.extend_from_slice(&seq.to_be_bytes());
-    value.extend_from_slice(&prev);
-    value.extend_from_slice(&chain.head(seq, &prev));
+    value.extend_from_slice(mac);
+    value.extend_from_slice(&chain.head(seq, mac));
+    value
+}
+
+/// Parses a stored head value (see [`HEAD_KEY`]).
+pub(crate) fn parse_head(v: Vec<u8>) -> Head {
+    match v.split_first_chunk::<8>() {
+        Some((seq, rest)) if rest.len() == 64 => {
+            let (mac, tag) = rest.split_at(32);
+            (i64::from_be_bytes(*seq), mac.to_vec(), tag.to_vec())
+        }
+        // A head of the wrong shape counts as altered: its tag cannot match.
+        Some((seq, rest)) => (i64::from_be_bytes(*seq), rest.to_vec(), Vec::new()),
+        None => (0, Vec::new(), Vec::new()),
+    }
+}
+
+/// [`append`], also returning where the chain continues after the appended records.
+fn append_at(
+    c: &Connection,
+    records: Vec<NewAuditRecord>,
+    chain: &dyn AuditMac,
+) -> Result<(Vec<i64>, ChainEnd), StoreError> {
+    let plan = plan_append(read_head(c)?, last_record(c)?, records, chain);
+    let mut insert = c.prepare_cached(
+        "INSERT INTO audit_log (seq, time, request_id, principal, source, vault, object, \
+         operation, status, outcome, detail, prev, mac) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    for rec in &plan.rows {
+        insert_record(&mut insert, rec)?;
+    }
     c.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
-        .execute(params![HEAD_KEY, value])?;
-    Ok((seqs, (seq, prev, floor)))
+        .execute(params![HEAD_KEY, plan.head_value])?;
+    Ok((plan.seqs, plan.end))
 }
 
 /// Runs an `INSERT … INTO audit_log` statement whose 13 parameters are a record's columns.
@@ -499,12 +535,8 @@ pub(crate) fn import(
     };
     let head_seq = read_head(c)?.map_or(0, |h| h.0);
     if last.seq > head_seq {
-        let mut value = Vec::with_capacity(72);
-        value.extend_from_slice(&last.seq.to_be_bytes());
-        value.extend_from_slice(&last.mac);
-        value.extend_from_slice(&chain.head(last.seq, &last.mac));
         c.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
-            .execute(params![HEAD_KEY, value])?;
+            .execute(params![HEAD_KEY, head_value(last.seq, &last.mac, chain)])?;
     }
     Ok(())
 }
@@ -559,29 +591,46 @@ fn first_seq_at(c: &Connection, t: i64) -> Result<Option<i64>, StoreError> {
     Ok(at(lo)?.map(|(seq, _)| seq))
 }
 
-/// Up to `limit` records matching `f` in seq order. Principal, vault and operation use their
-/// `(value, seq)` index and the time range a seq range, so the cost follows the page; the object
-/// filter has no index and follows the records scanned within the other conditions.
-fn query(c: &Connection, f: &AuditFilter, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-    use rusqlite::types::Value;
-    let mut cond = vec!["seq > ?".to_owned()];
-    let mut args: Vec<Value> = vec![Value::Integer(f.after)];
-    // Times never decrease along the chain (the append keeps them so), so a time range is a
-    // seq range, found by a binary search on seq (no index on time to maintain).
-    if let Some(from) = f.from {
-        let Some(lo) = first_seq_at(c, from)? else {
-            return Ok(Vec::new());
-        };
-        cond.push("seq >= ? AND time >= ?".into());
-        args.extend([Value::Integer(lo), Value::Integer(from)]);
+/// An argument of [`query_sql`].
+pub(crate) enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+/// The statement of an audit query and its arguments, placeholders made by `ph` (1-based).
+/// `lo` is the first seq at or after `f.from` (the caller found one, else there is nothing to
+/// return), `hi` the first seq at or after `f.to`.
+pub(crate) fn query_sql(
+    f: &AuditFilter,
+    limit: usize,
+    lo: Option<i64>,
+    hi: Option<i64>,
+    ph: fn(usize) -> String,
+) -> (String, Vec<Arg>) {
+    let mut cond: Vec<String> = Vec::new();
+    let mut args: Vec<Arg> = Vec::new();
+    let mut add = |sql: &str, new: Vec<Arg>| {
+        let mut out = String::new();
+        let mut n = args.len();
+        for (i, part) in sql.split('?').enumerate() {
+            if i > 0 {
+                n += 1;
+                out.push_str(&ph(n));
+            }
+            out.push_str(part);
+        }
+        args.extend(new);
+        cond.push(out);
+    };
+    add("seq > ?", vec![Arg::Int(f.after)]);
+    if let (Some(from), Some(lo)) = (f.from, lo) {
+        add("seq >= ? AND time >= ?", vec![Arg::Int(lo), Arg::Int(from)]);
     }
     if let Some(to) = f.to {
-        if let Some(hi) = first_seq_at(c, to)? {
-            cond.push("seq < ?".into());
-            args.push(Value::Integer(hi));
+        if let Some(hi) = hi {
+            add("seq < ?", vec![Arg::Int(hi)]);
         }
-        cond.push("time < ?".into());
-        args.push(Value::Integer(to));
+        add("time < ?", vec![Arg::Int(to)]);
     }
     for (col, v) in [
         ("principal", &f.principal),
@@ -589,33 +638,55 @@ fn query(c: &Connection, f: &AuditFilter, limit: usize) -> Result<Vec<AuditRecor
         ("operation", &f.operation),
     ] {
         if let Some(v) = v {
-            cond.push(format!("{col} = ?"));
-            args.push(Value::Text(v.clone()));
+            add(&format!("{col} = ?"), vec![Arg::Text(v.clone())]);
         }
     }
     if let Some(o) = &f.object {
         let o = o.trim_end_matches('/');
         let under = format!("{o}/");
         match next_prefix(&under) {
-            Some(upper) => {
-                cond.push("(object = ? OR (object >= ? AND object < ?))".into());
-                args.extend([
-                    Value::Text(o.to_owned()),
-                    Value::Text(under),
-                    Value::Text(upper),
-                ]);
-            }
-            None => {
-                cond.push("(object = ? OR object >= ?)".into());
-                args.extend([Value::Text(o.to_owned()), Value::Text(under)]);
-            }
+            Some(upper) => add(
+                "(object = ? OR (object >= ? AND object < ?))",
+                vec![Arg::Text(o.to_owned()), Arg::Text(under), Arg::Text(upper)],
+            ),
+            None => add(
+                "(object = ? OR object >= ?)",
+                vec![Arg::Text(o.to_owned()), Arg::Text(under)],
+            ),
         }
     }
-    args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-    let sql = format!(
-        "SELECT {COLS} FROM audit_log WHERE {} ORDER BY seq LIMIT ?",
+    let mut sql = format!(
+        "SELECT {COLS} FROM audit_log WHERE {} ORDER BY seq LIMIT ",
         cond.join(" AND ")
     );
+    sql.push_str(&ph(args.len() + 1));
+    args.push(Arg::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+    (sql, args)
+}
+
+/// Up to `limit` records matching `f` in seq order. Principal, vault and operation use their
+/// `(value, seq)` index and the time range a seq range, so the cost follows the page; the object
+/// filter has no index and follows the records scanned within the other conditions.
+fn query(c: &Connection, f: &AuditFilter, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+    use rusqlite::types::Value;
+    // Times never decrease along the chain (the append keeps them so), so a time range is a
+    // seq range, found by a binary search on seq (no index on time to maintain).
+    let lo = match f.from {
+        Some(from) => match first_seq_at(c, from)? {
+            Some(lo) => Some(lo),
+            None => return Ok(Vec::new()),
+        },
+        None => None,
+    };
+    let hi = match f.to {
+        Some(to) => first_seq_at(c, to)?,
+        None => None,
+    };
+    let (sql, args) = query_sql(f, limit, lo, hi, |_| "?".to_owned());
+    let args = args.into_iter().map(|a| match a {
+        Arg::Int(i) => Value::Integer(i),
+        Arg::Text(t) => Value::Text(t),
+    });
     let mut st = c.prepare_cached(&sql)?;
     let rows = st.query_map(params_from_iter(args), audit_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -628,20 +699,20 @@ fn problem(seq: i64, kind: AuditProblemKind, detail: String) -> Option<AuditProb
 /// How far from its position a misplaced record's original seq is searched for.
 const ORIGIN_SEARCH: i64 = 1_000_000;
 
-/// Explains the record at position `p` whose `prev` is not the MAC of the record before it
-/// (`expected`).
-fn misplaced(
-    c: &Connection,
+/// Where a record whose `prev` is not the MAC of the record before it (`expected`) came
+/// from: `Ok(s)`, the seq it was made for (an authentic record from another position), or
+/// `Err(problem)` when that is already the explanation.
+fn misplaced_origin(
     chain: &dyn AuditMac,
     rec: &AuditRecord,
     expected: &[u8],
     max_seq: i64,
-) -> Result<Option<AuditProblem>, StoreError> {
-    use AuditProblemKind::{Changed, Removed, Reordered};
+) -> Result<i64, Option<AuditProblem>> {
+    use AuditProblemKind::Changed;
     let p = rec.seq;
     // Only the prev field was edited: the record is authentic after its real predecessor.
     if chain.record(expected, rec).as_slice() == rec.mac.as_slice() {
-        return Ok(problem(
+        return Err(problem(
             p,
             Changed,
             format!(
@@ -652,7 +723,6 @@ fn misplaced(
     }
     // An authentic record from another position: find the seq it was made for.
     let mut probe = rec.clone();
-    let mut origin = None;
     for d in 1..=ORIGIN_SEARCH {
         let mut any = false;
         for s in [p + d, p - d] {
@@ -662,30 +732,28 @@ fn misplaced(
             any = true;
             probe.seq = s;
             if chain.record(&rec.prev, &probe).as_slice() == rec.mac.as_slice() {
-                origin = Some(s);
-                break;
+                return Ok(s);
             }
         }
-        if origin.is_some() || !any {
+        if !any {
             break;
         }
     }
-    let Some(s) = origin else {
-        return Ok(problem(
-            p,
-            Changed,
-            format!(
-                "record {p} was changed: it neither links to record {} nor matches its MAC",
-                p - 1
-            ),
-        ));
-    };
-    // Is the record that belongs at p still somewhere in the table?
-    let own: Option<i64> = c
-        .prepare("SELECT seq FROM audit_log WHERE prev = ?1 AND seq != ?2 LIMIT 1")?
-        .query_row(params![expected, p], |r| r.get(0))
-        .optional()?;
-    Ok(match own {
+    Err(problem(
+        p,
+        Changed,
+        format!(
+            "record {p} was changed: it neither links to record {} nor matches its MAC",
+            p - 1
+        ),
+    ))
+}
+
+/// The problem of position `p` holding the record made as `s`, given where the record that
+/// belongs at `p` stands now (`own`: the seq of a record whose `prev` is what `p`'s should be).
+fn misplaced_problem(p: i64, s: i64, own: Option<i64>) -> Option<AuditProblem> {
+    use AuditProblemKind::{Removed, Reordered};
+    match own {
         Some(r) => problem(
             p,
             Reordered,
@@ -707,100 +775,142 @@ fn misplaced(
             Removed,
             format!("record {p} was removed: a copy of record {s} stands in its place"),
         ),
-    })
+    }
 }
 
-fn verify(c: &Connection, chain: &dyn AuditMac) -> Result<AuditVerification, StoreError> {
-    use AuditProblemKind::{Changed, Removed, Truncated};
-    // One read transaction: the head and the rows are one snapshot, whatever is appended
-    // meanwhile.
-    let tx = c.unchecked_transaction()?;
-    let head = read_head(&tx)?;
-    let max_seq = {
-        let last = last_record(&tx)?.map_or(0, |l| l.0);
-        last.max(head.as_ref().map_or(0, |h| h.0))
-    };
-    let mut checked = 0u64;
-    let mut expected_seq = 1i64;
-    let mut expected_prev = vec![0u8; 32];
-    let mut found = None;
-    {
-        let mut st = tx.prepare(&format!("SELECT {COLS} FROM audit_log ORDER BY seq"))?;
-        let mut rows = st.query([])?;
-        while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(0)?;
-            let rec = match audit_row(row) {
-                Ok(r) => r,
-                Err(e) => {
-                    found = problem(
-                        seq,
-                        Changed,
-                        format!("record {seq} was changed: it cannot be read ({e})"),
-                    );
-                    break;
-                }
-            };
-            if seq != expected_seq {
-                found = if seq > expected_seq {
-                    let what = if seq - 1 == expected_seq {
-                        format!("record {expected_seq} is")
-                    } else {
-                        format!("records {expected_seq} to {} are", seq - 1)
-                    };
-                    problem(
-                        expected_seq,
-                        Removed,
-                        format!("{what} missing (the next record present is {seq})"),
-                    )
-                } else {
-                    problem(seq, Changed, format!("record {seq} is out of sequence"))
-                };
-                break;
-            }
-            if rec.prev != expected_prev {
-                found = misplaced(&tx, chain, &rec, &expected_prev, max_seq)?;
-                break;
-            }
-            let mac = chain.record(&rec.prev, &rec);
-            if mac.as_slice() != rec.mac.as_slice() {
-                found = problem(
-                    seq,
-                    Changed,
-                    format!("record {seq} was changed: it does not match its MAC"),
-                );
-                break;
-            }
-            if rec.fields.operation == HEAD_LOST_OPERATION && rec.fields.principal == "system" {
-                let detail: serde_json::Value = rec
-                    .fields
-                    .detail
-                    .as_deref()
-                    .and_then(|d| serde_json::from_str(d).ok())
-                    .unwrap_or_default();
-                let reason = detail["reason"].as_str().unwrap_or("lost");
-                found = problem(
-                    seq,
-                    if reason == "missing" {
-                        Truncated
-                    } else {
-                        Changed
-                    },
-                    format!(
-                        "when record {seq} was appended the stored chain head was {reason}: \
-                         records after {} may have been removed",
-                        seq - 1
-                    ),
-                );
-                break;
-            }
-            checked += 1;
-            expected_seq += 1;
-            expected_prev = rec.mac;
+/// What the verifier wants after a row.
+pub(crate) enum Step {
+    /// The row is fine: the next one.
+    Next,
+    /// A problem was found: stop reading.
+    Stop,
+    /// The row is misplaced and was made for seq `s`: the caller looks up the record whose
+    /// `prev` is `expected` (other than at `seq`) and calls [`Verifier::misplaced`].
+    Lookup {
+        seq: i64,
+        made_as: i64,
+        expected: Vec<u8>,
+    },
+}
+
+/// Walks the chain row by row (in seq order), independent of the backend.
+pub(crate) struct Verifier<'a> {
+    chain: &'a dyn AuditMac,
+    max_seq: i64,
+    checked: u64,
+    expected_seq: i64,
+    expected_prev: Vec<u8>,
+    found: Option<AuditProblem>,
+}
+
+impl<'a> Verifier<'a> {
+    /// A verifier for a log whose highest seq (of the last row and the head) is `max_seq`.
+    pub(crate) fn new(chain: &'a dyn AuditMac, max_seq: i64) -> Self {
+        Self {
+            chain,
+            max_seq,
+            checked: 0,
+            expected_seq: 1,
+            expected_prev: vec![0u8; 32],
+            found: None,
         }
     }
-    let last_seq = expected_seq - 1;
-    if found.is_none() {
-        found = match &head {
+
+    /// Checks the next row: its seq and the record (or why it cannot be read).
+    pub(crate) fn row(&mut self, seq: i64, rec: Result<AuditRecord, String>) -> Step {
+        use AuditProblemKind::{Changed, Removed, Truncated};
+        let expected_seq = self.expected_seq;
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                self.found = problem(
+                    seq,
+                    Changed,
+                    format!("record {seq} was changed: it cannot be read ({e})"),
+                );
+                return Step::Stop;
+            }
+        };
+        if seq != expected_seq {
+            self.found = if seq > expected_seq {
+                let what = if seq - 1 == expected_seq {
+                    format!("record {expected_seq} is")
+                } else {
+                    format!("records {expected_seq} to {} are", seq - 1)
+                };
+                problem(
+                    expected_seq,
+                    Removed,
+                    format!("{what} missing (the next record present is {seq})"),
+                )
+            } else {
+                problem(seq, Changed, format!("record {seq} is out of sequence"))
+            };
+            return Step::Stop;
+        }
+        if rec.prev != self.expected_prev {
+            return match misplaced_origin(self.chain, &rec, &self.expected_prev, self.max_seq) {
+                Ok(made_as) => Step::Lookup {
+                    seq,
+                    made_as,
+                    expected: self.expected_prev.clone(),
+                },
+                Err(p) => {
+                    self.found = p;
+                    Step::Stop
+                }
+            };
+        }
+        let mac = self.chain.record(&rec.prev, &rec);
+        if mac.as_slice() != rec.mac.as_slice() {
+            self.found = problem(
+                seq,
+                Changed,
+                format!("record {seq} was changed: it does not match its MAC"),
+            );
+            return Step::Stop;
+        }
+        if rec.fields.operation == HEAD_LOST_OPERATION && rec.fields.principal == "system" {
+            let detail: serde_json::Value = rec
+                .fields
+                .detail
+                .as_deref()
+                .and_then(|d| serde_json::from_str(d).ok())
+                .unwrap_or_default();
+            let reason = detail["reason"].as_str().unwrap_or("lost");
+            self.found = problem(
+                seq,
+                if reason == "missing" {
+                    Truncated
+                } else {
+                    Changed
+                },
+                format!(
+                    "when record {seq} was appended the stored chain head was {reason}: \
+                     records after {} may have been removed",
+                    seq - 1
+                ),
+            );
+            return Step::Stop;
+        }
+        self.checked += 1;
+        self.expected_seq += 1;
+        self.expected_prev = rec.mac;
+        Step::Next
+    }
+
+    /// Records the answer to a [`Step::Lookup`].
+    pub(crate) fn misplaced(&mut self, seq: i64, made_as: i64, own: Option<i64>) {
+        self.found = misplaced_problem(seq, made_as, own);
+    }
+
+    /// The result, after the rows, given the stored head.
+    pub(crate) fn finish(self, head: Option<Head>) -> AuditVerification {
+        use AuditProblemKind::{Changed, Truncated};
+        let last_seq = self.expected_seq - 1;
+        let expected_prev = self.expected_prev;
+        let chain = self.chain;
+        let found = self.found.or_else(|| match &head {
             None if last_seq == 0 => None,
             None => problem(
                 last_seq + 1,
@@ -842,14 +952,50 @@ fn verify(c: &Connection, chain: &dyn AuditMac) -> Result<AuditVerification, Sto
                     None
                 }
             }
-        };
+        });
+        AuditVerification {
+            records_checked: self.checked,
+            head: head.map(|(s, m, _)| (s, m)),
+            problem: found,
+        }
+    }
+}
+
+fn verify(c: &Connection, chain: &dyn AuditMac) -> Result<AuditVerification, StoreError> {
+    // One read transaction: the head and the rows are one snapshot, whatever is appended
+    // meanwhile.
+    let tx = c.unchecked_transaction()?;
+    let head = read_head(&tx)?;
+    let max_seq = {
+        let last = last_record(&tx)?.map_or(0, |l| l.0);
+        last.max(head.as_ref().map_or(0, |h| h.0))
+    };
+    let mut v = Verifier::new(chain, max_seq);
+    {
+        let mut st = tx.prepare(&format!("SELECT {COLS} FROM audit_log ORDER BY seq"))?;
+        let mut rows = st.query([])?;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            match v.row(seq, audit_row(row).map_err(|e| e.to_string())) {
+                Step::Next => {}
+                Step::Stop => break,
+                Step::Lookup {
+                    seq,
+                    made_as,
+                    expected,
+                } => {
+                    let own: Option<i64> = tx
+                        .prepare("SELECT seq FROM audit_log WHERE prev = ?1 AND seq != ?2 LIMIT 1")?
+                        .query_row(params![expected, seq], |r| r.get(0))
+                        .optional()?;
+                    v.misplaced(seq, made_as, own);
+                    break;
+                }
+            }
+        }
     }
     tx.finish()?;
-    Ok(AuditVerification {
-        records_checked: checked,
-        head: head.map(|(s, m, _)| (s, m)),
-        problem: found,
-    })
+    Ok(v.finish(head))
 }
 
 impl SqliteStore {
@@ -899,6 +1045,8 @@ impl SqliteStore {
 pub(crate) mod tests {
     use super::*;
     use crate::AuditProblemKind::*;
+    use crate::Store;
+    use crate::store::testing::{TestStore, backends};
 
     /// A keyed stand-in for the server's HMAC (the store tests need a MAC that depends on the
     /// key, every field and the order; not a secure one).
@@ -949,37 +1097,59 @@ pub(crate) mod tests {
         }
     }
 
-    async fn store_with(n: i64) -> (tempfile::TempDir, SqliteStore, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let s = SqliteStore::open(&path).unwrap();
-        for i in 1..=n {
-            s.append_audit(
-                vec![rec(i, "alice", "secrets.get", &format!("secrets/s{i}"))],
-                chain(),
-            )
-            .await
-            .unwrap();
+    /// One store per backend, each with `n` records appended.
+    async fn stores_with(n: i64) -> Vec<TestStore> {
+        let mut out = Vec::new();
+        for t in backends().await {
+            eprintln!("backend: {}", t.store.backend());
+            for i in 1..=n {
+                t.store
+                    .append_audit(
+                        vec![rec(i, "alice", "secrets.get", &format!("secrets/s{i}"))],
+                        chain(),
+                    )
+                    .await
+                    .unwrap();
+            }
+            out.push(t);
         }
-        (dir, s, path)
+        out
     }
 
-    /// A raw connection with the append-only triggers dropped, as an attacker would do.
-    fn raw(path: &std::path::Path) -> Connection {
-        let c = Connection::open(path).unwrap();
-        c.execute_batch("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;")
-            .unwrap();
-        c
+    /// Runs `sql` on a raw connection with the append-only triggers dropped, as an attacker
+    /// would do.
+    async fn tamper(t: &TestStore, sql: &str) {
+        let drop = match t.store {
+            Store::Sqlite(_) => {
+                "DROP TRIGGER IF EXISTS audit_log_no_update; \
+                                 DROP TRIGGER IF EXISTS audit_log_no_delete;"
+            }
+            Store::Postgres(_) => "DROP TRIGGER IF EXISTS audit_log_no_change ON audit_log;",
+        };
+        t.raw(&format!("{drop} {sql}")).await.unwrap();
     }
 
-    async fn verify_problem(s: &SqliteStore) -> AuditProblem {
+    /// 32 zero bytes as an SQL expression of the backend.
+    fn zero32(t: &TestStore) -> &'static str {
+        match t.store {
+            Store::Sqlite(_) => "zeroblob(32)",
+            Store::Postgres(_) => "decode(repeat('00', 32), 'hex')",
+        }
+    }
+
+    async fn verify_problem(s: &Store) -> AuditProblem {
         let v = s.verify_audit(chain()).await.unwrap();
         v.problem.expect("a problem is found")
     }
 
     #[tokio::test]
     async fn concurrent_appends_chain_without_gaps_and_verify() {
-        let (_d, s, _p) = store_with(0).await;
+        for t in stores_with(0).await {
+            concurrent_appends_on(&t.store).await;
+        }
+    }
+
+    async fn concurrent_appends_on(s: &Store) {
         let mut tasks = Vec::new();
         for t in 0..32 {
             let s = s.clone();
@@ -1034,17 +1204,15 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn updates_and_deletes_are_refused_by_the_schema() {
-        let (_d, s, path) = store_with(3).await;
-        let c = Connection::open(&path).unwrap();
-        assert!(
-            c.execute("UPDATE audit_log SET principal = 'x' WHERE seq = 2", [])
-                .is_err()
-        );
-        assert!(
-            c.execute("DELETE FROM audit_log WHERE seq = 3", [])
-                .is_err()
-        );
-        assert_eq!(s.verify_audit(chain()).await.unwrap().problem, None);
+        for t in stores_with(3).await {
+            assert!(
+                t.raw("UPDATE audit_log SET principal = 'x' WHERE seq = 2")
+                    .await
+                    .is_err()
+            );
+            assert!(t.raw("DELETE FROM audit_log WHERE seq = 3").await.is_err());
+            assert_eq!(t.store.verify_audit(chain()).await.unwrap().problem, None);
+        }
     }
 
     #[tokio::test]
@@ -1057,147 +1225,171 @@ pub(crate) mod tests {
             ("object", "NULL"),
             ("principal", "5"),
         ] {
-            let (_d, s, path) = store_with(6).await;
-            raw(&path)
-                .execute(
+            for t in stores_with(6).await {
+                tamper(
+                    &t,
                     &format!("UPDATE audit_log SET {col} = {val} WHERE seq = 4"),
-                    [],
                 )
-                .unwrap();
-            let p = verify_problem(&s).await;
-            assert_eq!((p.seq, p.kind), (4, Changed), "{col}: {p:?}");
-            assert_eq!(s.verify_audit(chain()).await.unwrap().records_checked, 3);
+                .await;
+                let s = &t.store;
+                let p = verify_problem(s).await;
+                assert_eq!((p.seq, p.kind), (4, Changed), "{col}: {p:?}");
+                assert_eq!(s.verify_audit(chain()).await.unwrap().records_checked, 3);
+            }
         }
         // an edited link alone
-        let (_d, s, path) = store_with(6).await;
-        raw(&path)
-            .execute("UPDATE audit_log SET prev = zeroblob(32) WHERE seq = 5", [])
-            .unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (5, Changed), "{p:?}");
+        for t in stores_with(6).await {
+            let zero = zero32(&t);
+            tamper(
+                &t,
+                &format!("UPDATE audit_log SET prev = {zero} WHERE seq = 5"),
+            )
+            .await;
+            let p = verify_problem(&t.store).await;
+            assert_eq!((p.seq, p.kind), (5, Changed), "{p:?}");
+        }
     }
 
     #[tokio::test]
     async fn a_removed_middle_record_is_reported_even_after_more_appends() {
-        let (_d, s, path) = store_with(8).await;
-        raw(&path)
-            .execute("DELETE FROM audit_log WHERE seq = 5", [])
-            .unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (5, Removed), "{p:?}");
-        assert!(p.detail.contains("record 5 is missing"), "{p:?}");
-        s.append_audit(
-            vec![rec(9, "bob", "certificates.get", "certificates/c")],
-            chain(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(verify_problem(&s).await.seq, 5);
-
-        // removed, then the later records renumbered to close the gap
-        let (_d, s, path) = store_with(8).await;
-        let c = raw(&path);
-        c.execute("DELETE FROM audit_log WHERE seq = 3", [])
-            .unwrap();
-        c.execute("UPDATE audit_log SET seq = seq - 1 WHERE seq > 3", [])
-            .unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (3, Removed), "{p:?}");
-        assert!(p.detail.contains("renumbered"), "{p:?}");
-    }
-
-    #[tokio::test]
-    async fn removed_last_records_are_reported_as_truncated() {
-        let (_d, s, path) = store_with(8).await;
-        raw(&path)
-            .execute("DELETE FROM audit_log WHERE seq >= 7", [])
-            .unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (7, Truncated), "{p:?}");
-        assert!(p.detail.contains("records 7 to 8 are missing"), "{p:?}");
-        // the next append continues after the head, so the gap stays visible
-        s.append_audit(
-            vec![rec(9, "bob", "certificates.get", "certificates/c")],
-            chain(),
-        )
-        .await
-        .unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (7, Removed), "{p:?}");
-
-        // every record removed
-        let (_d, s, path) = store_with(3).await;
-        raw(&path).execute("DELETE FROM audit_log", []).unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (1, Truncated), "{p:?}");
-
-        // the tail and the head removed: the next append leaves the finding in the log
-        let (_d, s, path) = store_with(8).await;
-        let c = raw(&path);
-        c.execute("DELETE FROM audit_log WHERE seq >= 7", [])
-            .unwrap();
-        c.execute("DELETE FROM meta WHERE key = 'audit_head'", [])
-            .unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (7, Truncated), "{p:?}");
-        let got = s
-            .append_audit(
+        for t in stores_with(8).await {
+            let s = &t.store;
+            tamper(&t, "DELETE FROM audit_log WHERE seq = 5").await;
+            let p = verify_problem(s).await;
+            assert_eq!((p.seq, p.kind), (5, Removed), "{p:?}");
+            assert!(p.detail.contains("record 5 is missing"), "{p:?}");
+            s.append_audit(
                 vec![rec(9, "bob", "certificates.get", "certificates/c")],
                 chain(),
             )
             .await
             .unwrap();
-        assert_eq!(got, vec![8]);
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (7, Truncated), "{p:?}");
-        assert!(p.detail.contains("head was missing"), "{p:?}");
+            assert_eq!(verify_problem(s).await.seq, 5);
+        }
+
+        // removed, then the later records renumbered to close the gap
+        for t in stores_with(8).await {
+            tamper(
+                &t,
+                "DELETE FROM audit_log WHERE seq = 3; \
+                 UPDATE audit_log SET seq = seq - 1 WHERE seq > 3;",
+            )
+            .await;
+            let p = verify_problem(&t.store).await;
+            assert_eq!((p.seq, p.kind), (3, Removed), "{p:?}");
+            assert!(p.detail.contains("renumbered"), "{p:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn removed_last_records_are_reported_as_truncated() {
+        for t in stores_with(8).await {
+            let s = &t.store;
+            tamper(&t, "DELETE FROM audit_log WHERE seq >= 7").await;
+            let p = verify_problem(s).await;
+            assert_eq!((p.seq, p.kind), (7, Truncated), "{p:?}");
+            assert!(p.detail.contains("records 7 to 8 are missing"), "{p:?}");
+            // the next append continues after the head, so the gap stays visible
+            s.append_audit(
+                vec![rec(9, "bob", "certificates.get", "certificates/c")],
+                chain(),
+            )
+            .await
+            .unwrap();
+            let p = verify_problem(s).await;
+            assert_eq!((p.seq, p.kind), (7, Removed), "{p:?}");
+        }
+
+        // every record removed
+        for t in stores_with(3).await {
+            tamper(&t, "DELETE FROM audit_log").await;
+            let p = verify_problem(&t.store).await;
+            assert_eq!((p.seq, p.kind), (1, Truncated), "{p:?}");
+        }
+
+        // the tail and the head removed: the next append leaves the finding in the log
+        for t in stores_with(8).await {
+            let s = &t.store;
+            tamper(
+                &t,
+                "DELETE FROM audit_log WHERE seq >= 7; DELETE FROM meta WHERE key = 'audit_head';",
+            )
+            .await;
+            let p = verify_problem(s).await;
+            assert_eq!((p.seq, p.kind), (7, Truncated), "{p:?}");
+            let got = s
+                .append_audit(
+                    vec![rec(9, "bob", "certificates.get", "certificates/c")],
+                    chain(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(got, vec![8]);
+            let p = verify_problem(s).await;
+            assert_eq!((p.seq, p.kind), (7, Truncated), "{p:?}");
+            assert!(p.detail.contains("head was missing"), "{p:?}");
+        }
 
         // the tail removed and the head forged to match: the tag does not match
-        let (_d, s, path) = store_with(8).await;
-        let c = raw(&path);
-        c.execute("DELETE FROM audit_log WHERE seq >= 7", [])
-            .unwrap();
-        c.execute(
-            "UPDATE meta SET value = (SELECT CAST(X'0000000000000006' || mac || zeroblob(32) AS BLOB) \
-             FROM audit_log WHERE seq = 6) \
-             WHERE key = 'audit_head'",
-            [],
-        )
-        .unwrap();
-        let p = verify_problem(&s).await;
-        assert_eq!((p.seq, p.kind), (6, Changed), "{p:?}");
-        assert!(p.detail.contains("head was altered"), "{p:?}");
+        for t in stores_with(8).await {
+            let forged = match t.store {
+                Store::Sqlite(_) => "CAST(X'0000000000000006' || mac || zeroblob(32) AS BLOB)",
+                Store::Postgres(_) => {
+                    "'\\x0000000000000006'::bytea || mac || decode(repeat('00', 32), 'hex')"
+                }
+            };
+            tamper(
+                &t,
+                &format!(
+                    "DELETE FROM audit_log WHERE seq >= 7; \
+                     UPDATE meta SET value = (SELECT {forged} FROM audit_log WHERE seq = 6) \
+                     WHERE key = 'audit_head';"
+                ),
+            )
+            .await;
+            let p = verify_problem(&t.store).await;
+            assert_eq!((p.seq, p.kind), (6, Changed), "{p:?}");
+            assert!(p.detail.contains("head was altered"), "{p:?}");
+        }
     }
 
     #[tokio::test]
     async fn swapped_records_are_reported_as_reordered() {
         for (a, b) in [(3, 6), (4, 5)] {
-            let (_d, s, path) = store_with(8).await;
-            let c = raw(&path);
-            // swap everything but seq between the two rows
-            c.execute_batch(&format!(
-                "CREATE TEMP TABLE t AS SELECT * FROM audit_log WHERE seq IN ({a}, {b});
-                 UPDATE audit_log SET (time, request_id, principal, source, vault, object, operation,
-                     status, outcome, detail, prev, mac) =
-                   (SELECT time, request_id, principal, source, vault, object, operation, status,
-                       outcome, detail, prev, mac FROM t
-                    WHERE t.seq = CASE audit_log.seq WHEN {a} THEN {b} ELSE {a} END)
-                 WHERE seq IN ({a}, {b});"
-            ))
-            .unwrap();
-            let p = verify_problem(&s).await;
-            assert_eq!((p.seq, p.kind), (a, Reordered), "{p:?}");
-            assert!(
-                p.detail.contains(&format!("holds the record made as {b}"))
-                    && p.detail.contains(&format!("stands at position {b}")),
-                "{p:?}"
-            );
+            for t in stores_with(8).await {
+                // swap everything but seq between the two rows
+                tamper(
+                    &t,
+                    &format!(
+                        "CREATE TEMP TABLE t AS SELECT * FROM audit_log WHERE seq IN ({a}, {b});
+                         UPDATE audit_log SET (time, request_id, principal, source, vault, object,
+                             operation, status, outcome, detail, prev, mac) =
+                           (SELECT time, request_id, principal, source, vault, object, operation,
+                               status, outcome, detail, prev, mac FROM t
+                            WHERE t.seq = CASE audit_log.seq WHEN {a} THEN {b} ELSE {a} END)
+                         WHERE seq IN ({a}, {b});"
+                    ),
+                )
+                .await;
+                let p = verify_problem(&t.store).await;
+                assert_eq!((p.seq, p.kind), (a, Reordered), "{p:?}");
+                assert!(
+                    p.detail.contains(&format!("holds the record made as {b}"))
+                        && p.detail.contains(&format!("stands at position {b}")),
+                    "{p:?}"
+                );
+            }
         }
     }
 
     #[tokio::test]
     async fn queries_filter_and_page_by_seq() {
-        let (_d, s, _p) = store_with(0).await;
+        for t in stores_with(0).await {
+            queries_on(&t.store).await;
+        }
+    }
+
+    async fn queries_on(s: &Store) {
         for i in 1..=30 {
             let principal = if i % 3 == 0 { "bob" } else { "alice" };
             let object = match i % 4 {
@@ -1270,7 +1462,12 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn time_ranges_follow_seq_with_equal_and_clamped_times() {
-        let (_d, s, _p) = store_with(0).await;
+        for t in stores_with(0).await {
+            time_ranges_on(&t.store).await;
+        }
+    }
+
+    async fn time_ranges_on(s: &Store) {
         // 1000 1000 2000 2000 2000 3000, and one stamped earlier that is kept at 3000
         for t in [1000, 1000, 2000, 2000, 2000, 3000, 1500] {
             let mut r = rec(t, "a", "x", "o");

@@ -365,13 +365,10 @@ impl Journal {
             }
             return;
         }
-        let written = self.file.write_all(&buf).and_then(|()| {
-            if sync {
-                self.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
+        let written = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
         match written {
             Ok(()) => {
                 self.len += buf.len() as u64;

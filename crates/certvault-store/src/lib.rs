@@ -1,4 +1,7 @@
-//! certvault storage. The SQLite implementation keeps one writer thread that commits queued
+//! certvault storage on two backends behind [`Store`]: SQLite (the zero-config default) and
+//! PostgreSQL ([`PgStore`], for several replicas sharing one database).
+//!
+//! The SQLite implementation keeps one writer thread that commits queued
 //! writes together (group commit: one durable fsync for many requests, each write isolated in
 //! its own savepoint) and a small pool of reader connections used from blocking threads.
 //!
@@ -11,9 +14,18 @@ mod audit;
 mod audit_journal;
 mod error;
 mod jobs;
+mod migrate;
 mod outbox;
+mod pg;
+mod pg_access;
+mod pg_acme;
+mod pg_audit;
+mod pg_jobs;
+mod pg_outbox;
+mod pg_schema;
 mod records;
 mod sqlite;
+mod store;
 
 pub use access::{PolicyRecord, PrincipalRecord, TokenRecord};
 pub use acme::{AcmeAccountRecord, AcmeOrderRecord};
@@ -24,9 +36,12 @@ pub use audit::{
 pub use audit_journal::{AuditJournal, Durability, SyncPolicy};
 pub use error::{Conflict, StoreError};
 pub use jobs::{CLAIM_SELECT, Job, JobNext, Scheduler};
+pub use migrate::MigrateReport;
 pub use outbox::{
     ChannelRecord, CurrentVersion, DELIVERY_SELECT, DeliveryFilter, DeliveryJob, DeliveryNext,
     DeliveryOutcome, DeliveryRecord, EventFilter, EventRecord, LifecycleView, Mark, NewEvent,
 };
+pub use pg::PgStore;
 pub use records::*;
 pub use sqlite::{SqliteStore, Which};
+pub use store::{Store, is_postgres_url};

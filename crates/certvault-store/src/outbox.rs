@@ -166,7 +166,7 @@ pub struct EventRecord {
     pub created: i64,
 }
 
-const EVENT_COLS: &str = "e.id, e.uid, e.kind, e.vault_id, e.vault, e.cert_id, e.cert_name, e.version, e.email, e.body, e.created";
+pub(crate) const EVENT_COLS: &str = "e.id, e.uid, e.kind, e.vault_id, e.vault, e.cert_id, e.cert_name, e.version, e.email, e.body, e.created";
 
 fn event_row(r: &Row<'_>, o: usize) -> rusqlite::Result<EventRecord> {
     let body: String = r.get(o + 9)?;
@@ -319,7 +319,7 @@ impl std::fmt::Debug for ChannelRecord {
     }
 }
 
-const CHANNEL_COLS: &str = "ch.id, ch.vault_id, ch.name, ch.kind, ch.target, ch.sealed, \
+pub(crate) const CHANNEL_COLS: &str = "ch.id, ch.vault_id, ch.name, ch.kind, ch.target, ch.sealed, \
      ch.payload_version, ch.enabled, ch.created, ch.updated";
 
 fn channel_row(r: &Row<'_>, o: usize) -> rusqlite::Result<ChannelRecord> {
@@ -417,7 +417,7 @@ pub const DELIVERY_SELECT: &str = "SELECT d.id FROM deliveries d \
      AND d.id = (SELECT MIN(e.id) FROM deliveries e WHERE e.lane = d.lane AND e.status = 'pending') \
      ORDER BY d.next_try LIMIT ?2";
 
-const DELIVERY_LIST_COLS: &str = "d.id, d.event_id, e.uid, e.kind, e.cert_name, ch.name, d.status, \
+pub(crate) const DELIVERY_LIST_COLS: &str = "d.id, d.event_id, e.uid, e.kind, e.cert_name, ch.name, d.status, \
      d.attempts, d.next_try, d.last_status, d.last_error, d.delivered_at, d.created";
 
 fn delivery_row(r: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
@@ -889,6 +889,17 @@ mod tests {
         }
     }
 
+    /// One fresh store per backend, each with the vault `v`.
+    async fn setups() -> Vec<(crate::store::testing::TestStore, i64)> {
+        let mut out = Vec::new();
+        for t in crate::store::testing::backends().await {
+            eprintln!("backend: {}", t.store.backend());
+            let v = t.store.create_vault("v", vec![1], 90, 1).await.unwrap();
+            out.push((t, v.id));
+        }
+        out
+    }
+
     async fn setup() -> (tempfile::TempDir, SqliteStore, i64) {
         let d = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&d.path().join("t.db")).unwrap();
@@ -913,7 +924,12 @@ mod tests {
 
     #[tokio::test]
     async fn versions_schedule_the_certificate_and_emit_events_in_the_same_transaction() {
-        let (_d, s, vid) = setup().await;
+        for (t, vid) in setups().await {
+            versions_schedule_on(&t.store, vid).await;
+        }
+    }
+
+    async fn versions_schedule_on(s: &crate::Store, vid: i64) {
         s.create_channel(channel(vid, "hook")).await.unwrap();
         let nv = |v: &str, status: &str| NewVersion {
             record: ver(v, 1000),
@@ -998,7 +1014,12 @@ mod tests {
 
     #[tokio::test]
     async fn job_outcome_records_events_once_and_lanes_keep_order() {
-        let (_d, s, vid) = setup().await;
+        for (t, vid) in setups().await {
+            job_outcome_on(&t.store, vid).await;
+        }
+    }
+
+    async fn job_outcome_on(s: &crate::Store, vid: i64) {
         s.create_channel(channel(vid, "hook")).await.unwrap();
         let (cert, _) = s
             .add_version(

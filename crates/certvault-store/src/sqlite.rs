@@ -287,22 +287,22 @@ fn now_none<T>(r: Result<T, rusqlite::Error>) -> Result<Option<T>, StoreError> {
     r.optional().map_err(StoreError::from)
 }
 
-const CERT_COLS: &str = "c.id, c.vault_id, c.name, c.policy, c.policy_created, c.policy_updated, \
+pub(crate) const CERT_COLS: &str = "c.id, c.vault_id, c.name, c.policy, c.policy_created, c.policy_updated, \
      c.created, c.updated, c.deleted_at, c.purge_at";
-const VER_COLS: &str = "v.cert_id, v.version, v.seq, v.created, v.updated, v.enabled, v.nbf, \
+pub(crate) const VER_COLS: &str = "v.cert_id, v.version, v.seq, v.created, v.updated, v.enabled, v.nbf, \
      v.exp, v.tags, v.cer, v.chain, v.key_blob, v.key_ref, v.spki, v.content_type, v.exportable, v.preserve_order, v.key_ops";
 /// The id of certificate `c`'s newest completed version (the (cert_id, seq) index read
 /// backwards; stops at the first completed one).
-const LATEST_COMPLETED_ID: &str = "SELECT v2.id FROM versions v2 \
+pub(crate) const LATEST_COMPLETED_ID: &str = "SELECT v2.id FROM versions v2 \
      WHERE v2.cert_id = c.id AND v2.cer IS NOT NULL ORDER BY v2.seq DESC LIMIT 1";
 /// The id of certificate `c`'s newest completed version, or of its newest (pending) version
 /// when none is completed: `ORDER BY (cer IS NOT NULL) DESC, seq DESC LIMIT 1` without reading
 /// and sorting every version.
-const LATEST_VERSION_ID: &str = "COALESCE(\
+pub(crate) const LATEST_VERSION_ID: &str = "COALESCE(\
      (SELECT v2.id FROM versions v2 WHERE v2.cert_id = c.id AND v2.cer IS NOT NULL \
       ORDER BY v2.seq DESC LIMIT 1), \
      (SELECT v3.id FROM versions v3 WHERE v3.cert_id = c.id ORDER BY v3.seq DESC LIMIT 1))";
-const OP_COLS: &str = "cert_id, request_id, version, issuer_name, status, status_details, csr, \
+pub(crate) const OP_COLS: &str = "cert_id, request_id, version, issuer_name, status, status_details, csr, \
      error, cancellation_requested, created, updated";
 
 fn cert_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CertRecord> {
@@ -1376,6 +1376,8 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::Store;
+    use crate::store::testing::{TestStore, backends};
 
     fn ver(v: &str, cer: Option<Vec<u8>>) -> VersionRecord {
         VersionRecord {
@@ -1402,8 +1404,13 @@ mod tests {
 
     #[tokio::test]
     async fn versions_delete_recover_purge() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("db")).unwrap();
+        for t in backends().await {
+            eprintln!("backend: {}", t.store.backend());
+            versions_delete_recover_purge_on(&t.store).await;
+        }
+    }
+
+    async fn versions_delete_recover_purge_on(s: &Store) {
         let vault = s.create_vault("Default", vec![1], 90, 1).await.unwrap();
         assert!(matches!(
             s.create_vault("default", vec![1], 90, 1).await,
@@ -1490,8 +1497,13 @@ mod tests {
 
     #[tokio::test]
     async fn pending_merge_and_failed_writes_change_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("db")).unwrap();
+        for t in backends().await {
+            eprintln!("backend: {}", t.store.backend());
+            pending_merge_on(&t.store).await;
+        }
+    }
+
+    async fn pending_merge_on(s: &Store) {
         let vault = s.create_vault("default", vec![1], 90, 1).await.unwrap();
         let op = OperationRecord {
             cert_id: 0,
@@ -1588,8 +1600,14 @@ mod tests {
 
     #[tokio::test]
     async fn group_commit_under_concurrency() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("db")).unwrap();
+        for mut t in backends().await {
+            eprintln!("backend: {}", t.store.backend());
+            concurrent_writes_on(&mut t).await;
+        }
+    }
+
+    async fn concurrent_writes_on(t: &mut TestStore) {
+        let s = t.store.clone();
         let vault = s.create_vault("default", vec![1], 90, 1).await.unwrap();
         let mut tasks = Vec::new();
         for i in 0..200 {
@@ -1622,13 +1640,18 @@ mod tests {
                 break;
             }
             n += page.len();
-            after = page.last().map(|(c, _)| SqliteStore::name_key(c));
+            after = page.last().map(|(c, _)| Store::name_key(c));
         }
         assert_eq!(n, 200);
         // reopen: everything is durable
-        s.close();
         drop(s);
-        let s = SqliteStore::open(&dir.path().join("db")).unwrap();
-        assert!(s.certificate(vault.id, "c199").await.unwrap().is_some());
+        t.reopen().await;
+        assert!(
+            t.store
+                .certificate(vault.id, "c199")
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
 }

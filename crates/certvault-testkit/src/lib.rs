@@ -612,3 +612,312 @@ pub fn openssl_sans(chain_pem: &str) -> Vec<String> {
     names.sort();
     names
 }
+
+// ------------------------------------------------------------------------------------ postgres
+
+/// Where Debian's PostgreSQL 15 server binaries live (package `postgresql`).
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn pg_binary(name: &str) -> PathBuf {
+    let p = Path::new(PG_BIN).join(name);
+    if !p.is_file() {
+        panic!(
+            "required test binary `{}` not found: install PostgreSQL 15 with \
+             `apt-get install -y postgresql` (scripts/test-all.sh does this); this test does not skip",
+            p.display()
+        );
+    }
+    p
+}
+
+/// The uid and gid of the `postgres` user, when running as root (PostgreSQL refuses to run as
+/// root); `None` when not root (the server then runs as the current user).
+fn postgres_ids() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let me = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1);
+    if me != 0 {
+        return None;
+    }
+    let passwd = fs::read_to_string("/etc/passwd").unwrap();
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() > 3 && f[0] == "postgres" {
+            return Some((f[2].parse().unwrap(), f[3].parse().unwrap()));
+        }
+    }
+    panic!(
+        "running as root but there is no `postgres` user: install PostgreSQL with \
+         `apt-get install -y postgresql` (it creates the user); this test does not skip"
+    );
+}
+
+fn as_postgres(cmd: &mut Command, ids: Option<(u32, u32)>) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = ids {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+/// A private PostgreSQL 15 server: `initdb` into a temporary directory, `postgres` on a free
+/// loopback port with its socket in that directory and durability off (`fsync=off`: test data
+/// only), trust authentication for the `postgres` role. Stopped (immediate shutdown) on drop.
+///
+/// Tests share one server per test process through [`Postgres::shared`] and take a database
+/// each ([`Postgres::database`]), so they run in parallel without seeing each other's rows.
+pub struct Postgres {
+    proc: Proc,
+    /// Stops the server and removes its directory when this test process is gone, even if it
+    /// never dropped it (a server kept in a static, a test process killed).
+    watchdog: Child,
+    port: u16,
+    ids: Option<(u32, u32)>,
+    _dir: TempDir,
+}
+
+impl Postgres {
+    /// Starts a new server (a few seconds: initdb, then start-up).
+    pub fn start() -> Self {
+        let initdb = pg_binary("initdb");
+        let postgres = pg_binary("postgres");
+        let ids = postgres_ids();
+        let dir = tempfile::Builder::new()
+            .prefix("certvault-pg-")
+            .tempdir()
+            .unwrap();
+        if let Some((uid, gid)) = ids {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let data = dir.path().join("data");
+        let out = as_postgres(&mut Command::new(&initdb), ids)
+            .args(["-D"])
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-locale",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .env("TZ", "UTC")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run initdb: {e}"));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let log = dir.path().join("postgres.log");
+        let mut cmd = Command::new(&postgres);
+        as_postgres(&mut cmd, ids)
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(dir.path())
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=32MB",
+            ]);
+        // The log file is created by us (root) and written by the server through its stdout.
+        let mut proc = Proc::spawn("postgres", &mut cmd, log);
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -QUIT {pg} 2>/dev/null; \
+                 while kill -0 {pg} 2>/dev/null; do sleep 0.2; done; rm -rf '{dir}'",
+                me = std::process::id(),
+                pg = proc.child.id(),
+                dir = dir.path().display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the PostgreSQL watchdog: {e}"));
+        wait_tcp(&mut proc, port, "PostgreSQL");
+        let pg = Self {
+            proc,
+            watchdog,
+            port,
+            ids,
+            _dir: dir,
+        };
+        // Ready once it accepts a real session (TCP opens during recovery already).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if pg.psql("postgres", "SELECT 1").is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let mut proc = pg;
+                proc.proc.fail("did not accept sessions within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pg
+    }
+
+    /// The server shared by this test process, started on first use and stopped when the last
+    /// holder drops it.
+    pub fn shared() -> std::sync::Arc<Self> {
+        use std::sync::{Arc, Mutex, Weak};
+        static SHARED: Mutex<Weak<Postgres>> = Mutex::new(Weak::new());
+        let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pg) = slot.upgrade() {
+            return pg;
+        }
+        let pg = Arc::new(Self::start());
+        *slot = Arc::downgrade(&pg);
+        pg
+    }
+
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The URL of database `db` as the `postgres` role.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs one SQL command with `psql` in database `db`; its output, or the error text.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = as_postgres(&mut Command::new(pg_psql()), self.ids)
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Creates a fresh, empty database with a unique name; returns its URL.
+    pub fn database(&self) -> String {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!(
+            "cv_{}_{n}_{}",
+            std::process::id(),
+            hex_lower(&random_bytes(4))
+        );
+        self.psql("postgres", &format!("CREATE DATABASE {name}"))
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} failed: {e}"));
+        self.url(&name)
+    }
+
+    /// The server's data directory (tables, WAL).
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        self.proc.log_text()
+    }
+}
+
+fn pg_psql() -> PathBuf {
+    // psql comes with postgresql-client-15, a dependency of `postgresql`.
+    let p = Path::new(PG_BIN).join("psql");
+    if p.is_file() {
+        p
+    } else {
+        binary("psql", "postgresql")
+    }
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+        // Immediate shutdown (SIGQUIT): the postmaster takes its backends down with it.
+        let pid = self.proc.child.id().to_string();
+        let _ = Command::new("kill").args(["-QUIT", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.proc.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Proc's own drop kills whatever is left.
+    }
+}
+
+/// The database the server integration tests run against for the data directory `dir`, from
+/// `CERTVAULT_TEST_DATABASE`: unset or `sqlite` → `None` (SQLite in the data directory);
+/// `postgres` → a database on this test process's private PostgreSQL server, the same one
+/// each time for the same `dir` (a restarted server finds its data), a fresh one for a new
+/// `dir`. The server is kept for the life of the process (its watchdog stops it when the
+/// process ends). Anything else is a panic.
+pub fn test_database(dir: &Path) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static DATABASES: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
+    match std::env::var("CERTVAULT_TEST_DATABASE").as_deref() {
+        Err(_) | Ok("" | "sqlite") => None,
+        Ok("postgres") => {
+            let mut dbs = DATABASES.lock().unwrap_or_else(|p| p.into_inner());
+            let url = dbs
+                .get_or_insert_with(HashMap::new)
+                .entry(dir.to_owned())
+                .or_insert_with(|| test_server().database())
+                .clone();
+            Some(url)
+        }
+        Ok(other) => panic!("CERTVAULT_TEST_DATABASE must be sqlite or postgres, not {other:?}"),
+    }
+}
+
+/// The PostgreSQL server of [`test_database`], started on first use.
+fn test_server() -> &'static std::sync::Arc<Postgres> {
+    static SERVER: std::sync::OnceLock<std::sync::Arc<Postgres>> = std::sync::OnceLock::new();
+    SERVER.get_or_init(Postgres::shared)
+}
+
+/// When `CERTVAULT_TEST_DATABASE=postgres`: the data directory of the PostgreSQL server the
+/// databases of [`test_database`] live in (to scan its files); `None` otherwise.
+pub fn test_database_dir() -> Option<PathBuf> {
+    match std::env::var("CERTVAULT_TEST_DATABASE").as_deref() {
+        Ok("postgres") => Some(test_server().data_dir()),
+        _ => None,
+    }
+}

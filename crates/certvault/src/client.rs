@@ -739,6 +739,17 @@ pub(crate) enum AdminCommand {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Copy a SQLite data directory's store into an empty PostgreSQL database (every table,
+    /// sealed values as they are: the data directory's master.key keeps opening them). Stop
+    /// the server first; afterwards start it with `--data-dir DATADIR --database URL`.
+    Migrate {
+        /// The data directory whose certvault.db is copied.
+        #[arg(long, value_name = "DATADIR")]
+        from_sqlite: PathBuf,
+        /// The PostgreSQL database to copy into (postgres://…); it must hold no certvault data.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Show the server's clock, or move a test clock forward (servers started with
     /// --test-clock only).
     TestClock {
@@ -753,6 +764,7 @@ pub(crate) enum AdminCommand {
 pub(crate) async fn run_admin(cmd: AdminCommand) -> Result<()> {
     match cmd {
         AdminCommand::TestClock { conn, advance } => lifecycle::test_clock(&conn, advance).await,
+        AdminCommand::Migrate { from_sqlite, to } => migrate(&from_sqlite, &to).await,
         AdminCommand::RotateMasterKey { conn, to } => {
             let c = Client::new(&conn)?;
             let url = format!("{}/admin/v1/master-key/rotate", c.base);
@@ -773,6 +785,46 @@ pub(crate) async fn run_admin(cmd: AdminCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `certvault admin migrate`: SQLite data directory → PostgreSQL.
+async fn migrate(data_dir: &Path, to: &str) -> Result<()> {
+    if !certvault_store::is_postgres_url(to) {
+        bail!("--to must be a postgres:// or postgresql:// URL");
+    }
+    let db = data_dir.join("certvault.db");
+    if !db.is_file() {
+        bail!(
+            "{} is not a certvault data directory (no certvault.db)",
+            data_dir.display()
+        );
+    }
+    if !data_dir.join("master.key").is_file() {
+        bail!(
+            "{} has no master.key: the copied data could not be opened",
+            data_dir.display()
+        );
+    }
+    let pg = certvault_store::PgStore::open(to)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = pg.copy_from_sqlite(&db).await.map_err(|e| match e {
+        certvault_store::StoreError::Conflict(_) => anyhow::anyhow!(
+            "the PostgreSQL database already holds certvault data: migrate into an empty one"
+        ),
+        other => anyhow::anyhow!("{other}"),
+    });
+    pg.close();
+    let report = report?;
+    let total: u64 = report.tables.iter().map(|(_, n)| n).sum();
+    for (table, n) in &report.tables {
+        println!("{table:<18} {n:>10}");
+    }
+    println!(
+        "copied {total} rows; start the server with --data-dir {} --database <URL>",
+        data_dir.display()
+    );
+    Ok(())
 }
 
 /// Operations on a certificate's key (the key never leaves the server).

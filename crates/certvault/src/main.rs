@@ -67,6 +67,11 @@ struct ServeArgs {
     /// Data directory (database, master key, admin token, TLS files). Default ./certvault-data.
     #[arg(long, env = "CERTVAULT_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep the store in PostgreSQL: postgres://user:password@host:port/database (also
+    /// `?host=/socket/dir`). Without it the store is SQLite in the data directory. Connections
+    /// are not encrypted (no TLS yet): use a loopback or Unix-socket database.
+    #[arg(long, env = "CERTVAULT_DATABASE")]
+    database: Option<String>,
     /// Address to listen on. Default 127.0.0.1:8443.
     #[arg(long, env = "CERTVAULT_LISTEN")]
     listen: Option<SocketAddr>,
@@ -207,6 +212,7 @@ struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    database: Option<String>,
     listen: Option<SocketAddr>,
     base_domain: Option<String>,
     public_port: Option<u16>,
@@ -519,6 +525,7 @@ async fn serve(mut args: ServeArgs) -> Result<()> {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("certvault-data")),
+        database: args.database.or(file.database),
         listen: args
             .listen
             .or(file.listen)
@@ -545,6 +552,14 @@ async fn serve(mut args: ServeArgs) -> Result<()> {
     let port = started.addr.port();
     eprintln!("certvault listening on https://{}", started.addr);
     eprintln!("  data directory: {}", opts.data_dir.display());
+    eprintln!(
+        "  database: {}",
+        if opts.database.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite (in the data directory)"
+        }
+    );
     eprintln!(
         "  CA certificate for clients: {}",
         started.ca_path.display()

@@ -8,7 +8,7 @@ use certvault_core::policy::{
 use certvault_core::{ObjectName, VersionId};
 use certvault_crypto::{CertParams, KeyAlg, PrivateKey, PublicKey};
 use certvault_store::{
-    CertRecord, CertificateDump, Conflict, NewVersion, OperationRecord, SqliteStore, StoreError,
+    CertRecord, CertificateDump, Conflict, NewVersion, OperationRecord, Store, StoreError,
     VersionRecord, VersionUpdate, Which,
 };
 use http::{HeaderValue, Response, StatusCode, header};
@@ -834,7 +834,7 @@ pub async fn list(ctx: &Ctx<'_>, deleted: bool) -> ApiResult<Response<Body>> {
         Some(i)
     };
     Ok(super::page(ctx, path, &rows, max, extra, item, |(c, _)| {
-        SqliteStore::name_key(c)
+        Store::name_key(c)
     }))
 }
 
