@@ -452,6 +452,23 @@ impl Run<'_> {
         details: String,
         error: serde_json::Value,
     ) -> Result<(), Halt> {
+        // The event and the audit record come first: a client that sees the operation failed
+        // finds the `order_failed` event already there. (A crash in between replays the
+        // failure; the event's idempotency key keeps notifications single.)
+        self.audit(
+            "certificates.acme.order-failed",
+            crate::audit::Outcome::Error,
+            json!({"reason": details, "error": error}),
+        )
+        .await;
+        super::emit_event(
+            self.state,
+            &self.vault.vault.name,
+            &self.object(),
+            "order_failed",
+            json!({"certificate": self.cert.name, "version": self.rec.version, "reason": details}),
+        )
+        .await;
         match self
             .state
             .store
@@ -469,20 +486,6 @@ impl Run<'_> {
             Err(e) => return Err(store_halt(e)),
         }
         self.end("failed", st).await?;
-        self.audit(
-            "certificates.acme.order-failed",
-            crate::audit::Outcome::Error,
-            json!({"reason": details, "error": error}),
-        )
-        .await;
-        super::emit_event(
-            self.state,
-            &self.vault.vault.name,
-            &self.object(),
-            "order_failed",
-            json!({"certificate": self.cert.name, "version": self.rec.version, "reason": details}),
-        )
-        .await;
         Ok(())
     }
 
