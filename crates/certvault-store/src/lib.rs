@@ -14,6 +14,7 @@ mod jobs;
 mod outbox;
 mod records;
 mod sqlite;
+mod status;
 
 pub use access::{PolicyRecord, PrincipalRecord, TokenRecord};
 pub use acme::{AcmeAccountRecord, AcmeOrderRecord};
@@ -29,4 +30,5 @@ pub use outbox::{
     DeliveryOutcome, DeliveryRecord, EventFilter, EventRecord, LifecycleView, Mark, NewEvent,
 };
 pub use records::*;
-pub use sqlite::{SqliteStore, Which};
+pub use sqlite::{SqliteStore, StoreHealth, Which};
+pub use status::{CertificateStatus, QueueStatus};
