@@ -10,10 +10,12 @@
 #   3. cargo test
 #   4. cargo build -p certvault
 #   5. the Azure SDK conformance suite (tests/sdk, pytest) against that binary
+#   6. api: schemathesis against the committed OpenAPI document (docs/openapi.json)
+#      and that binary (tests/api/run_schemathesis.py): no 5xx, no schema violation
 #
 # Usage: scripts/test-all.sh [STAGE...]   (default: all; STAGE is one of
-#        fmt clippy test build sdk; sdk implies build). Extra pytest options
-#        go in PYTEST_ADDOPTS, e.g. PYTEST_ADDOPTS="-k merge -x".
+#        fmt clippy test build sdk api; sdk and api imply build). Extra pytest
+#        options go in PYTEST_ADDOPTS, e.g. PYTEST_ADDOPTS="-k merge -x".
 #
 # Nothing is ever skipped because it is missing: it is installed, or the
 # script fails loudly.
@@ -61,6 +63,8 @@ APT_PACKAGES=(
 SYSTEM_PYTHON=/usr/bin/python3
 VENV="$ROOT/.venv"
 REQUIREMENTS="$ROOT/tests/sdk/requirements.txt"
+# schemathesis for the api stage, installed into the same venv.
+API_REQUIREMENTS="$ROOT/tests/api/requirements.txt"
 VENV_STAMP="$VENV/.certvault-requirements.sha256"
 PY="$VENV/bin/python"
 
@@ -189,12 +193,13 @@ ensure_rust() {
 # ------------------------------------------------------------------ python venv
 requirements_hash() {
   # The interpreter version is part of the stamp: a new python means a new venv.
-  { sha256sum "$REQUIREMENTS" | cut -d' ' -f1; "$SYSTEM_PYTHON" -c 'import sys; print(sys.version)'; } \
+  { sha256sum "$REQUIREMENTS" "$API_REQUIREMENTS" | cut -d' ' -f1; "$SYSTEM_PYTHON" -c 'import sys; print(sys.version)'; } \
     | sha256sum | cut -d' ' -f1
 }
 
 ensure_venv() {
   [[ -f "$REQUIREMENTS" ]] || die "missing $REQUIREMENTS"
+  [[ -f "$API_REQUIREMENTS" ]] || die "missing $API_REQUIREMENTS"
   local want
   want="$(requirements_hash)"
   if [[ -x "$PY" && -f "$VENV_STAMP" && "$(cat "$VENV_STAMP")" == "$want" ]]; then
@@ -203,13 +208,14 @@ ensure_venv() {
     echo "(re)creating venv $VENV from $REQUIREMENTS"
     rm -rf "$VENV"
     "$SYSTEM_PYTHON" -m venv "$VENV" || die "python3 -m venv failed"
-    "$PY" -m pip install -q -r "$REQUIREMENTS" || die "pip install -r $REQUIREMENTS failed"
+    "$PY" -m pip install -q -r "$REQUIREMENTS" -r "$API_REQUIREMENTS" \
+      || die "pip install -r $REQUIREMENTS -r $API_REQUIREMENTS failed"
     "$PY" -m pip check || die "pip check failed"
     echo "$want" >"$VENV_STAMP"
   fi
-  "$PY" -c 'import azure.keyvault.certificates, azure.keyvault.secrets, azure.keyvault.keys, azure.identity, msal, cryptography, requests, pytest, aiosmtpd' \
+  "$PY" -c 'import azure.keyvault.certificates, azure.keyvault.secrets, azure.keyvault.keys, azure.identity, msal, cryptography, requests, pytest, aiosmtpd, schemathesis' \
     || die "venv is broken (imports fail); delete $VENV and rerun"
-  "$PY" -m pip freeze | grep -iE '^(azure-|msal|cryptography|pytest|requests|aiosmtpd)' | sed 's/^/  /'
+  "$PY" -m pip freeze | grep -iE '^(azure-|msal|cryptography|pytest|requests|aiosmtpd|schemathesis)' | sed 's/^/  /'
 }
 
 # The Azure SDKs (azure-identity, MSAL) read the managed-identity challenge key file only from
@@ -316,21 +322,27 @@ setup_stage() {
   "$@"
   CURRENT_STAGE=""
 }
+run_api_suite() {
+  export CERTVAULT_BIN="$ROOT/target/debug/certvault"
+  [[ -x "$CERTVAULT_BIN" ]] || { echo "CERTVAULT_BIN=$CERTVAULT_BIN is missing"; return 1; }
+  "$PY" tests/api/run_schemathesis.py
+}
+
 setup_stage "setup: Debian packages" ensure_packages
 setup_stage "setup: Rust toolchain" ensure_rust
 setup_stage "setup: Python venv (.venv)" ensure_venv
 setup_stage "setup: services" start_services
 
-# Stages to run: all by default; a developer may name some (sdk implies build).
+# Stages to run: all by default; a developer may name some (sdk and api imply build).
 STAGES=("$@")
-[[ ${#STAGES[@]} -gt 0 ]] || STAGES=(fmt clippy test test-pg build sdk sdk-pg)
+[[ ${#STAGES[@]} -gt 0 ]] || STAGES=(fmt clippy test test-pg build sdk sdk-pg api)
 wanted() {
   local s
   for s in "${STAGES[@]}"; do [[ "$s" == "$1" ]] && return 0; done
   return 1
 }
 for s in "${STAGES[@]}"; do
-  case "$s" in fmt | clippy | test | test-pg | build | sdk | sdk-pg) ;; *) die "unknown stage '$s' (stages: fmt clippy test test-pg build sdk sdk-pg)" ;; esac
+  case "$s" in fmt | clippy | test | test-pg | build | sdk | sdk-pg | api) ;; *) die "unknown stage '$s' (stages: fmt clippy test test-pg build sdk sdk-pg api)" ;; esac
 done
 
 if wanted fmt; then run_stage "cargo fmt" cargo fmt --all -- --check; fi
@@ -344,7 +356,7 @@ if wanted test-pg; then
   run_stage "cargo test on PostgreSQL (certvault-server)" \
     env CERTVAULT_TEST_DATABASE=postgres cargo test --locked -p certvault-server
 fi
-if wanted build || wanted sdk || wanted sdk-pg; then run_stage "cargo build (certvault)" cargo build --locked -p certvault; fi
+if wanted build || wanted sdk || wanted sdk-pg || wanted api; then run_stage "cargo build (certvault)" cargo build --locked -p certvault; fi
 if wanted sdk || wanted sdk-pg; then
   setup_stage "setup: managed-identity key directory" ensure_arc_key_dir
 fi
@@ -356,3 +368,4 @@ if wanted sdk-pg; then
   run_stage "SDK conformance suite on PostgreSQL (tests/sdk)" \
     run_sdk_suite_pg
 fi
+if wanted api; then run_stage "API conformance: schemathesis (tests/api, docs/openapi.json)" run_api_suite; fi

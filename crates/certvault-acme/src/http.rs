@@ -254,9 +254,27 @@ impl<'a> RetryTracker<'a> {
         let retry_after = with_captured(capture, |g| g.retry_after).flatten();
         let status = with_captured(capture, |g| g.status).flatten();
         let err = match result {
-            Ok(v) => return ControlFlow::Break(Ok(v)),
+            Ok(v) => {
+                crate::stats::count(self.what, crate::stats::OK);
+                return ControlFlow::Break(Ok(v));
+            }
             Err(e) => e,
         };
+        let decided = self.decide_err(err, retry_after, status).await;
+        let result = match &decided {
+            ControlFlow::Continue(()) => crate::stats::RETRY,
+            ControlFlow::Break(_) => crate::stats::ERROR,
+        };
+        crate::stats::count(self.what, result);
+        decided
+    }
+
+    async fn decide_err<T>(
+        &mut self,
+        err: instant_acme::Error,
+        retry_after: Option<Duration>,
+        status: Option<u16>,
+    ) -> ControlFlow<Result<T, AcmeError>> {
         match &err {
             instant_acme::Error::Api(p) => {
                 let problem = CaProblem::from_instant(p, retry_after);

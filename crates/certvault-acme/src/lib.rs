@@ -26,6 +26,7 @@ mod ari;
 mod error;
 mod http;
 mod order;
+pub mod stats;
 
 pub use account::{
     AccountConfig, AccountCredentials, AcmeClient, DirectoryInfo, DirectoryPreset,

@@ -191,6 +191,33 @@ pub fn born_due(trigger: i64, created: i64, exp: i64) -> i64 {
     }
 }
 
+/// When the version is planned to be renewed: its earliest AutoRenew lifetime action (with the
+/// version's jitter), or the retry after failed attempts, whichever is later, as [`plan`]
+/// schedules it. `None` for a version certvault did not make (imported, restored), without an
+/// expiry, or whose policy has no AutoRenew action.
+pub fn renewal_time(policy: &Policy, v: &VersionFacts<'_>) -> Option<i64> {
+    if !v.made {
+        return None;
+    }
+    let exp = v.exp?;
+    let nbf = v.nbf.unwrap_or(v.created).min(exp);
+    let (_, retry_at) = retries(v.marks);
+    policy
+        .lifetime_actions
+        .iter()
+        .filter(|la| la.action.action_type == ActionType::AutoRenew)
+        .filter_map(|la| trigger_time(&la.trigger, nbf, exp))
+        .map(|t| {
+            // as `plan` schedules it: the ARI window's point when the CA suggested one
+            let (t, spread) = match v.renew_at {
+                Some(ari) => (ari, 0),
+                None => (born_due(t, v.created, exp), jitter(v.seed, exp - nbf)),
+            };
+            (t + spread).max(retry_at.unwrap_or(i64::MIN))
+        })
+        .min()
+}
+
 /// The next item for a version, or `None` when nothing is left to do for it.
 pub fn plan(
     policy: &Policy,
@@ -340,6 +367,20 @@ mod tests {
             plan(&p, &f, &DEFAULT_NOTICE_DAYS, 0).unwrap().at,
             1000 + 8 * DAY + 7
         );
+    }
+
+    #[test]
+    fn renewal_time_is_when_plan_renews() {
+        let p = self_policy();
+        assert_eq!(renewal_time(&p, &facts(&[])), Some(80 * DAY + 7));
+        let marks = vec![retry_mark(2, 85 * DAY)];
+        assert_eq!(renewal_time(&p, &facts(&marks)), Some(85 * DAY));
+        let mut imported = facts(&[]);
+        imported.made = false;
+        assert_eq!(renewal_time(&p, &imported), None);
+        let mut no_exp = facts(&[]);
+        no_exp.exp = None;
+        assert_eq!(renewal_time(&p, &no_exp), None);
     }
 
     #[test]

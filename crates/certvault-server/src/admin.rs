@@ -1,5 +1,6 @@
 //! The admin API under the reserved prefix `/admin/v1/` on the same listener. JSON in and out;
-//! errors in the same shape as the Key Vault API. Today: master key rotation.
+//! errors in the same shape as the Key Vault API. Here: master key rotation and the online
+//! database backup; the rest in `admin_access.rs`, `admin_lifecycle.rs` and `audit.rs`.
 
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ pub async fn dispatch(
         return r;
     }
     match (path, &parts.method) {
+        ("/admin/v1/backup", &Method::POST) => backup(state).await,
         ("/admin/v1/master-key/rotate", &Method::POST) => {
             #[derive(serde::Deserialize)]
             #[serde(deny_unknown_fields)]
@@ -90,4 +92,43 @@ pub async fn dispatch(
             ),
         )),
     }
+}
+
+/// `POST /admin/v1/backup`: an online, consistent copy of the database (SQLite's backup API),
+/// answered as the body (`application/vnd.sqlite3`). The audit journal is flushed first, so
+/// the copy holds every record acknowledged before the call. The master key is not in it:
+/// keep `master.key` separately (docs/operations.md).
+async fn backup(state: &Arc<AppState>) -> ApiResult<Response<Body>> {
+    state
+        .auditor
+        .flush()
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let Some(sqlite) = state.store.as_sqlite() else {
+        return Err(ApiError::bad(
+            "This server's store is PostgreSQL: back it up with pg_dump (docs/operations.md).",
+        ));
+    };
+    let dir = sqlite
+        .path()
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let tmp = dir.join(format!("backup-{}.db.tmp", uuid::Uuid::new_v4().simple()));
+    let result = sqlite.backup_to(tmp.clone()).await;
+    let bytes = match result {
+        Ok(_) => tokio::fs::read(&tmp)
+            .await
+            .map_err(|e| ApiError::internal(&e)),
+        Err(e) => Err(ApiError::internal(&e)),
+    };
+    let _ = tokio::fs::remove_file(&tmp).await;
+    let bytes = bytes?;
+    tracing::info!(bytes = bytes.len(), "database backup taken");
+    let mut r = Response::new(http_body_util::Full::new(Bytes::from(bytes)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/vnd.sqlite3"),
+    );
+    Ok(r)
 }

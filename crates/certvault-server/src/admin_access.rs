@@ -6,8 +6,8 @@
 //! | `GET /vaults`, `POST /vaults` | list, create (`{name, recoverable_days?}`) |
 //! | `GET`, `PATCH`, `DELETE /vaults/{v}` | read, change `recoverable_days`, soft-delete |
 //! | `GET /deleted-vaults`, `POST /deleted-vaults/{v}/recover`, `DELETE /deleted-vaults/{v}` | list, recover, purge |
-//! | `GET /principals`, `POST /principals` | list, create (`{name, admin?, description?, token?, token_label?, token_expires_in_days?}`) |
-//! | `GET`, `PATCH`, `DELETE /principals/{p}` | read (with tokens and policies), change (`{disabled?, admin?, description?}`), delete |
+//! | `GET /principals`, `POST /principals` | list, create (`{name, admin?, metrics?, description?, token?, token_label?, token_expires_in_days?}`) |
+//! | `GET`, `PATCH`, `DELETE /principals/{p}` | read (with tokens and policies), change (`{disabled?, admin?, metrics?, description?}`), delete |
 //! | `GET`, `POST /principals/{p}/tokens`, `DELETE /principals/{p}/tokens/{id}` | list, create (shown once), revoke |
 //! | `GET /vaults/{v}/access-policies`, `GET`, `PUT`, `DELETE /vaults/{v}/access-policies/{p}` | per-vault permissions |
 
@@ -310,6 +310,7 @@ impl Admin<'_> {
         struct Body {
             name: String,
             admin: Option<bool>,
+            metrics: Option<bool>,
             description: Option<String>,
             token: Option<bool>,
             token_label: Option<String>,
@@ -329,6 +330,14 @@ impl Admin<'_> {
                 }
                 other => other.into(),
             })?;
+        let p = if b.metrics == Some(true) {
+            self.state
+                .store
+                .set_principal_metrics(&name.to_ascii_lowercase(), true, now)
+                .await?
+        } else {
+            p
+        };
         let mut out = json!({"principal": principal_json(&p)});
         if b.token.unwrap_or(true) {
             let (token, rec) = self
@@ -375,6 +384,7 @@ impl Admin<'_> {
         struct Body {
             disabled: Option<bool>,
             admin: Option<bool>,
+            metrics: Option<bool>,
             description: Option<String>,
         }
         let b: Body = self.json()?;
@@ -392,6 +402,15 @@ impl Admin<'_> {
                 self.state.clock.now(),
             )
             .await?;
+        let p = match b.metrics {
+            Some(m) if m != p.metrics => {
+                self.state
+                    .store
+                    .set_principal_metrics(&p.name.to_ascii_lowercase(), m, self.state.clock.now())
+                    .await?
+            }
+            _ => p,
+        };
         self.changed();
         ok(&principal_json(&p))
     }
@@ -538,7 +557,8 @@ impl Admin<'_> {
 
 fn principal_json(p: &PrincipalRecord) -> Value {
     json!({
-        "name": p.name, "admin": p.admin, "disabled": p.disabled, "description": p.description,
+        "name": p.name, "admin": p.admin, "metrics": p.metrics, "disabled": p.disabled,
+        "description": p.description,
         "created": p.created, "updated": p.updated,
     })
 }

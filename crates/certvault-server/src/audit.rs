@@ -157,6 +157,11 @@ impl Auditor {
         Ok(())
     }
 
+    /// Whether the audit journal is open and accepting appends (for `/readyz`).
+    pub fn is_running(&self) -> bool {
+        self.journal.get().is_some_and(AuditJournal::is_running)
+    }
+
     /// Moves every journaled record into the store and stops the journal.
     pub async fn stop(&self) {
         if let Some(j) = self.journal.get() {
@@ -204,7 +209,8 @@ impl Auditor {
         }
     }
 
-    async fn flush(&self) -> Result<(), StoreError> {
+    /// Resolves once every record appended so far is in the `audit_log` table.
+    pub async fn flush(&self) -> Result<(), StoreError> {
         match self.journal.get() {
             Some(j) => j.flush().await,
             None => Ok(()),
@@ -465,6 +471,7 @@ fn admin_target(method: &Method, segs: &[&str]) -> AdminName {
                 None,
             ),
             (["audit"], &M::GET) => ("admin.audit.list", None, None, None),
+            (["backup"], &M::POST) => ("admin.backup", None, Some("admin/backup".into()), None),
             (["audit", "export"], &M::GET) => ("admin.audit.export", None, None, None),
             (["audit", "verify"], &M::POST) => ("admin.audit.verify", None, None, None),
             (["vaults"], &M::GET) => ("admin.vaults.list", None, None, None),
@@ -620,6 +627,26 @@ fn unknown_request(operation: &str, method: &Method, path: &str) -> Option<Strin
 /// router resolves it).
 pub fn target(method: &Method, uri: &Uri, headers: &HeaderMap, base_domain: &str) -> Target {
     let path = uri.path();
+    let probe = match path {
+        "/healthz" => Some("ops.healthz"),
+        "/readyz" => Some("ops.readyz"),
+        "/metrics" => Some("ops.metrics"),
+        "/openapi.json" => Some("ops.openapi"),
+        _ => None,
+    };
+    if let Some(op) = probe
+        && method == Method::GET
+    {
+        return Target {
+            operation: op.to_owned(),
+            vault: None,
+            object: None,
+            created: None,
+            versioned: false,
+            unknown: None,
+            changes_state: false,
+        };
+    }
     if let Some(rest) = path.strip_prefix("/admin/") {
         let rest = rest.trim_end_matches('/');
         let segs: Vec<&str> = match rest.strip_prefix("v1/") {

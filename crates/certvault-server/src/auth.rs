@@ -16,6 +16,8 @@ pub struct Caller {
     pub principal: String,
     /// Administrators hold every permission in every vault and may use the admin API.
     pub admin: bool,
+    /// May read `/metrics` (the `metrics` role; administrators may too).
+    pub metrics: bool,
     /// Permissions per vault row id (empty for administrators).
     pub permissions: HashMap<i64, Permissions>,
     /// When the token stops being valid.
@@ -28,6 +30,7 @@ impl Caller {
         Self {
             principal: name.to_owned(),
             admin: true,
+            metrics: true,
             permissions: HashMap::new(),
             expires: None,
         }
@@ -45,6 +48,19 @@ impl Caller {
         }
         Err(ApiError::forbidden(format!(
             "The principal '{}' does not have {need} permission on this vault.",
+            self.principal
+        ))
+        .inner("ForbiddenByPolicy"))
+    }
+
+    /// Refuses with 403 unless the caller may read `/metrics` (an administrator or a principal
+    /// with the `metrics` role).
+    pub fn require_metrics(&self) -> ApiResult<()> {
+        if self.admin || self.metrics {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "The principal '{}' may not read metrics: it needs the metrics role.",
             self.principal
         ))
         .inner("ForbiddenByPolicy"))
@@ -166,6 +182,7 @@ pub async fn authenticate(state: &Arc<AppState>, token: &str) -> Result<Arc<Call
             let caller = Arc::new(Caller {
                 principal: principal.name,
                 admin: principal.admin,
+                metrics: principal.admin || principal.metrics,
                 permissions,
                 expires,
             });

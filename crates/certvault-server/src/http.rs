@@ -131,13 +131,17 @@ fn unauthorized(state: &AppState, message: &str) -> Response<Body> {
     r
 }
 
-/// Serves connections until `shutdown` resolves.
+/// Serves connections until `shutdown` resolves, then stops accepting (the listening socket
+/// is closed, so new connections are refused) and waits up to `grace` for the connections
+/// open to finish their requests (idle keep-alive connections close at once). Returns the
+/// deadline (shutdown + `grace`), which the rest of the shutdown shares.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send,
-) {
+    grace: Duration,
+) -> tokio::time::Instant {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
@@ -180,12 +184,14 @@ pub async fn serve(
         });
     }
     drop(listener);
+    let deadline = tokio::time::Instant::now() + grace;
     tokio::select! {
         () = graceful.shutdown() => {},
-        () = tokio::time::sleep(Duration::from_secs(30)) => {
-            tracing::warn!("connections still open after 30 s; closing");
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::warn!(grace_seconds = grace.as_secs(), "requests still in flight at the end of the grace period; closing their connections");
         }
     }
+    deadline
 }
 
 /// A request id: 32 hex digits, unique within this process (a random start drawn once, plus a
@@ -199,25 +205,39 @@ fn next_request_id() -> String {
     format!("{:032x}", START.wrapping_add(u128::from(n)))
 }
 
+/// Handles one request inside a `request` span carrying its request id, so every log line
+/// written while it runs (by any layer: auth, handlers, store errors, the audit hook) names
+/// the request (`--log-format json`: the `span` member).
 async fn handle(
     state: Arc<AppState>,
     peer: std::net::SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    use tracing::Instrument as _;
+    let started = std::time::Instant::now();
     let request_id = next_request_id();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let target = crate::audit::target(&method, req.uri(), req.headers(), &state.http.base_domain);
-    let mut who = crate::audit::Who::Nobody;
-    let resp = route(&state, req, &request_id, &mut who).await;
-    // Every request but /healthz is recorded before its response leaves; if the record cannot
-    // be written the client gets a 500 instead (fail closed).
-    let mut resp = crate::audit::after_request(&state, resp, target, who, peer, &request_id).await;
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert("x-ms-request-id", v);
+    let span = tracing::info_span!("request", request_id = %request_id);
+    async move {
+        let method = req.method().clone();
+        let target =
+            crate::audit::target(&method, req.uri(), req.headers(), &state.http.base_domain);
+        let op = crate::metrics::operation_index(&target.operation);
+        let mut who = crate::audit::Who::Nobody;
+        let resp = route(&state, req, &request_id, &mut who).await;
+        // Every request but the probes is recorded before its response leaves; if the record
+        // cannot be written the client gets a 500 instead (fail closed).
+        let mut resp =
+            crate::audit::after_request(&state, resp, target, who, peer, &request_id).await;
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("x-ms-request-id", v);
+        }
+        let status = resp.status().as_u16();
+        state.metrics.request(op, status, started.elapsed());
+        tracing::debug!(%peer, %method, operation = crate::metrics::OPERATIONS.get(op).copied().unwrap_or("unknown"), status, "request");
+        resp
     }
-    tracing::debug!(%peer, %method, %path, status = resp.status().as_u16(), request_id, "request");
-    resp
+    .instrument(span)
+    .await
 }
 
 async fn route(
@@ -228,11 +248,14 @@ async fn route(
 ) -> Response<Body> {
     use crate::audit::Who;
     let path = req.uri().path();
-    if path == "/healthz" && req.method() == http::Method::GET {
-        let mut r = Response::new(Full::new(Bytes::from_static(b"ok\n")));
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        return r;
+    // Unauthenticated and not audited: probes.
+    if req.method() == http::Method::GET {
+        match path {
+            "/healthz" => return crate::ops::healthz(),
+            "/readyz" => return crate::ops::readyz(state).await,
+            "/openapi.json" => return crate::ops::openapi(),
+            _ => {}
+        }
     }
     // Authentication comes before routing and before the body is read.
     let token = req
@@ -272,6 +295,18 @@ async fn route(
         },
     };
     *who = Who::Principal(caller.principal.clone());
+    if req.uri().path() == "/metrics" && req.method() == http::Method::GET {
+        if let Err(e) = caller.require_metrics() {
+            return error_response(&e);
+        }
+        let text = state.metrics.render(state).await;
+        let mut r = Response::new(Full::new(Bytes::from(text)));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return r;
+    }
     let (parts, body) = req.into_parts();
     let body = match read_body(body, state.http.max_body).await {
         Ok(b) => b,

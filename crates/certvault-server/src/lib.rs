@@ -16,7 +16,10 @@ pub mod jwt;
 pub mod kv;
 pub mod lifecycle;
 pub mod masterkey;
+pub mod metrics;
 pub mod notify;
+pub mod openapi;
+pub mod ops;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -97,6 +100,10 @@ pub struct ServeOptions {
     /// When audit records wait for `fdatasync`: `Requested` (default: requests that change
     /// state and background actions; reads are synced within 5 ms) or `Always`.
     pub audit_sync: certvault_store::SyncPolicy,
+    /// A separate plain-HTTP listener for `GET /metrics`, when enabled.
+    pub metrics_listen: Option<metrics::MetricsListen>,
+    /// How long a shutdown waits for requests in flight and claimed lifecycle work.
+    pub shutdown_grace: std::time::Duration,
 }
 
 impl ServeOptions {
@@ -117,6 +124,8 @@ impl ServeOptions {
             identity: None,
             lifecycle: lifecycle::LifecycleSettings::default(),
             audit_sync: certvault_store::SyncPolicy::default(),
+            metrics_listen: None,
+            shutdown_grace: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -169,7 +178,11 @@ pub struct Started {
     pub state: Arc<AppState>,
     /// The bound address of the managed-identity endpoint, when enabled.
     pub identity_addr: Option<SocketAddr>,
+    /// The bound address of the separate metrics listener, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    shutdown_grace: std::time::Duration,
     tls: Arc<rustls::ServerConfig>,
     identity: Option<(tokio::net::TcpListener, identity::IdentitySettings)>,
 }
@@ -183,6 +196,14 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         );
     }
     let lifecycle = lifecycle::Lifecycle::new(opts.lifecycle.clone())?;
+    let metrics_listener = match opts.metrics_listen {
+        Some(m) => Some(metrics::bind(m).await?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr().map_err(|e| ServerError::Io(e.to_string()))?),
+        None => None,
+    };
     let identity = match &opts.identity {
         Some(i) => {
             identity::prepare(i)?;
@@ -297,17 +318,31 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         new_admin_token: dd.new_admin_token,
         state,
         identity_addr,
+        metrics_addr,
         listener,
+        metrics_listener,
+        shutdown_grace: opts.shutdown_grace,
         tls,
         identity,
     })
 }
 
 impl Started {
-    /// Serves until `shutdown` resolves, then stops accepting and lets open requests finish.
+    /// Serves until `shutdown` resolves, then shuts down gracefully:
+    ///
+    /// 1. `/readyz` turns 503 and the listeners stop accepting connections;
+    /// 2. requests in flight finish (up to the grace period; then their connections close);
+    /// 3. the lifecycle engine and the delivery worker claim nothing more; the items they are
+    ///    working on finish within what is left of the grace period; the leases of items
+    ///    still unfinished (or claimed and not started) are released, so another process
+    ///    (or the next start) takes them at once;
+    /// 4. ACME order tasks stop (their state is stored after every step; the next start
+    ///    resumes them);
+    /// 5. the audit journal is flushed into the database and the store is closed.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let store = self.state.store.clone();
-        let audit_state = self.state.clone();
+        let state = self.state.clone();
+        let grace = self.shutdown_grace;
         let purger = tokio::spawn(purge_loop(self.state.clone()));
         let lifecycle = self.state.lifecycle.settings.enabled.then(|| {
             (
@@ -315,36 +350,100 @@ impl Started {
                 tokio::spawn(notify::run_dispatcher(self.state.clone())),
             )
         });
-        let (stop_identity, identity_stopped) = tokio::sync::watch::channel(false);
+        let (stop_listeners, listeners_stopped) = tokio::sync::watch::channel(false);
+        let stopped = |rx: &tokio::sync::watch::Receiver<bool>| {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
         let identity = self.identity.map(|(listener, settings)| {
             let endpoint = Arc::new(identity::IdentityEndpoint::new(
                 self.state.clone(),
                 settings,
             ));
-            let mut stopped = identity_stopped;
-            tokio::spawn(endpoint.serve(listener, async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            }))
+            tokio::spawn(endpoint.serve(listener, stopped(&listeners_stopped)))
+        });
+        let metrics_task = self.metrics_listener.map(|listener| {
+            tokio::spawn(metrics::serve(
+                self.state.clone(),
+                listener,
+                stopped(&listeners_stopped),
+            ))
         });
         tokio::spawn(acme::resume_all(self.state.clone()));
-        let acme_state = self.state.clone();
-        http::serve(self.listener, self.tls, self.state, shutdown).await;
-        acme_state.acme.shutdown();
-        let _ = stop_identity.send(true);
-        if let Some(task) = identity {
-            let _ = task.await;
-        }
+        let stopping = self.state.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stopping.begin_shutdown();
+            tracing::info!("shutting down: no new connections; finishing requests in flight");
+        };
+        let deadline = http::serve(self.listener, self.tls, self.state, shutdown, grace).await;
+        let _ = stop_listeners.send(true);
+        // Background work: claim nothing more, let what runs finish, release the rest.
+        state.lifecycle.stop();
         purger.abort();
         let _ = purger.await;
         if let Some((engine, dispatcher)) = lifecycle {
-            engine.abort();
-            dispatcher.abort();
             let _ = engine.await;
             let _ = dispatcher.await;
+            loop {
+                let (jobs, deliveries) = state.lifecycle.in_flight();
+                if jobs == 0 && deliveries == 0 {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(
+                        jobs,
+                        deliveries,
+                        "lifecycle work still running at the end of the grace period; its leases are released"
+                    );
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            release_leases(&state).await;
         }
-        audit_state.auditor.stop().await;
+        state.acme.shutdown();
+        if let Some(task) = identity {
+            let _ = task.await;
+        }
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
+        state.auditor.stop().await;
         store.close();
+        tracing::info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// Releases the leases this process holds (lifecycle items it claimed and did not finish),
+/// and, when deliveries are still in flight, the delivery leases (with SQLite one process owns
+/// the database, so every delivery lease is this process's).
+async fn release_leases(state: &AppState) {
+    use certvault_store::Scheduler as _;
+    let now = state.clock.now();
+    match state
+        .store
+        .release_leases_of(&state.lifecycle.owner, now)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            items = n,
+            "released the leases of unfinished lifecycle items"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not release lifecycle leases"),
+    }
+    if state.lifecycle.in_flight().1 > 0 {
+        match state.store.release_delivery_leases(now).await {
+            Ok(n) => tracing::info!(
+                deliveries = n,
+                "released the leases of unfinished deliveries"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not release delivery leases"),
+        }
     }
 }
 

@@ -85,6 +85,10 @@ pub struct AppState {
     /// ACME order tasks and account clients.
     pub acme: crate::acme::AcmeRuntime,
     vaults: RwLock<HashMap<String, Arc<VaultCtx>>>,
+    /// Request counters and histograms, delivery counters, the per-certificate scrape cache.
+    pub metrics: crate::metrics::Metrics,
+    /// Set when a shutdown has begun (`/readyz` answers 503 from then on).
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// The most rendered secrets kept in memory (bytes): 32 MiB holds about 10,000 RSA-2048
@@ -122,7 +126,21 @@ impl AppState {
             lifecycle: crate::lifecycle::Lifecycle::default(),
             acme: crate::acme::AcmeRuntime::default(),
             vaults: RwLock::new(HashMap::new()),
+            metrics: crate::metrics::Metrics::new(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks the server as shutting down.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Accepts JWTs verified by `jwt` as bearer tokens.

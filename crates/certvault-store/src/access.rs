@@ -50,6 +50,8 @@ pub struct PrincipalRecord {
     pub admin: bool,
     /// A disabled principal's tokens are refused.
     pub disabled: bool,
+    /// May read `/metrics` (administrators may anyway).
+    pub metrics: bool,
     /// Free text.
     pub description: Option<String>,
     /// Creation time.
@@ -93,7 +95,7 @@ pub struct PolicyRecord {
 }
 
 pub(crate) const PRINCIPAL_COLS: &str =
-    "p.id, p.name, p.admin, p.disabled, p.description, p.created, p.updated";
+    "p.id, p.name, p.admin, p.disabled, p.description, p.created, p.updated, p.metrics";
 
 fn principal_row(r: &Row<'_>, o: usize) -> rusqlite::Result<PrincipalRecord> {
     Ok(PrincipalRecord {
@@ -104,6 +106,7 @@ fn principal_row(r: &Row<'_>, o: usize) -> rusqlite::Result<PrincipalRecord> {
         description: r.get(o + 4)?,
         created: r.get(o + 5)?,
         updated: r.get(o + 6)?,
+        metrics: r.get(o + 7)?,
     })
 }
 
@@ -357,6 +360,25 @@ impl SqliteStore {
                     description.unwrap_or(p.description),
                     now
                 ],
+            )?;
+            get_principal(c, &key)
+        })
+        .await
+    }
+
+    /// Gives or takes the `metrics` role (reading `/metrics`).
+    pub async fn set_principal_metrics(
+        &self,
+        name_key: &str,
+        metrics: bool,
+        now: i64,
+    ) -> Result<PrincipalRecord, StoreError> {
+        let key = name_key.to_owned();
+        self.write(move |c| {
+            let p = get_principal(c, &key)?;
+            c.execute(
+                "UPDATE principals SET metrics = ?2, updated = ?3 WHERE id = ?1",
+                params![p.id, metrics, now],
             )?;
             get_principal(c, &key)
         })

@@ -102,6 +102,8 @@ enum Msg {
 #[derive(Clone)]
 pub struct AuditJournal {
     tx: Arc<Mutex<Option<mpsc::Sender<Msg>>>>,
+    /// Set by the journal thread when appends are refused until restart (see `broken`).
+    broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for AuditJournal {
@@ -248,6 +250,8 @@ struct Journal {
     always_sync: bool,
     /// When the oldest record written but not yet synced was written.
     unsynced_since: Option<Instant>,
+    /// Mirrors `broken` for [`AuditJournal::is_running`].
+    broken_flag: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Journal {
@@ -399,6 +403,8 @@ impl Journal {
                 if let Err(e2) = undone {
                     tracing::error!(error = %e2, "the audit journal cannot be repaired; audited requests fail until restart");
                     self.broken = Some(why.clone());
+                    self.broken_flag
+                        .store(true, std::sync::atomic::Ordering::Release);
                 }
                 (self.seq, self.prev, self.floor) = (seq0, prev0, floor0);
                 for (_, reply) in answers {
@@ -648,6 +654,7 @@ impl AuditJournal {
         // Check the head (recording a lost head) and continue the chain after the last record.
         let (seq, prev, floor) = store.audit_chain_end(chain.clone()).await?;
         let (tx, rx) = mpsc::channel();
+        let broken_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let first_dir = dir.clone();
         let file =
             tokio::task::spawn_blocking(move || prepare_segment(&first_dir, last_segment + 1))
@@ -675,6 +682,7 @@ impl AuditJournal {
             broken: None,
             always_sync: policy == SyncPolicy::Always,
             unsynced_since: None,
+            broken_flag: broken_flag.clone(),
         };
         std::thread::Builder::new()
             .name("certvault-audit-journal".into())
@@ -682,7 +690,15 @@ impl AuditJournal {
             .map_err(|e| StoreError::Open(e.to_string()))?;
         Ok(Self {
             tx: Arc::new(Mutex::new(Some(tx))),
+            broken: broken_flag,
         })
+    }
+
+    /// Whether the journal accepts appends: open, not closed, and not refusing appends after
+    /// a write it could not undo.
+    pub fn is_running(&self) -> bool {
+        let open = self.tx.lock().map(|g| g.is_some()).unwrap_or(false);
+        open && !self.broken.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn send(&self, m: Msg) -> Result<(), StoreError> {
@@ -1010,6 +1026,7 @@ mod tests {
             broken: None,
             always_sync: false,
             unsynced_since: None,
+            broken_flag: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let (reply, answer) = oneshot::channel();
         j.append_round(vec![Unit {
@@ -1022,6 +1039,7 @@ mod tests {
         // The partial append could not be cut off either (read-only): the journal refuses
         // every later append instead of writing after a damaged record (fail closed).
         assert!(j.broken.is_some());
+        assert!(j.broken_flag.load(std::sync::atomic::Ordering::Acquire));
         j.rotate().unwrap();
         let (reply, answer) = oneshot::channel();
         j.append_round(vec![Unit {

@@ -225,6 +225,22 @@ pub trait Scheduler {
     /// Makes every leased item due at `now` (at start: with one server per SQLite database,
     /// every lease belongs to a process that is gone). Returns how many.
     fn release_leases(&self, now: i64) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Makes the items leased to `owner` due at `now` (at a clean shutdown: work this process
+    /// claimed and did not finish is taken at once by the next claimer instead of after the
+    /// lease). Returns how many.
+    fn release_leases_of(
+        &self,
+        owner: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// How many items are leased to `owner` now.
+    fn leases_of(
+        &self,
+        owner: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 }
 
 impl Scheduler for SqliteStore {
@@ -281,6 +297,31 @@ impl Scheduler for SqliteStore {
                  WHERE lease_owner IS NOT NULL",
                 [now],
             )?)
+        })
+        .await
+    }
+
+    async fn release_leases_of(&self, owner: &str, now: i64) -> Result<usize, StoreError> {
+        let owner = owner.to_owned();
+        self.write_bookkeeping(move |c| {
+            Ok(c.execute(
+                "UPDATE jobs SET due = ?1, lease_owner = NULL, lease_until = NULL \
+                 WHERE lease_owner = ?2",
+                params![now, owner],
+            )?)
+        })
+        .await
+    }
+
+    async fn leases_of(&self, owner: &str, now: i64) -> Result<usize, StoreError> {
+        let owner = owner.to_owned();
+        self.read(move |c| {
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE lease_owner = ?1 AND lease_until > ?2",
+                params![owner, now],
+                |r| r.get(0),
+            )?;
+            Ok(usize::try_from(n).unwrap_or(0))
         })
         .await
     }
@@ -429,6 +470,23 @@ mod tests {
         assert!(s.claim_due(11, "w", 60, 10).await.unwrap().is_empty());
         assert_eq!(s.release_leases(11).await.unwrap(), 1);
         assert_eq!(s.claim_due(11, "w", 60, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn release_leases_of_frees_only_that_owners_items() {
+        let (_d, s) = store();
+        s.put_job("t", "a", None, 5, None).await.unwrap();
+        s.put_job("t", "b", None, 6, None).await.unwrap();
+        assert_eq!(s.claim_due(10, "me", 3600, 1).await.unwrap().len(), 1);
+        assert_eq!(s.claim_due(10, "other", 3600, 1).await.unwrap().len(), 1);
+        assert_eq!(s.leases_of("me", 11).await.unwrap(), 1);
+        assert_eq!(s.release_leases_of("me", 11).await.unwrap(), 1);
+        assert_eq!(s.leases_of("me", 11).await.unwrap(), 0);
+        assert_eq!(s.leases_of("other", 11).await.unwrap(), 1);
+        // The released item is due at once; the other stays leased.
+        let again = s.claim_due(11, "w", 60, 10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].subject, "a");
     }
 
     #[tokio::test]

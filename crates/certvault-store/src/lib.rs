@@ -23,8 +23,10 @@ mod pg_audit;
 mod pg_jobs;
 mod pg_outbox;
 mod pg_schema;
+mod pg_status;
 mod records;
 mod sqlite;
+mod status;
 mod store;
 
 pub use access::{PolicyRecord, PrincipalRecord, TokenRecord};
@@ -43,5 +45,6 @@ pub use outbox::{
 };
 pub use pg::PgStore;
 pub use records::*;
-pub use sqlite::{SqliteStore, Which};
+pub use sqlite::{SqliteStore, StoreHealth, Which};
+pub use status::{CertificateStatus, QueueStatus};
 pub use store::{Store, is_postgres_url};

@@ -16,6 +16,7 @@ fn principal_row(r: &Row, o: usize) -> Result<PrincipalRecord, StoreError> {
         description: col(r, o + 4)?,
         created: col(r, o + 5)?,
         updated: col(r, o + 6)?,
+        metrics: col(r, o + 7)?,
     })
 }
 
@@ -503,5 +504,30 @@ impl PgStore {
             policy_row,
         )
         .await
+    }
+}
+
+impl PgStore {
+    /// Grants or withdraws the `metrics` role (reading `/metrics`).
+    pub async fn set_principal_metrics(
+        &self,
+        name_key: &str,
+        metrics: bool,
+        now: i64,
+    ) -> Result<PrincipalRecord, StoreError> {
+        let c = self.conn().await?;
+        let out = one(
+            &c,
+            &format!(
+                "UPDATE principals AS p SET metrics = $2, updated = $3 WHERE name_key = $1 \
+                 RETURNING {PRINCIPAL_COLS}"
+            ),
+            &[&name_key, &metrics, &now],
+            |r| principal_row(r, 0),
+        )
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        self.bump();
+        Ok(out)
     }
 }

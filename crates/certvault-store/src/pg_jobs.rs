@@ -116,6 +116,30 @@ impl Scheduler for PgStore {
             .await?;
         Ok(count(n))
     }
+
+    async fn release_leases_of(&self, owner: &str, now: i64) -> Result<usize, StoreError> {
+        let c = self.conn().await?;
+        let n = c
+            .execute(
+                "UPDATE jobs SET due = $1, lease_owner = NULL, lease_until = NULL \
+                 WHERE lease_owner = $2",
+                &[&now, &owner],
+            )
+            .await?;
+        Ok(count(n))
+    }
+
+    async fn leases_of(&self, owner: &str, now: i64) -> Result<usize, StoreError> {
+        let c = self.conn().await?;
+        let row = c
+            .query_one(
+                "SELECT COUNT(*) FROM jobs WHERE lease_owner = $1 AND lease_until > $2",
+                &[&owner, &now],
+            )
+            .await?;
+        let n: i64 = row.try_get(0)?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
 }
 
 impl PgStore {

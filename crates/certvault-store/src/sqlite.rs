@@ -102,6 +102,10 @@ ALTER TABLE versions ADD COLUMN key_ops TEXT;
     crate::jobs::MIGRATION,
     crate::outbox::MIGRATION,
     crate::acme::MIGRATION,
+    // principals that may read /metrics (a monitoring role, not an administrator)
+    r#"
+ALTER TABLE principals ADD COLUMN metrics INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 type Job = Box<dyn WriteJob>;
@@ -504,6 +508,17 @@ fn cert_version_sql(deleted: bool, which: Which<'_>) -> &'static str {
     SQL[usize::from(deleted)][form].as_str()
 }
 
+/// What [`SqliteStore::health`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// Whether writes are accepted (the writer is running).
+    pub writer: bool,
+    /// The schema version of the database.
+    pub schema_version: i64,
+    /// The schema version this build migrates to.
+    pub schema_expected: i64,
+}
+
 /// Which version a read wants.
 #[derive(Debug, Clone, Copy)]
 pub enum Which<'a> {
@@ -558,11 +573,41 @@ impl SqliteStore {
         }
     }
 
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
     /// Where the audit journal keeps its segments: `<database>-audit`.
     pub fn audit_journal_dir(&self) -> PathBuf {
         let mut p = self.inner.path.clone().into_os_string();
         p.push("-audit");
         PathBuf::from(p)
+    }
+
+    /// The readiness probe's look at the database: a trivial query on a reader connection,
+    /// the schema version the database is at, and whether the writer thread is running.
+    pub async fn health(&self) -> Result<StoreHealth, StoreError> {
+        let writer = self
+            .inner
+            .writer
+            .lock()
+            .map(|w| w.is_some())
+            .unwrap_or(false);
+        let schema = self
+            .read(|c| {
+                let one: i64 = c.query_row("SELECT 1", [], |r| r.get(0))?;
+                if one != 1 {
+                    return Err(StoreError::Corrupt("SELECT 1 did not return 1".into()));
+                }
+                Ok(c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?)
+            })
+            .await?;
+        Ok(StoreHealth {
+            writer,
+            schema_version: schema,
+            schema_expected: i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX),
+        })
     }
 
     /// The change epoch: a number that grows after every committed write that may change

@@ -14,6 +14,7 @@ use crate::{
     Rewrap, Scheduler, SqliteStore, StoreError, TokenRecord, Vault, VersionRecord, VersionUpdate,
     Which,
 };
+use crate::{CertificateStatus, QueueStatus, StoreHealth};
 
 /// A certvault store on one of the two backends.
 #[derive(Clone, Debug)]
@@ -182,6 +183,14 @@ dispatch! {
     fn principal(&self, name_key: &str) -> Result<Option<PrincipalRecord>, StoreError>;
     /// Every principal.
     fn list_principals(&self) -> Result<Vec<PrincipalRecord>, StoreError>;
+    /// Grants or withdraws the `metrics` role.
+    fn set_principal_metrics(&self, name_key: &str, metrics: bool, now: i64) -> Result<PrincipalRecord, StoreError>;
+    /// Every live certificate's newest completed version with its marks (for `/metrics`).
+    fn certificate_statuses(&self) -> Result<Vec<CertificateStatus>, StoreError>;
+    /// The depth of the delivery outbox and the job queue.
+    fn queue_status(&self, now: i64) -> Result<QueueStatus, StoreError>;
+    /// The readiness probe's look at the database.
+    fn health(&self) -> Result<StoreHealth, StoreError>;
     /// Changes a principal.
     fn update_principal(&self, name_key: &str, disabled: Option<bool>, admin: Option<bool>, description: Option<Option<String>>, now: i64) -> Result<PrincipalRecord, StoreError>;
     /// Deletes a principal.
@@ -309,6 +318,20 @@ impl Scheduler for Store {
         match self {
             Self::Sqlite(s) => s.release_leases(now).await,
             Self::Postgres(p) => p.release_leases(now).await,
+        }
+    }
+
+    async fn release_leases_of(&self, owner: &str, now: i64) -> Result<usize, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.release_leases_of(owner, now).await,
+            Self::Postgres(p) => p.release_leases_of(owner, now).await,
+        }
+    }
+
+    async fn leases_of(&self, owner: &str, now: i64) -> Result<usize, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.leases_of(owner, now).await,
+            Self::Postgres(p) => p.leases_of(owner, now).await,
         }
     }
 }

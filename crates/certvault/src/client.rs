@@ -750,6 +750,17 @@ pub(crate) enum AdminCommand {
         #[arg(long, value_name = "URL")]
         to: String,
     },
+    /// Take an online backup of the server's database (SQLite's backup API; the audit trail
+    /// is flushed into it first) and write it to --out. Keep master.key separately: the backup
+    /// is useless without it (docs/operations.md).
+    Backup {
+        #[command(flatten)]
+        conn: Conn,
+        /// Where to write the backup (a SQLite database file, created with mode 0600; it must
+        /// not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Show the server's clock, or move a test clock forward (servers started with
     /// --test-clock only).
     TestClock {
@@ -765,6 +776,7 @@ pub(crate) async fn run_admin(cmd: AdminCommand) -> Result<()> {
     match cmd {
         AdminCommand::TestClock { conn, advance } => lifecycle::test_clock(&conn, advance).await,
         AdminCommand::Migrate { from_sqlite, to } => migrate(&from_sqlite, &to).await,
+        AdminCommand::Backup { conn, out } => backup(&conn, &out).await,
         AdminCommand::RotateMasterKey { conn, to } => {
             let c = Client::new(&conn)?;
             let url = format!("{}/admin/v1/master-key/rotate", c.base);
@@ -824,6 +836,60 @@ async fn migrate(data_dir: &Path, to: &str) -> Result<()> {
         "copied {total} rows; start the server with --data-dir {} --database <URL>",
         data_dir.display()
     );
+    Ok(())
+}
+
+async fn backup(conn: &Conn, out: &Path) -> Result<()> {
+    let c = Client::new(conn)?;
+    let url = format!("{}/admin/v1/backup", c.base);
+    let resp = c
+        .http
+        .post(url)
+        .bearer_auth(&c.token)
+        .timeout(Duration::from_secs(3600))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {}", c.base))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        bail!(
+            "{} {}: {}",
+            status.as_u16(),
+            v["error"]["code"].as_str().unwrap_or("Error"),
+            v["error"]["message"].as_str().unwrap_or("")
+        );
+    }
+    let bytes = resp.bytes().await?;
+    if !bytes.starts_with(b"SQLite format 3\0") {
+        bail!("the server's answer is not a SQLite database");
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    f.write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", out.display()))?;
+    if conn.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"out": out, "bytes": bytes.len()}))?
+        );
+    } else {
+        println!(
+            "backup written to {} ({} bytes); keep master.key with it",
+            out.display(),
+            bytes.len()
+        );
+    }
     Ok(())
 }
 

@@ -58,6 +58,9 @@ enum Command {
     /// Deliveries of events to channels and e-mail: history, dead letters, replay (admin).
     #[command(subcommand)]
     Delivery(client::DeliveryCommand),
+    /// Print the OpenAPI 3.1 document of the admin API (the one served at /openapi.json and
+    /// committed as docs/openapi.json).
+    Openapi,
 }
 
 /// Settings of `certvault serve`; each also reads a `CERTVAULT_*` variable and a key of the
@@ -200,11 +203,27 @@ struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, env = "CERTVAULT_CONFIG")]
     config: Option<PathBuf>,
+    /// Serve GET /metrics (Prometheus) without a token over plain HTTP on this address too,
+    /// e.g. 127.0.0.1:9464. Must be a loopback address unless --metrics-listen-public.
+    #[arg(long, env = "CERTVAULT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Allow --metrics-listen on a non-loopback address (anyone who reaches it reads the
+    /// metrics, vault and certificate names included).
+    #[arg(long, env = "CERTVAULT_METRICS_LISTEN_PUBLIC")]
+    metrics_listen_public: bool,
+    /// Seconds a shutdown (SIGTERM, SIGINT) waits for requests in flight and claimed
+    /// lifecycle work before closing connections and releasing leases. Default 30.
+    #[arg(long, env = "CERTVAULT_SHUTDOWN_GRACE")]
+    shutdown_grace: Option<u64>,
     /// Log filter (e.g. info, debug, certvault_server=debug). Default info.
     #[arg(long, env = "CERTVAULT_LOG")]
     log: Option<String>,
-    /// Log as JSON lines.
-    #[arg(long, env = "CERTVAULT_LOG_JSON")]
+    /// Log format: text (default) or json (one JSON object per line, with the request id of
+    /// the request a line belongs to).
+    #[arg(long, env = "CERTVAULT_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// Same as --log-format json (kept for compatibility).
+    #[arg(long, env = "CERTVAULT_LOG_JSON", hide = true)]
     log_json: bool,
 }
 
@@ -251,6 +270,10 @@ struct FileConfig {
     smtp_from: Option<String>,
     smtp_ca_file: Option<PathBuf>,
     delivery_max_attempts: Option<i64>,
+    metrics_listen: Option<SocketAddr>,
+    metrics_listen_public: Option<bool>,
+    shutdown_grace: Option<u64>,
+    log_format: Option<String>,
 }
 
 /// Lifecycle and notification settings from flags, variables and the file.
@@ -471,7 +494,28 @@ async fn serve(mut args: ServeArgs) -> Result<()> {
         .clone()
         .or(file.log.clone())
         .unwrap_or_else(|| "info".into());
-    init_logging(&log, args.log_json);
+    let json_logs = match args
+        .log_format
+        .clone()
+        .or(file.log_format.clone())
+        .as_deref()
+    {
+        None => args.log_json,
+        Some("json") => true,
+        Some("text") => false,
+        Some(other) => bail!("--log-format must be json or text, not '{other}'"),
+    };
+    init_logging(&log, json_logs);
+    let shutdown_grace = args.shutdown_grace.or(file.shutdown_grace).unwrap_or(30);
+    if shutdown_grace > 3600 {
+        bail!("--shutdown-grace must be at most 3600 seconds");
+    }
+    let metrics_listen = args.metrics_listen.or(file.metrics_listen).map(|addr| {
+        certvault_server::metrics::MetricsListen {
+            addr,
+            public: args.metrics_listen_public || file.metrics_listen_public.unwrap_or(false),
+        }
+    });
     let base_domain = args
         .base_domain
         .or(file.base_domain)
@@ -540,6 +584,8 @@ async fn serve(mut args: ServeArgs) -> Result<()> {
         identity,
         lifecycle,
         audit_sync,
+        metrics_listen,
+        shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
     };
     let clock: certvault_core::clock::SharedClock = if args.test_clock {
         eprintln!("!!! certvault runs with a TEST CLOCK: the admin API can move time forward.");
@@ -568,6 +614,9 @@ async fn serve(mut args: ServeArgs) -> Result<()> {
         "  vault URLs: https://<vault>.{}:{port} (any other host name reaches the vault 'default')",
         opts.base_domain
     );
+    if let Some(a) = started.metrics_addr {
+        eprintln!("  metrics (no token): http://{a}/metrics");
+    }
     if let Some(a) = started.identity_addr {
         eprintln!("  managed identity endpoint: http://{a}/metadata/identity/oauth2/token");
         eprintln!(
@@ -648,6 +697,10 @@ fn main() -> ExitCode {
             Command::Vault(cmd) => client::run_vault(cmd).await,
             Command::Principal(cmd) => client::run_principal(cmd).await,
             Command::Policy(cmd) => client::run_policy(cmd).await,
+            Command::Openapi => {
+                print!("{}", certvault_server::openapi::document_text());
+                Ok(())
+            }
         }
     });
     match result {
@@ -655,6 +708,77 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/certvault.example.toml"
+    );
+
+    /// docs/certvault.example.toml parses with the real loader as it is, and with every
+    /// commented-out key uncommented; and it names every setting of `certvault serve`.
+    #[test]
+    fn the_example_config_parses_and_names_every_setting() {
+        let cfg = load_config(Path::new(EXAMPLE)).unwrap();
+        assert_eq!(cfg.listen, Some(SocketAddr::from(([127, 0, 0, 1], 8443))));
+        assert_eq!(cfg.shutdown_grace, Some(30));
+        assert_eq!(cfg.log_format.as_deref(), Some("text"));
+        let text = std::fs::read_to_string(EXAMPLE).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                let rest = l.strip_prefix("# ").unwrap_or("");
+                let key = rest.split(" = ").next().unwrap_or("");
+                let is_key = !key.is_empty()
+                    && rest.contains(" = ")
+                    && (key
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                        || key.starts_with('"'));
+                if is_key || rest.starts_with('[') {
+                    // drop a trailing comment after the value
+                    rest.split("   #")
+                        .next()
+                        .unwrap_or(rest)
+                        .trim_end()
+                        .to_owned()
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let dir = tempfile::tempdir().unwrap();
+        let all = dir.path().join("all.toml");
+        std::fs::write(&all, &uncommented).unwrap();
+        let full = load_config(&all).unwrap_or_else(|e| panic!("{e:#}\n{uncommented}"));
+        assert!(
+            full.smtp_host.is_some()
+                && full.jwt_principals.is_some()
+                && full.metrics_listen.is_some()
+        );
+        let keys: std::collections::HashSet<&str> = uncommented
+            .lines()
+            .filter_map(|l| l.split(" = ").next())
+            .collect();
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let serve = cmd.find_subcommand("serve").unwrap();
+        for arg in serve.get_arguments() {
+            let id = arg.get_id().as_str();
+            if ["config", "test_clock", "log_json", "help"].contains(&id) {
+                continue;
+            }
+            assert!(
+                keys.contains(id),
+                "docs/certvault.example.toml does not name `{id}`"
+            );
         }
     }
 }

@@ -73,6 +73,8 @@ pub struct Lifecycle {
     pub notifier: Notifier,
     jobs_in_flight: Mutex<HashSet<i64>>,
     pub(crate) deliveries_in_flight: Mutex<HashSet<i64>>,
+    /// Set to `true` at shutdown: the engine and the delivery worker claim nothing more.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -106,7 +108,35 @@ impl Lifecycle {
             notifier,
             jobs_in_flight: Mutex::new(HashSet::new()),
             deliveries_in_flight: Mutex::new(HashSet::new()),
+            stop: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Stops claiming work (shutdown); what is in flight runs on.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Whether [`Lifecycle::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves once [`Lifecycle::stop`] has been called.
+    pub(crate) async fn stopped(&self) {
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Lifecycle items and deliveries being worked on in this process.
+    pub fn in_flight(&self) -> (usize, usize) {
+        let jobs = self.jobs_in_flight.lock().map(|s| s.len()).unwrap_or(0);
+        let deliveries = self
+            .deliveries_in_flight
+            .lock()
+            .map(|s| s.len())
+            .unwrap_or(0);
+        (jobs, deliveries)
     }
 
     /// Wakes both workers (e.g. after the test clock moved).
@@ -129,7 +159,8 @@ impl Lifecycle {
     }
 }
 
-/// Runs the engine until the task is aborted.
+/// Runs the engine until [`Lifecycle::stop`] (or the task is aborted). Items it claimed and
+/// did not start when stopped stay leased to this process; the shutdown releases them.
 pub async fn run_engine(state: Arc<AppState>) {
     let lc = &state.lifecycle;
     match state.store.release_leases(state.clock.now()).await {
@@ -144,6 +175,9 @@ pub async fn run_engine(state: Arc<AppState>) {
         lc.settings.renew_concurrency.max(1),
     ));
     loop {
+        if lc.is_stopping() {
+            return;
+        }
         let now = state.clock.now();
         let claimed = match state
             .store
@@ -159,12 +193,19 @@ pub async fn run_engine(state: Arc<AppState>) {
         };
         let full = i64::try_from(claimed.len()).unwrap_or(0) >= JOB_BATCH;
         for job in claimed {
+            if lc.is_stopping() {
+                return;
+            }
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                () = lc.stopped() => return,
+            };
             if !lc.begin_job(job.id) {
                 continue;
             }
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
             let st = state.clone();
             tokio::spawn(async move {
                 let id = job.id;
@@ -179,6 +220,7 @@ pub async fn run_engine(state: Arc<AppState>) {
             tokio::select! {
                 () = lc.wake.notified() => {}
                 () = tokio::time::sleep(lc.settings.tick) => {}
+                () = lc.stopped() => return,
             }
         }
     }

@@ -334,7 +334,7 @@ fn request_error(e: &reqwest::Error) -> String {
     }
 }
 
-/// Runs the delivery worker until the task is aborted.
+/// Runs the delivery worker until the lifecycle is stopped (or the task is aborted).
 pub async fn run_dispatcher(state: Arc<AppState>) {
     const LEASE: i64 = 120;
     const BATCH: i64 = 512;
@@ -351,6 +351,9 @@ pub async fn run_dispatcher(state: Arc<AppState>) {
         lc.settings.delivery.concurrency.max(1),
     ));
     loop {
+        if lc.is_stopping() {
+            return;
+        }
         let now = state.clock.now();
         let claimed = match state.store.claim_deliveries(now, LEASE, BATCH).await {
             Ok(c) => c,
@@ -362,6 +365,9 @@ pub async fn run_dispatcher(state: Arc<AppState>) {
         };
         let full = i64::try_from(claimed.len()).unwrap_or(0) >= BATCH;
         for d in claimed {
+            if lc.is_stopping() {
+                return;
+            }
             let fresh = lc
                 .deliveries_in_flight
                 .lock()
@@ -370,8 +376,17 @@ pub async fn run_dispatcher(state: Arc<AppState>) {
             if !fresh {
                 continue;
             }
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                () = lc.stopped() => {
+                    if let Ok(mut s) = lc.deliveries_in_flight.lock() {
+                        s.remove(&d.id);
+                    }
+                    return;
+                }
             };
             let st = state.clone();
             tokio::spawn(async move {
@@ -390,6 +405,7 @@ pub async fn run_dispatcher(state: Arc<AppState>) {
             tokio::select! {
                 () = lc.wake_delivery.notified() => {}
                 () = tokio::time::sleep(lc.settings.tick) => {}
+                () = lc.stopped() => return,
             }
         }
     }
@@ -423,6 +439,15 @@ async fn deliver(state: &AppState, d: DeliveryJob) -> Result<(), StoreError> {
     } else {
         DeliveryNext::RetryAt(now + settings.backoff(attempt))
     };
+    state.metrics.delivery(
+        d.channel.as_ref().map(|c| c.kind.as_str()),
+        match next {
+            DeliveryNext::Skipped => crate::metrics::DeliveryResult::Skipped,
+            DeliveryNext::Delivered => crate::metrics::DeliveryResult::Delivered,
+            DeliveryNext::Dead => crate::metrics::DeliveryResult::Dead,
+            DeliveryNext::RetryAt(_) => crate::metrics::DeliveryResult::Retry,
+        },
+    );
     if !answer.ok() && !skip {
         tracing::info!(delivery = d.id, event = %d.event.uid, attempt, error = ?answer.error, "delivery attempt failed");
     }

@@ -1,0 +1,96 @@
+//! The monitoring views of `status.rs` and the readiness probe on PostgreSQL.
+
+use crate::pg::{all, col, one};
+use crate::pg_schema::PG_MIGRATIONS;
+use crate::{CertificateStatus, PgStore, QueueStatus, StoreError, StoreHealth};
+
+impl PgStore {
+    /// Every live certificate with its newest completed version and that version's marks
+    /// (see `SqliteStore::certificate_statuses`).
+    pub async fn certificate_statuses(&self) -> Result<Vec<CertificateStatus>, StoreError> {
+        let c = self.conn().await?;
+        all(
+            &c,
+            "SELECT va.name, ce.name, ce.policy, v.version, v.seq, v.created, v.nbf, v.exp, \
+             ARRAY(SELECT m.mark FROM lifecycle_marks m \
+                WHERE m.cert_id = ce.id AND m.version = v.version ORDER BY m.mark), \
+             EXISTS (SELECT 1 FROM operations o WHERE o.cert_id = ce.id AND o.status = 'inProgress'), \
+             (SELECT MAX(m.at) FROM lifecycle_marks m \
+                WHERE m.cert_id = ce.id AND m.version = v.version AND m.mark LIKE 'retry:%') \
+             FROM certificates ce \
+             JOIN vaults va ON va.id = ce.vault_id \
+             JOIN versions v ON v.id = (SELECT x.id FROM versions x \
+                WHERE x.cert_id = ce.id AND x.cer IS NOT NULL ORDER BY x.seq DESC LIMIT 1) \
+             WHERE ce.deleted_at IS NULL AND va.deleted_at IS NULL \
+             ORDER BY va.name_key, ce.name_key",
+            &[],
+            |r| {
+                let marks: Vec<String> = col(r, 8)?;
+                Ok(CertificateStatus {
+                    vault: col(r, 0)?,
+                    name: col(r, 1)?,
+                    policy: col(r, 2)?,
+                    version: col(r, 3)?,
+                    seq: col(r, 4)?,
+                    created: col(r, 5)?,
+                    nbf: col(r, 6)?,
+                    exp: col(r, 7)?,
+                    made: marks.iter().any(|m| m == "made"),
+                    marks,
+                    op_in_progress: col(r, 9)?,
+                    last_failure_at: col(r, 10)?,
+                })
+            },
+        )
+        .await
+    }
+
+    /// The depth of the delivery outbox and the lifecycle job queue at `now`.
+    pub async fn queue_status(&self, now: i64) -> Result<QueueStatus, StoreError> {
+        let c = self.conn().await?;
+        let row = one(
+            &c,
+            "SELECT \
+               (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'), \
+               (SELECT COUNT(*) FROM deliveries WHERE status = 'dead'), \
+               (SELECT MIN(next_try) FROM deliveries \
+                  WHERE status = 'pending' AND leased = 0 AND next_try <= $1), \
+               (SELECT COUNT(*) FROM jobs \
+                  WHERE due <= $1 AND (lease_until IS NULL OR lease_until <= $1)), \
+               (SELECT MIN(due) FROM jobs \
+                  WHERE due <= $1 AND (lease_until IS NULL OR lease_until <= $1)), \
+               (SELECT COUNT(*) FROM jobs WHERE lease_until IS NOT NULL AND lease_until > $1)",
+            &[&now],
+            |r| {
+                Ok(QueueStatus {
+                    deliveries_pending: col(r, 0)?,
+                    deliveries_dead: col(r, 1)?,
+                    oldest_due_delivery: col(r, 2)?,
+                    jobs_due: col(r, 3)?,
+                    oldest_due_job: col(r, 4)?,
+                    jobs_leased: col(r, 5)?,
+                })
+            },
+        )
+        .await?;
+        row.ok_or_else(|| StoreError::Database("the queue status query returned no row".into()))
+    }
+
+    /// The readiness probe's look at the database: a round trip and the schema version.
+    pub async fn health(&self) -> Result<StoreHealth, StoreError> {
+        let c = self.conn().await?;
+        let version = one(
+            &c,
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+            &[],
+            |r| col::<i64>(r, 0),
+        )
+        .await?
+        .unwrap_or(0);
+        Ok(StoreHealth {
+            writer: true,
+            schema_version: version,
+            schema_expected: i64::try_from(PG_MIGRATIONS.len()).unwrap_or(i64::MAX),
+        })
+    }
+}
