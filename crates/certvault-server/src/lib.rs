@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod masterkey;
 pub mod notify;
 pub mod state;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

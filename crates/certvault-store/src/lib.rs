@@ -14,6 +14,7 @@ mod jobs;
 mod outbox;
 mod records;
 mod sqlite;
+mod ui;
 
 pub use access::{PolicyRecord, PrincipalRecord, TokenRecord};
 pub use acme::{AcmeAccountRecord, AcmeOrderRecord};
@@ -30,3 +31,4 @@ pub use outbox::{
 };
 pub use records::*;
 pub use sqlite::{SqliteStore, Which};
+pub use ui::{UiCertQuery, UiSession, UiState, ui_list_sql};

@@ -102,6 +102,7 @@ ALTER TABLE versions ADD COLUMN key_ops TEXT;
     crate::jobs::MIGRATION,
     crate::outbox::MIGRATION,
     crate::acme::MIGRATION,
+    crate::ui::MIGRATION,
 ];
 
 type Job = Box<dyn WriteJob>;
@@ -287,9 +288,9 @@ fn now_none<T>(r: Result<T, rusqlite::Error>) -> Result<Option<T>, StoreError> {
     r.optional().map_err(StoreError::from)
 }
 
-const CERT_COLS: &str = "c.id, c.vault_id, c.name, c.policy, c.policy_created, c.policy_updated, \
+pub(crate) const CERT_COLS: &str = "c.id, c.vault_id, c.name, c.policy, c.policy_created, c.policy_updated, \
      c.created, c.updated, c.deleted_at, c.purge_at";
-const VER_COLS: &str = "v.cert_id, v.version, v.seq, v.created, v.updated, v.enabled, v.nbf, \
+pub(crate) const VER_COLS: &str = "v.cert_id, v.version, v.seq, v.created, v.updated, v.enabled, v.nbf, \
      v.exp, v.tags, v.cer, v.chain, v.key_blob, v.key_ref, v.spki, v.content_type, v.exportable, v.preserve_order, v.key_ops";
 /// The id of certificate `c`'s newest completed version (the (cert_id, seq) index read
 /// backwards; stops at the first completed one).
@@ -298,14 +299,14 @@ const LATEST_COMPLETED_ID: &str = "SELECT v2.id FROM versions v2 \
 /// The id of certificate `c`'s newest completed version, or of its newest (pending) version
 /// when none is completed: `ORDER BY (cer IS NOT NULL) DESC, seq DESC LIMIT 1` without reading
 /// and sorting every version.
-const LATEST_VERSION_ID: &str = "COALESCE(\
+pub(crate) const LATEST_VERSION_ID: &str = "COALESCE(\
      (SELECT v2.id FROM versions v2 WHERE v2.cert_id = c.id AND v2.cer IS NOT NULL \
       ORDER BY v2.seq DESC LIMIT 1), \
      (SELECT v3.id FROM versions v3 WHERE v3.cert_id = c.id ORDER BY v3.seq DESC LIMIT 1))";
 const OP_COLS: &str = "cert_id, request_id, version, issuer_name, status, status_details, csr, \
      error, cancellation_requested, created, updated";
 
-fn cert_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CertRecord> {
+pub(crate) fn cert_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CertRecord> {
     Ok(CertRecord {
         id: r.get(o)?,
         vault_id: r.get(o + 1)?,
@@ -320,7 +321,7 @@ fn cert_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CertRecord> {
     })
 }
 
-fn ver_row(r: &Row<'_>, o: usize) -> rusqlite::Result<VersionRecord> {
+pub(crate) fn ver_row(r: &Row<'_>, o: usize) -> rusqlite::Result<VersionRecord> {
     let chain: Vec<u8> = r.get(o + 10)?;
     Ok(VersionRecord {
         cert_id: r.get(o)?,
