@@ -111,7 +111,9 @@ pub fn ui_list_sql(q: &UiCertQuery) -> String {
     };
     let state = match q.state {
         UiState::All => "",
-        UiState::Valid => "AND v.cer IS NOT NULL AND v.enabled = 1 AND (v.exp IS NULL OR v.exp > ?3 + ?4)",
+        UiState::Valid => {
+            "AND v.cer IS NOT NULL AND v.enabled = 1 AND (v.exp IS NULL OR v.exp > ?3 + ?4)"
+        }
         UiState::Expiring => "AND v.cer IS NOT NULL AND v.exp > ?3 AND v.exp <= ?3 + ?4",
         UiState::Expired => "AND v.cer IS NOT NULL AND v.exp <= ?3",
         UiState::Pending => "AND v.cer IS NULL",
@@ -259,5 +261,157 @@ impl SqliteStore {
             })?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::NewVersion;
+
+    fn version(i: i64, exp: i64, done: bool) -> NewVersion {
+        NewVersion {
+            record: VersionRecord {
+                cert_id: 0,
+                version: format!("{i:032x}"),
+                seq: 0,
+                created: 1,
+                updated: 1,
+                enabled: true,
+                nbf: Some(1),
+                exp: Some(exp),
+                tags: None,
+                cer: done.then(|| vec![1, 2, 3]),
+                chain: Vec::new(),
+                key_blob: None,
+                key_ref: None,
+                spki: vec![1],
+                content_type: "application/x-pkcs12".into(),
+                exportable: true,
+                preserve_order: false,
+                key_ops: None,
+            },
+            operation: None,
+        }
+    }
+
+    fn query(vault_id: i64) -> UiCertQuery {
+        UiCertQuery {
+            vault_id,
+            deleted: false,
+            search: None,
+            state: UiState::All,
+            now: 1_000_000,
+            soon: 30 * 86400,
+            descending: false,
+            after: None,
+            limit: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn list_search_filter_paging_and_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let v = store.create_vault("v", vec![0], 90, 1).await.unwrap();
+        let now = 1_000_000;
+        for (i, (name, exp, done)) in [
+            ("alpha", now + 90 * 86400, true),
+            ("Bravo", now + 86400, true),
+            ("charlie", now - 10, true),
+            ("delta", now + 90 * 86400, false),
+            ("echo", now + 90 * 86400, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let policy = format!(r#"{{"x509_props":{{"subject":"CN={name}.example.org"}}}}"#);
+            store
+                .add_version(v.id, name, policy, 1, version(i as i64, exp, done))
+                .await
+                .unwrap();
+        }
+        let names = |rows: Vec<(CertRecord, VersionRecord)>| -> Vec<String> {
+            rows.into_iter().map(|(c, _)| c.name).collect()
+        };
+        let page1 = store.ui_list_certificates(query(v.id)).await.unwrap();
+        assert_eq!(names(page1), ["alpha", "Bravo", "charlie"]);
+        let mut q = query(v.id);
+        q.after = Some("charlie".into());
+        assert_eq!(
+            names(store.ui_list_certificates(q).await.unwrap()),
+            ["delta", "echo"]
+        );
+        let mut q = query(v.id);
+        q.descending = true;
+        q.after = Some("charlie".into());
+        assert_eq!(
+            names(store.ui_list_certificates(q).await.unwrap()),
+            ["Bravo", "alpha"]
+        );
+        for (state, want) in [
+            (UiState::Valid, vec!["alpha", "echo"]),
+            (UiState::Expiring, vec!["Bravo"]),
+            (UiState::Expired, vec!["charlie"]),
+            (UiState::Pending, vec!["delta"]),
+        ] {
+            let mut q = query(v.id);
+            q.state = state;
+            q.limit = 10;
+            assert_eq!(names(store.ui_list_certificates(q).await.unwrap()), want);
+        }
+        let mut q = query(v.id);
+        q.search = Some("ECHO.example".into());
+        assert_eq!(
+            names(store.ui_list_certificates(q).await.unwrap()),
+            ["echo"]
+        );
+        let mut q = query(v.id);
+        q.search = Some("%".into());
+        assert!(store.ui_list_certificates(q).await.unwrap().is_empty());
+        assert_eq!(
+            store.ui_counts(v.id, now, 30 * 86400).await.unwrap(),
+            [5, 2, 1, 1, 1, 0]
+        );
+        // The list walks the (vault_id, name_key) index in order and sorts nothing.
+        for descending in [false, true] {
+            let mut q = query(v.id);
+            q.descending = descending;
+            q.after = Some("b".into());
+            let plan = store.ui_list_plan(q).await.unwrap().join("\n");
+            assert!(plan.contains("sqlite_autoindex_certificates_1"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        }
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let s = UiSession {
+            id_hash: vec![7; 32],
+            principal: "p".into(),
+            token_hash: vec![8; 32],
+            created: 10,
+            last_seen: 10,
+            expires: 100,
+        };
+        store.ui_create_session(s.clone()).await.unwrap();
+        assert_eq!(store.ui_session(vec![7; 32]).await.unwrap(), Some(s));
+        store.ui_touch_session(vec![7; 32], 20).await.unwrap();
+        assert_eq!(
+            store
+                .ui_session(vec![7; 32])
+                .await
+                .unwrap()
+                .unwrap()
+                .last_seen,
+            20
+        );
+        assert!(store.ui_delete_session(vec![7; 32], 30, 0).await.unwrap());
+        assert_eq!(store.ui_session(vec![7; 32]).await.unwrap(), None);
+        store.close();
     }
 }

@@ -24,7 +24,12 @@ pub const SOON: i64 = 30 * 86400;
 pub const PAGE: usize = 50;
 
 /// Routes `/ui/v/{vault}/…`.
-pub(crate) async fn route(r: &Req<'_>, method: &Method, vault: &str, rest: &[&str]) -> Response<Body> {
+pub(crate) async fn route(
+    r: &Req<'_>,
+    method: &Method,
+    vault: &str,
+    rest: &[&str],
+) -> Response<Body> {
     let Some(v) = r.vault(vault).await else {
         return r.error(
             StatusCode::FORBIDDEN,
@@ -44,7 +49,11 @@ pub(crate) async fn route(r: &Req<'_>, method: &Method, vault: &str, rest: &[&st
         (["certificates", name, action], false) => action_route(r, &v, name, action).await,
         (["deleted"], true) => deleted_list(r, &v).await,
         (["deleted", name, action], false) => deleted_action(r, &v, name, action).await,
-        _ => r.error(StatusCode::NOT_FOUND, Some(&vname), "There is no such page."),
+        _ => r.error(
+            StatusCode::NOT_FOUND,
+            Some(&vname),
+            "There is no such page.",
+        ),
     }
 }
 
@@ -154,7 +163,13 @@ async fn dashboard(r: &Req<'_>, v: &VaultCtx) -> Response<Body> {
     let now = r.state.clock.now();
     let counts = match r.state.store.ui_counts(v.vault.id, now, SOON).await {
         Ok(c) => c,
-        Err(e) => return r.error(StatusCode::INTERNAL_SERVER_ERROR, Some(vname), &e.to_string()),
+        Err(e) => {
+            return r.error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some(vname),
+                &e.to_string(),
+            );
+        }
     };
     if !r.audit(vname, "ui.dashboard", None, 200).await {
         return r.error(
@@ -164,7 +179,9 @@ async fn dashboard(r: &Req<'_>, v: &VaultCtx) -> Response<Body> {
         );
     }
     let base = format!("/ui/v/{}/certificates", url(vname));
-    let mut h = String::from(r#"<section aria-labelledby="counts"><h2 id="counts">Certificates by state</h2><div class="cards">"#);
+    let mut h = String::from(
+        r#"<section aria-labelledby="counts"><h2 id="counts">Certificates by state</h2><div class="cards">"#,
+    );
     for (label, n, filter) in [
         ("Total", counts[0], "all"),
         ("Valid", counts[1], "valid"),
@@ -179,7 +196,12 @@ async fn dashboard(r: &Req<'_>, v: &VaultCtx) -> Response<Body> {
         );
     }
     h.push_str("</div></section>");
-    r.page(Some(vname), "dashboard", &format!("Dashboard · {vname}"), &h)
+    r.page(
+        Some(vname),
+        "dashboard",
+        &format!("Dashboard · {vname}"),
+        &h,
+    )
 }
 
 // ------------------------------------------------------------------------------ list
@@ -228,7 +250,13 @@ pub(crate) async fn list(r: &Req<'_>, v: &VaultCtx) -> Response<Body> {
     };
     let rows = match r.state.store.ui_list_certificates(query).await {
         Ok(rows) => rows,
-        Err(e) => return r.error(StatusCode::INTERNAL_SERVER_ERROR, Some(vname), &e.to_string()),
+        Err(e) => {
+            return r.error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some(vname),
+                &e.to_string(),
+            );
+        }
     };
     if !r.audit(vname, "certificates.list", None, 200).await {
         return r.error(
@@ -320,7 +348,12 @@ pub(crate) async fn list(r: &Req<'_>, v: &VaultCtx) -> Response<Body> {
         );
     }
     h.push_str("</nav>");
-    r.page(Some(vname), "certificates", &format!("Certificates · {vname}"), &h)
+    r.page(
+        Some(vname),
+        "certificates",
+        &format!("Certificates · {vname}"),
+        &h,
+    )
 }
 
 // ------------------------------------------------------------------------------ create
@@ -391,9 +424,9 @@ fn key_props(choice: &str, exportable: bool) -> Option<Value> {
     };
     if kty.starts_with("RSA") {
         let size: u32 = rest.parse().ok()?;
-        [2048, 3072, 4096].contains(&size).then(|| {
-            json!({"kty": kty, "key_size": size, "exportable": exportable, "reuse_key": false})
-        })
+        [2048, 3072, 4096].contains(&size).then(
+            || json!({"kty": kty, "key_size": size, "exportable": exportable, "reuse_key": false}),
+        )
     } else {
         ["P-256", "P-384", "P-521"]
             .contains(&rest)
@@ -629,7 +662,10 @@ fn new_form_with_issuers(
     );
     let mut choices = vec![
         ("Self".to_owned(), "Self-signed".to_owned()),
-        ("Unknown".to_owned(), "Unknown (CSR, merge later)".to_owned()),
+        (
+            "Unknown".to_owned(),
+            "Unknown (CSR, merge later)".to_owned(),
+        ),
     ];
     choices.extend(issuers.iter().map(|i| (i.clone(), i.clone())));
     for (val, label) in &choices {
@@ -689,20 +725,37 @@ fn new_form_with_issuers(
     let _ = write!(
         h,
         r#"<div class="field"><label for="action">Lifetime action</label><select id="action" name="action"{a}><option value="AutoRenew"{}>Renew automatically</option><option value="EmailContacts"{}>E-mail the contacts</option></select>{e}</div>"#,
-        if f.action == "AutoRenew" { " selected" } else { "" },
-        if f.action == "EmailContacts" { " selected" } else { "" },
+        if f.action == "AutoRenew" {
+            " selected"
+        } else {
+            ""
+        },
+        if f.action == "EmailContacts" {
+            " selected"
+        } else {
+            ""
+        },
     );
     let (a, e) = field_err(errs, "trigger_value");
     let _ = write!(
         h,
         r#"<div class="field"><label for="trigger">When</label><select id="trigger" name="trigger"><option value="percentage"{}>At a percentage of the lifetime</option><option value="days"{}>Days before expiry</option></select></div>
 <div class="field"><label for="trigger_value">Percentage or days</label><input type="number" id="trigger_value" name="trigger_value" min="1" value="{}"{a}>{e}</div>"#,
-        if f.trigger == "percentage" { " selected" } else { "" },
+        if f.trigger == "percentage" {
+            " selected"
+        } else {
+            ""
+        },
         if f.trigger == "days" { " selected" } else { "" },
         esc(&f.trigger_value),
     );
     h.push_str(r#"<div><button type="submit">Create</button></div></form>"#);
-    r.page(Some(vname), "new", &format!("Create certificate · {vname}"), &h)
+    r.page(
+        Some(vname),
+        "new",
+        &format!("Create certificate · {vname}"),
+        &h,
+    )
 }
 
 async fn issuer_names(r: &Req<'_>, v: &VaultCtx) -> Vec<String> {
@@ -840,7 +893,11 @@ fn version_block(
         h,
         "<dt>Exportable</dt><dd>{}</dd><dt>Storage</dt><dd>{}</dd>",
         if ver.exportable { "Yes" } else { "No" },
-        if ver.key_ref.is_some() { "HSM" } else { "Software" }
+        if ver.key_ref.is_some() {
+            "HSM"
+        } else {
+            "Software"
+        }
     );
     let tags = tags_of(ver);
     if !tags.is_empty() {
@@ -891,7 +948,13 @@ async fn detail(r: &Req<'_>, v: &VaultCtx, name: &str) -> Response<Body> {
     };
     let versions = match r.state.store.list_versions(cert.id, 0, 10_000).await {
         Ok(vs) => vs,
-        Err(e) => return r.error(StatusCode::INTERNAL_SERVER_ERROR, Some(vname), &e.to_string()),
+        Err(e) => {
+            return r.error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some(vname),
+                &e.to_string(),
+            );
+        }
     };
     let op = r.state.store.operation(cert.id).await.ok().flatten();
     if !r.audit(vname, "certificates.get", object, 200).await {
@@ -946,7 +1009,9 @@ async fn detail(r: &Req<'_>, v: &VaultCtx, name: &str) -> Response<Body> {
         h.push_str("</section>");
     }
     // actions
-    h.push_str(r#"<section aria-labelledby="act-h"><h2 id="act-h">Actions</h2><div class="actions">"#);
+    h.push_str(
+        r#"<section aria-labelledby="act-h"><h2 id="act-h">Actions</h2><div class="actions">"#,
+    );
     if can_create {
         let _ = write!(
             h,
@@ -1094,7 +1159,11 @@ fn parse_tags(s: &str) -> Result<BTreeMap<String, String>, String> {
 async fn action_route(r: &Req<'_>, v: &VaultCtx, name: &str, action: &str) -> Response<Body> {
     let vname = &v.vault.name;
     if ObjectName::parse(name).is_err() {
-        return r.error(StatusCode::NOT_FOUND, Some(vname), "There is no such certificate.");
+        return r.error(
+            StatusCode::NOT_FOUND,
+            Some(vname),
+            "There is no such certificate.",
+        );
     }
     let path = cert_path(vname, name);
     let version = r
@@ -1160,7 +1229,13 @@ async fn action_route(r: &Req<'_>, v: &VaultCtx, name: &str, action: &str) -> Re
             }
         },
         "download" => return download(r, v, name, version).await,
-        _ => return r.error(StatusCode::NOT_FOUND, Some(vname), "There is no such action."),
+        _ => {
+            return r.error(
+                StatusCode::NOT_FOUND,
+                Some(vname),
+                "There is no such action.",
+            );
+        }
     };
     let reply = r.kv(vname, method, &api_path, "", body.as_ref()).await;
     if !reply.ok() {
@@ -1230,7 +1305,11 @@ async fn download(r: &Req<'_>, v: &VaultCtx, name: &str, version: &str) -> Respo
                 return r.error(reply.status, Some(vname), &reply.message());
             }
             let pem = reply.json["value"].as_str().unwrap_or("").to_owned();
-            file_response("application/x-pem-file", &format!("{name}.pem"), pem.into_bytes())
+            file_response(
+                "application/x-pem-file",
+                &format!("{name}.pem"),
+                pem.into_bytes(),
+            )
         }
         "pfx" => {
             if password.is_empty() {
@@ -1314,7 +1393,13 @@ async fn deleted_list(r: &Req<'_>, v: &VaultCtx) -> Response<Body> {
         .await
     {
         Ok(rows) => rows,
-        Err(e) => return r.error(StatusCode::INTERNAL_SERVER_ERROR, Some(vname), &e.to_string()),
+        Err(e) => {
+            return r.error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some(vname),
+                &e.to_string(),
+            );
+        }
     };
     if !r.audit(vname, "certificates.list-deleted", None, 200).await {
         return r.error(
@@ -1368,13 +1453,22 @@ async fn deleted_list(r: &Req<'_>, v: &VaultCtx) -> Response<Body> {
             url(&last.name.to_ascii_lowercase())
         );
     }
-    r.page(Some(vname), "deleted", &format!("Deleted certificates · {vname}"), &h)
+    r.page(
+        Some(vname),
+        "deleted",
+        &format!("Deleted certificates · {vname}"),
+        &h,
+    )
 }
 
 async fn deleted_action(r: &Req<'_>, v: &VaultCtx, name: &str, action: &str) -> Response<Body> {
     let vname = &v.vault.name;
     if ObjectName::parse(name).is_err() {
-        return r.error(StatusCode::NOT_FOUND, Some(vname), "There is no such certificate.");
+        return r.error(
+            StatusCode::NOT_FOUND,
+            Some(vname),
+            "There is no such certificate.",
+        );
     }
     let (method, api_path) = match action {
         "recover" => (Method::POST, format!("/deletedcertificates/{name}/recover")),
@@ -1388,7 +1482,13 @@ async fn deleted_action(r: &Req<'_>, v: &VaultCtx, name: &str, action: &str) -> 
             }
             (Method::DELETE, format!("/deletedcertificates/{name}"))
         }
-        _ => return r.error(StatusCode::NOT_FOUND, Some(vname), "There is no such action."),
+        _ => {
+            return r.error(
+                StatusCode::NOT_FOUND,
+                Some(vname),
+                "There is no such action.",
+            );
+        }
     };
     let reply = r.kv(vname, method, &api_path, "", None).await;
     if !reply.ok() {
@@ -1420,7 +1520,10 @@ mod tests {
         let (errs, body) = validate_new(&f, false);
         assert!(errs.is_empty(), "{errs:?}");
         let body = body.unwrap_or_default();
-        assert_eq!(body["policy"]["x509_props"]["subject"], "CN=www.example.com");
+        assert_eq!(
+            body["policy"]["x509_props"]["subject"],
+            "CN=www.example.com"
+        );
         assert_eq!(
             body["policy"]["x509_props"]["sans"]["dns_names"],
             json!(["www.example.com", "*.example.com", "api.example.com"])
@@ -1434,7 +1537,10 @@ mod tests {
         let (errs, body) = validate_new(&f, false);
         assert!(body.is_none());
         let fields: Vec<&str> = errs.iter().map(|(f, _)| *f).collect();
-        assert_eq!(fields, ["name", "domain", "key", "validity", "trigger_value"]);
+        assert_eq!(
+            fields,
+            ["name", "domain", "key", "validity", "trigger_value"]
+        );
         assert!(valid_domain("*.a.b", false).is_err());
         assert!(valid_domain("-a.b", true).is_err());
         assert!(valid_domain("a..b", true).is_err());

@@ -96,12 +96,13 @@ pub fn page(title: &str, chrome: &Chrome<'_>, main: &str) -> String {
     let mut h = String::with_capacity(main.len() + 4096);
     let _ = write!(
         h,
-        r#"<!doctype html>
+        r##"<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{t} · certvault</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/ui/static/ui.css?v={css}">
 <script src="/ui/static/ui.js?v={js}" defer></script>
 </head>
@@ -109,7 +110,7 @@ pub fn page(title: &str, chrome: &Chrome<'_>, main: &str) -> String {
 <a class="skip" href="#main">Skip to content</a>
 <header class="top">
 <a class="brand" href="/ui/">certvault</a>
-"#,
+"##,
         t = esc(title)
     );
     if let Some(p) = chrome.principal {
@@ -132,7 +133,11 @@ pub fn page(title: &str, chrome: &Chrome<'_>, main: &str) -> String {
             let v = url(v);
             for (key, label, href) in [
                 ("dashboard", "Dashboard", format!("/ui/v/{v}/dashboard")),
-                ("certificates", "Certificates", format!("/ui/v/{v}/certificates")),
+                (
+                    "certificates",
+                    "Certificates",
+                    format!("/ui/v/{v}/certificates"),
+                ),
                 ("new", "Create", format!("/ui/v/{v}/certificates/new")),
                 ("deleted", "Deleted", format!("/ui/v/{v}/deleted")),
             ] {

@@ -69,7 +69,6 @@ pub(crate) struct Req<'a> {
 pub(crate) struct ApiReply {
     pub status: StatusCode,
     pub json: Value,
-    pub headers: HeaderMap,
 }
 
 impl ApiReply {
@@ -79,9 +78,10 @@ impl ApiReply {
 
     /// The error message of a failed call.
     pub fn message(&self) -> String {
-        self.json["error"]["message"]
-            .as_str()
-            .map_or_else(|| format!("The request failed ({}).", self.status), str::to_owned)
+        self.json["error"]["message"].as_str().map_or_else(
+            || format!("The request failed ({}).", self.status),
+            str::to_owned,
+        )
     }
 }
 
@@ -135,10 +135,7 @@ impl Req<'_> {
 
     /// A full page.
     pub fn page(&self, vault: Option<&str>, nav: &str, title: &str, main: &str) -> Response<Body> {
-        html_response(
-            StatusCode::OK,
-            page(title, &self.chrome(vault, nav), main),
-        )
+        html_response(StatusCode::OK, page(title, &self.chrome(vault, nav), main))
     }
 
     /// An error page (403, 404, …); nothing was changed.
@@ -205,7 +202,6 @@ impl Req<'_> {
         let failed = |m: &str| ApiReply {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             json: json!({"error": {"message": m}}),
-            headers: HeaderMap::new(),
         };
         let Ok(req) = Request::builder()
             .method(method)
@@ -254,7 +250,6 @@ impl Req<'_> {
         ApiReply {
             status: parts.status,
             json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            headers: parts.headers,
         }
     }
 
@@ -342,16 +337,20 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A POST must come from this origin when the browser says where it comes from.
-fn same_origin(headers: &HeaderMap) -> bool {
+fn same_origin(parts: &http::request::Parts) -> bool {
+    let headers = &parts.headers;
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
         && !matches!(site, "same-origin" | "none")
     {
         return false;
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
+        // HTTP/2 carries the host in `:authority` (the URI), HTTP/1.1 in `Host`.
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
             .unwrap_or("");
         let want = format!("https://{host}");
         return !host.is_empty() && origin.eq_ignore_ascii_case(&want);
@@ -375,7 +374,7 @@ fn security_headers(r: &mut Response<Body>) {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         header::STRICT_TRANSPORT_SECURITY,
@@ -414,7 +413,9 @@ fn bare_page(status: StatusCode, title: &str, main: &str) -> Response<Body> {
 }
 
 fn login_page(status: StatusCode, message: Option<&str>) -> Response<Body> {
-    let msg = message.map(|m| html::notice("error", m)).unwrap_or_default();
+    let msg = message
+        .map(|m| html::notice("error", m))
+        .unwrap_or_default();
     let main = format!(
         r#"<div class="login">{msg}
 <form class="stack" method="post" action="/ui/login">
@@ -609,7 +610,7 @@ async fn route(
     }
     let query = crate::kv::parse_query(parts.uri.query());
     let form = if method == Method::POST {
-        if !same_origin(&parts.headers) {
+        if !same_origin(&parts) {
             return bare_page(
                 StatusCode::FORBIDDEN,
                 "Not allowed",
@@ -749,9 +750,7 @@ async fn route(
             ),
         },
         ["go"] => match r.q("vault") {
-            Some(v) if !v.is_empty() => {
-                redirect(&format!("/ui/v/{}/certificates", html::url(v)))
-            }
+            Some(v) if !v.is_empty() => redirect(&format!("/ui/v/{}/certificates", html::url(v))),
             _ => redirect("/ui/"),
         },
         ["v", vault, rest @ ..] => {
