@@ -10,9 +10,11 @@
 #   3. cargo test
 #   4. cargo build -p certvault
 #   5. the Azure SDK conformance suite (tests/sdk, pytest) against that binary
+#   6. the web console's end-to-end tests (tests/ui: node + playwright-core driving
+#      Debian's chromium) against the release binary (cargo build --release -p certvault)
 #
 # Usage: scripts/test-all.sh [STAGE...]   (default: all; STAGE is one of
-#        fmt clippy test build sdk; sdk implies build). Extra pytest options
+#        fmt clippy test build sdk ui; sdk implies build, ui builds the release binary). Extra pytest options
 #        go in PYTEST_ADDOPTS, e.g. PYTEST_ADDOPTS="-k merge -x".
 #
 # Nothing is ever skipped because it is missing: it is installed, or the
@@ -48,7 +50,12 @@ APT_PACKAGES=(
   "pebble:pebble-challtestsrv"
   "bind9:named"
   "bind9-dnsutils:dig"
-  # later: "postgresql", "chromium:chromium"
+  # The web console's end-to-end tests (tests/ui) drive Debian's chromium with playwright-core
+  # under node.
+  "chromium:chromium"
+  "nodejs:node"
+  "npm:npm"
+  # later: "postgresql"
 )
 
 # The Python interpreter the venv is made from: Debian's, which the list
@@ -252,6 +259,27 @@ stop_services() {
 }
 
 # ------------------------------------------------------------------ stages
+UI_DIR="$ROOT/tests/ui"
+ensure_ui_deps() {
+  [[ -f "$UI_DIR/package-lock.json" ]] || die "missing $UI_DIR/package-lock.json"
+  # npm ci: exactly the locked playwright-core (no browser download: it drives /usr/bin/chromium).
+  (cd "$UI_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund) || die "npm ci in tests/ui failed"
+  node --version
+  /usr/bin/chromium --version || die "/usr/bin/chromium does not start"
+}
+
+run_ui_suite() {
+  export CERTVAULT_BIN="$ROOT/target/release/certvault"
+  [[ -x "$CERTVAULT_BIN" ]] || { echo "CERTVAULT_BIN=$CERTVAULT_BIN is missing"; return 1; }
+  export UI_SCREENSHOTS="${UI_SCREENSHOTS:-$ROOT/target/ui-screenshots}"
+  rm -rf "$UI_SCREENSHOTS"
+  echo "console screenshots: $UI_SCREENSHOTS"
+  (cd "$UI_DIR" && node --test --test-concurrency=1 .)
+  local rc=$?
+  echo "console screenshots: $UI_SCREENSHOTS"
+  return "$rc"
+}
+
 run_sdk_suite() {
   local rc=0
   export CERTVAULT_BIN="$ROOT/target/debug/certvault"
@@ -277,14 +305,14 @@ setup_stage "setup: services" start_services
 
 # Stages to run: all by default; a developer may name some (sdk implies build).
 STAGES=("$@")
-[[ ${#STAGES[@]} -gt 0 ]] || STAGES=(fmt clippy test build sdk)
+[[ ${#STAGES[@]} -gt 0 ]] || STAGES=(fmt clippy test build sdk ui)
 wanted() {
   local s
   for s in "${STAGES[@]}"; do [[ "$s" == "$1" ]] && return 0; done
   return 1
 }
 for s in "${STAGES[@]}"; do
-  case "$s" in fmt | clippy | test | build | sdk) ;; *) die "unknown stage '$s' (stages: fmt clippy test build sdk)" ;; esac
+  case "$s" in fmt | clippy | test | build | sdk | ui) ;; *) die "unknown stage '$s' (stages: fmt clippy test build sdk ui)" ;; esac
 done
 
 if wanted fmt; then run_stage "cargo fmt" cargo fmt --all -- --check; fi
@@ -296,4 +324,9 @@ if wanted build || wanted sdk; then run_stage "cargo build (certvault)" cargo bu
 if wanted sdk; then
   setup_stage "setup: managed-identity key directory" ensure_arc_key_dir
   run_stage "SDK conformance suite (tests/sdk)" run_sdk_suite
+fi
+if wanted ui; then
+  setup_stage "setup: console test dependencies (tests/ui)" ensure_ui_deps
+  run_stage "cargo build --release (certvault)" cargo build --release --locked -p certvault
+  run_stage "web console end-to-end tests (tests/ui, chromium)" run_ui_suite
 fi

@@ -992,15 +992,26 @@ async fn detail(r: &Req<'_>, v: &VaultCtx, name: &str) -> Response<Body> {
         versions.len(),
     );
     if let Some(op) = &op {
+        let pending = op.status == "inProgress";
         let _ = write!(
             h,
-            r#"<section aria-labelledby="op-h"><h2 id="op-h">Pending order</h2><dl class="props" data-poll="{path}/status?json=1"><dt>Status</dt><dd id="live-status" data-testid="op-status">{}</dd><dt>Issuer</dt><dd>{}</dd><dt>Details</dt><dd id="live-reason">{}</dd><dt>Since</dt><dd>{}</dd></dl>"#,
+            r#"<section aria-labelledby="op-h"><h2 id="op-h">{title}</h2><dl class="props"{poll}><dt>Status</dt><dd id="live-status" data-testid="op-status">{}</dd><dt>Issuer</dt><dd>{}</dd><dt>Details</dt><dd id="live-reason">{}</dd><dt>Since</dt><dd>{}</dd></dl>"#,
             esc(&op.status),
             esc(&op.issuer_name),
             esc(op.error.as_deref().unwrap_or(&op.status_details)),
             time_el(op.created),
+            title = if pending {
+                "Pending order"
+            } else {
+                "Last order"
+            },
+            poll = if pending {
+                format!(r#" data-poll="{path}/status?json=1""#)
+            } else {
+                String::new()
+            },
         );
-        if can_update && op.status == "inProgress" {
+        if can_update && pending {
             let _ = write!(
                 h,
                 r#"<div class="actions"><form method="post" action="{path}/cancel" data-confirm="Cancel the pending order?">{csrf}<button type="submit" class="secondary">Cancel the order</button></form></div>"#

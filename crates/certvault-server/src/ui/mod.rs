@@ -480,21 +480,18 @@ async fn login(
         );
     }
     let hash = certvault_crypto::sha256(token.as_bytes());
-    let caller = match crate::auth::authenticate_hash(state, hash).await {
-        Ok(c) => c,
-        Err(_) => {
-            let _ = system_event(
-                state,
-                peer,
-                request_id,
-                "anonymous",
-                "ui.login",
-                401,
-                Some(json!({"reason": "token not accepted"})),
-            )
-            .await;
-            return login_page(StatusCode::UNAUTHORIZED, Some(REFUSED));
-        }
+    let Ok(caller) = crate::auth::authenticate_hash(state, hash).await else {
+        let _ = system_event(
+            state,
+            peer,
+            request_id,
+            "anonymous",
+            "ui.login",
+            401,
+            Some(json!({"reason": "token not accepted"})),
+        )
+        .await;
+        return login_page(StatusCode::UNAUTHORIZED, Some(REFUSED));
     };
     let Ok(id) = certvault_crypto::random_bytes(32) else {
         return login_page(
