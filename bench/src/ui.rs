@@ -63,7 +63,8 @@ pub async fn ui(common: &Common, a: &UiArgs) -> Result<bool> {
     .await
     .context("seeding")?;
     println!("  seeded in {:.1}s", t.elapsed().as_secs_f64());
-    let mut server = Server::start(&common.server_bin, &data, &dir.path().join("server.log")).await?;
+    let mut server =
+        Server::start(&common.server_bin, &data, &dir.path().join("server.log")).await?;
     let mut conn = server.target.connect().await?;
     let token = std::fs::read_to_string(data.join("admin.token"))?;
     let form = format!("token={}", token.trim());
@@ -90,18 +91,12 @@ pub async fn ui(common: &Common, a: &UiArgs) -> Result<bool> {
     let mid = seed::cert_name(a.certs / 2).to_ascii_lowercase();
     let pages: Vec<(&str, String)> = vec![
         ("GET /healthz (baseline)", "/healthz".into()),
-        (
-            "list, first page",
-            "/ui/v/default/certificates".into(),
-        ),
+        ("list, first page", "/ui/v/default/certificates".into()),
         (
             "list, page in the middle",
             format!("/ui/v/default/certificates?after={mid}"),
         ),
-        (
-            "list, Z-A",
-            "/ui/v/default/certificates?sort=-name".into(),
-        ),
+        ("list, Z-A", "/ui/v/default/certificates?sort=-name".into()),
         (
             "list, search by name",
             "/ui/v/default/certificates?q=c00999".into(),
@@ -146,7 +141,10 @@ pub async fn ui(common: &Common, a: &UiArgs) -> Result<bool> {
         t.sort_by(f64::total_cmp);
     }
     let base50 = pct(&times[0], 0.5).max(1e-6);
-    println!("  {:<28} {:>9} {:>9} {:>12}", "page", "p50 ms", "p99 ms", "p50/healthz");
+    println!(
+        "  {:<28} {:>9} {:>9} {:>12}",
+        "page", "p50 ms", "p99 ms", "p50/healthz"
+    );
     for (i, (label, _)) in pages.iter().enumerate() {
         println!(
             "  {:<28} {:>9.2} {:>9.2} {:>11.1}x",

@@ -42,7 +42,10 @@ pub(crate) async fn route(
     match (rest, get) {
         ([] | ["dashboard"], true) => dashboard(r, &v).await,
         (["certificates"], true) => list(r, &v).await,
-        (["certificates", "new"], true) => new_form(r, &v, &NewCert::default(), &[], None),
+        (["certificates", "new"], true) => {
+            let issuers = issuer_names(r, &v).await;
+            new_form_with_issuers(r, &v, &NewCert::default(), &[], None, &issuers)
+        }
         (["certificates", "new"], false) => create(r, &v).await,
         (["certificates", name], true) => detail(r, &v, name).await,
         (["certificates", name, "status"], true) => status_json(r, &v, name).await,
@@ -607,16 +610,6 @@ fn field_err(errs: &[(&'static str, String)], field: &str) -> (String, String) {
     }
 }
 
-pub(crate) fn new_form(
-    r: &Req<'_>,
-    v: &VaultCtx,
-    f: &NewCert,
-    errs: &[(&'static str, String)],
-    api_error: Option<&str>,
-) -> Response<Body> {
-    new_form_with_issuers(r, v, f, errs, api_error, &[])
-}
-
 fn new_form_with_issuers(
     r: &Req<'_>,
     v: &VaultCtx,
@@ -1006,11 +999,27 @@ async fn detail(r: &Req<'_>, v: &VaultCtx, name: &str) -> Response<Body> {
                 "Last order"
             },
             poll = if pending {
-                format!(r#" data-poll="{path}/status?json=1""#)
+                format!(
+                    r#" data-poll="{path}/status?json=1" data-stage="{}""#,
+                    esc(&op.status_details)
+                )
             } else {
                 String::new()
             },
         );
+        if pending && let Some(end) = window_end(&op.status_details) {
+            let left = (end - now).max(0);
+            let _ = write!(
+                h,
+                r#"<p>Validation window ends {} <span data-testid="time-left">({} min {} s left)</span></p>"#,
+                time_el(end),
+                left / 60,
+                left % 60
+            );
+        }
+        if pending && let Some(order) = acme_order(r, v.vault.id, &cert, &op.version).await {
+            h.push_str(&acme_records(r, &path, &order, can_update));
+        }
         if can_update && pending {
             let _ = write!(
                 h,
@@ -1120,6 +1129,78 @@ async fn detail(r: &Req<'_>, v: &VaultCtx, name: &str) -> Response<Body> {
     r.page(Some(vname), "certificates", &cert.name, &h)
 }
 
+/// The end of a notify-mode order's validation window, from its status details
+/// (`… checked on the zone's authoritative servers until 2026-11-27T01:01:56Z): …`).
+fn window_end(details: &str) -> Option<i64> {
+    let rest = details.split_once(" until ")?.1;
+    let stamp = rest.split([')', ' ', ';']).next()?;
+    time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp)
+}
+
+/// The active ACME order of a certificate version, if any.
+async fn acme_order(
+    r: &Req<'_>,
+    vault_id: i64,
+    cert: &CertRecord,
+    version: &str,
+) -> Option<certvault_store::AcmeOrderRecord> {
+    let key = cert.name.to_ascii_lowercase();
+    r.state
+        .store
+        .active_acme_orders()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|o| o.vault_id == vault_id && o.cert_key == key && o.version == version)
+}
+
+/// The DNS-01 records of an order in progress, with copy buttons and the acknowledge action.
+fn acme_records(
+    r: &Req<'_>,
+    path: &str,
+    order: &certvault_store::AcmeOrderRecord,
+    can_update: bool,
+) -> String {
+    let st: Value = serde_json::from_str(&order.state).unwrap_or(Value::Null);
+    let authz = st["authorizations"].as_array().cloned().unwrap_or_default();
+    let mut h = String::from(
+        r#"<h3>DNS records to add</h3><div class="table-wrap"><table><thead><tr><th scope="col">Domain</th><th scope="col">TXT record name</th><th scope="col">TXT value</th><th scope="col">Status</th></tr></thead><tbody>"#,
+    );
+    let mut any = false;
+    for (i, a) in authz.iter().enumerate() {
+        let name = a["txt_name"].as_str().unwrap_or("");
+        let value = a["txt_value"].as_str().unwrap_or("");
+        if name.is_empty() {
+            continue;
+        }
+        any = true;
+        let _ = write!(
+            h,
+            r#"<tr><td>{d}</td><td><code class="mono" id="txt-name-{i}" data-testid="txt-name">{n}</code> <button type="button" class="secondary" data-copy="txt-name-{i}">Copy</button></td><td><code class="mono" id="txt-value-{i}" data-testid="txt-value">{v}</code> <button type="button" class="secondary" data-copy="txt-value-{i}">Copy</button></td><td>{s}</td></tr>"#,
+            d = esc(a["identifier"].as_str().unwrap_or("")),
+            n = esc(name),
+            v = esc(value),
+            s = esc(a["status"].as_str().unwrap_or("")),
+        );
+    }
+    h.push_str("</tbody></table></div>");
+    if !any {
+        return r#"<p class="hint">Waiting for the CA's challenges…</p>"#.to_owned();
+    }
+    if order.acknowledged {
+        h.push_str(r#"<p class="notice info">You said the records are in place; the CA is validating.</p>"#);
+    } else if can_update {
+        let _ = write!(
+            h,
+            r#"<div class="actions"><form method="post" action="{path}/acknowledge">{csrf}<button type="submit">I have added the records</button></form></div>"#,
+            csrf = csrf_input(r.csrf())
+        );
+    }
+    h
+}
+
 async fn status_json(r: &Req<'_>, v: &VaultCtx, name: &str) -> Response<Body> {
     let reply = r
         .kv(
@@ -1131,7 +1212,11 @@ async fn status_json(r: &Req<'_>, v: &VaultCtx, name: &str) -> Response<Body> {
         )
         .await;
     let body = if reply.ok() {
-        json!({"status": reply.json["status"], "error": reply.json["error"]["message"]})
+        json!({
+            "status": reply.json["status"],
+            "details": reply.json["status_details"],
+            "error": reply.json["error"]["message"],
+        })
     } else if reply.status == StatusCode::NOT_FOUND {
         json!({"status": "completed"})
     } else {
@@ -1193,6 +1278,12 @@ async fn action_route(r: &Req<'_>, v: &VaultCtx, name: &str, action: &str) -> Re
             format!("/certificates/{name}"),
             None,
             "deleted",
+        ),
+        "acknowledge" => (
+            Method::POST,
+            format!("/certificates/{name}/pending/acknowledge"),
+            None,
+            "acknowledged",
         ),
         "cancel" => (
             Method::PATCH,
@@ -1557,5 +1648,10 @@ mod tests {
         assert!(valid_domain("a..b", true).is_err());
         assert_eq!(parse_tags("a=1\n b = 2 ").unwrap_or_default().len(), 2);
         assert!(parse_tags("novalue").is_err());
+        assert_eq!(
+            window_end("waiting (create them; checked until 1970-01-01T00:01:00Z): a TXT \"b\"."),
+            Some(60)
+        );
+        assert_eq!(window_end("creating the order"), None);
     }
 }

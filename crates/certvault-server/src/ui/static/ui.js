@@ -49,7 +49,8 @@
           if (st) st.textContent = s.status;
           var reason = document.getElementById("live-reason");
           if (reason) reason.textContent = s.error || "";
-          if (s.status === "completed" || s.status === "failed" || s.status === "cancelled") {
+          var changed = typeof s.details === "string" && s.details !== el.getAttribute("data-stage");
+          if (changed || s.status === "completed" || s.status === "failed" || s.status === "cancelled") {
             window.location.reload();
           } else {
             setTimeout(tick, 2000);
