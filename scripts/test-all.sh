@@ -12,10 +12,12 @@
 #   5. the Azure SDK conformance suite (tests/sdk, pytest) against that binary
 #   6. api: schemathesis against the committed OpenAPI document (docs/openapi.json)
 #      and that binary (tests/api/run_schemathesis.py): no 5xx, no schema violation
+#   7. ui: the web console's end-to-end tests (tests/ui: node + playwright-core driving
+#      Debian's chromium) against that binary
 #
 # Usage: scripts/test-all.sh [STAGE...]   (default: all; STAGE is one of
-#        fmt clippy test build sdk api; sdk and api imply build). Extra pytest
-#        options go in PYTEST_ADDOPTS, e.g. PYTEST_ADDOPTS="-k merge -x".
+#        fmt clippy test test-pg build sdk sdk-pg api ui; sdk, sdk-pg, api and ui imply
+#        build). Extra pytest options go in PYTEST_ADDOPTS, e.g. PYTEST_ADDOPTS="-k merge -x".
 #
 # Nothing is ever skipped because it is missing: it is installed, or the
 # script fails loudly.
@@ -55,7 +57,11 @@ APT_PACKAGES=(
   "postgresql:/usr/lib/postgresql/15/bin/initdb"
   "postgresql:/usr/lib/postgresql/15/bin/postgres"
   "postgresql:psql"
-  # later: "chromium:chromium"
+  # The web console's end-to-end tests (tests/ui) drive Debian's chromium with playwright-core
+  # under node.
+  "chromium:chromium"
+  "nodejs:node"
+  "npm:npm"
 )
 
 # The Python interpreter the venv is made from: Debian's, which the list
@@ -296,6 +302,27 @@ stop_services() {
 }
 
 # ------------------------------------------------------------------ stages
+UI_DIR="$ROOT/tests/ui"
+ensure_ui_deps() {
+  [[ -f "$UI_DIR/package-lock.json" ]] || die "missing $UI_DIR/package-lock.json"
+  # npm ci: exactly the locked playwright-core (no browser download: it drives /usr/bin/chromium).
+  (cd "$UI_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund) || die "npm ci in tests/ui failed"
+  node --version
+  /usr/bin/chromium --version || die "/usr/bin/chromium does not start"
+}
+
+run_ui_suite() {
+  export CERTVAULT_BIN="$ROOT/target/debug/certvault"
+  [[ -x "$CERTVAULT_BIN" ]] || { echo "CERTVAULT_BIN=$CERTVAULT_BIN is missing"; return 1; }
+  export UI_SCREENSHOTS="${UI_SCREENSHOTS:-$ROOT/target/ui-screenshots}"
+  rm -rf "$UI_SCREENSHOTS"
+  echo "console screenshots: $UI_SCREENSHOTS"
+  (cd "$UI_DIR" && node --test --test-concurrency=1 .)
+  local rc=$?
+  echo "console screenshots: $UI_SCREENSHOTS"
+  return "$rc"
+}
+
 run_sdk_suite() {
   local rc=0
   export CERTVAULT_BIN="$ROOT/target/debug/certvault"
@@ -335,14 +362,14 @@ setup_stage "setup: services" start_services
 
 # Stages to run: all by default; a developer may name some (sdk and api imply build).
 STAGES=("$@")
-[[ ${#STAGES[@]} -gt 0 ]] || STAGES=(fmt clippy test test-pg build sdk sdk-pg api)
+[[ ${#STAGES[@]} -gt 0 ]] || STAGES=(fmt clippy test test-pg build sdk sdk-pg api ui)
 wanted() {
   local s
   for s in "${STAGES[@]}"; do [[ "$s" == "$1" ]] && return 0; done
   return 1
 }
 for s in "${STAGES[@]}"; do
-  case "$s" in fmt | clippy | test | test-pg | build | sdk | sdk-pg | api) ;; *) die "unknown stage '$s' (stages: fmt clippy test test-pg build sdk sdk-pg api)" ;; esac
+  case "$s" in fmt | clippy | test | test-pg | build | sdk | sdk-pg | api | ui) ;; *) die "unknown stage '$s' (stages: fmt clippy test test-pg build sdk sdk-pg api ui)" ;; esac
 done
 
 if wanted fmt; then run_stage "cargo fmt" cargo fmt --all -- --check; fi
@@ -356,7 +383,7 @@ if wanted test-pg; then
   run_stage "cargo test on PostgreSQL (certvault-server)" \
     env CERTVAULT_TEST_DATABASE=postgres cargo test --locked -p certvault-server
 fi
-if wanted build || wanted sdk || wanted sdk-pg || wanted api; then run_stage "cargo build (certvault)" cargo build --locked -p certvault; fi
+if wanted build || wanted sdk || wanted sdk-pg || wanted api || wanted ui; then run_stage "cargo build (certvault)" cargo build --locked -p certvault; fi
 if wanted sdk || wanted sdk-pg; then
   setup_stage "setup: managed-identity key directory" ensure_arc_key_dir
 fi
@@ -369,3 +396,7 @@ if wanted sdk-pg; then
     run_sdk_suite_pg
 fi
 if wanted api; then run_stage "API conformance: schemathesis (tests/api, docs/openapi.json)" run_api_suite; fi
+if wanted ui; then
+  setup_stage "setup: console test dependencies (tests/ui)" ensure_ui_deps
+  run_stage "web console end-to-end tests (tests/ui, chromium)" run_ui_suite
+fi

@@ -12,6 +12,7 @@ mod net;
 mod seed;
 mod server;
 mod sign;
+mod ui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +68,8 @@ enum Cmd {
     Renewals(lifecycle::RenewalsArgs),
     /// Lifecycle issue: signed webhook deliveries to a local receiver vs direct POSTs.
     Webhooks(lifecycle::WebhooksArgs),
+    /// Web console issue: the certificate list page with 100,000 certificates vs /healthz.
+    Ui(ui::UiArgs),
 }
 
 fn default_server_bin() -> PathBuf {
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
             Cmd::Scheduler(a) => lifecycle::scheduler(&common, &a).await,
             Cmd::Renewals(a) => lifecycle::renewals(&common, &a).await,
             Cmd::Webhooks(a) => lifecycle::webhooks(&common, &a).await,
+            Cmd::Ui(a) => ui::ui(&common, &a).await,
         }
     });
     match r {

@@ -140,6 +140,48 @@ impl Conn {
         }
     }
 
+    /// Sends a request without the bearer token, with extra headers (the web console: a form
+    /// post or a session cookie); answers status, headers and body.
+    pub async fn request_plain(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &'static str)>,
+        headers: &[(header::HeaderName, HeaderValue)],
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes)> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, self.target.host.clone());
+        for (k, v) in headers {
+            b = b.header(k, v.clone());
+        }
+        let body = match body {
+            Some((bytes, ctype)) => {
+                b = b.header(header::CONTENT_TYPE, ctype);
+                bytes
+            }
+            None => Bytes::new(),
+        };
+        let req = b.body(Full::new(body))?;
+        let sender = &mut self.sender;
+        let exchange = async move {
+            std::future::poll_fn(|cx| sender.poll_ready(cx)).await?;
+            let resp = sender.send_request(req).await?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((parts.status, parts.headers, body))
+        };
+        tokio::select! {
+            biased;
+            r = exchange => Ok(r?),
+            r = &mut self.driver => match r {
+                Ok(()) => bail!("the server closed the connection"),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
     /// GET expecting 200.
     pub async fn get_ok(&mut self, path: &str) -> Result<Resp> {
         let r = self.request(Method::GET, path, None).await?;

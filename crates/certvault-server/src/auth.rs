@@ -135,15 +135,32 @@ impl AuthCache {
 /// Resolves a bearer token to its caller: a certvault token (by its hash), or, when JWT
 /// authentication is configured, a JWT from the identity provider (see [`crate::jwt`]).
 pub async fn authenticate(state: &Arc<AppState>, token: &str) -> Result<Arc<Caller>, AuthError> {
+    let hash = certvault_crypto::sha256(token.as_bytes());
+    resolve(state, Some(token), hash).await
+}
+
+/// Resolves a certvault token known only by its SHA-256 (the web console keeps the hash of the
+/// token a session was opened with, never the token) exactly as [`authenticate`] would.
+pub async fn authenticate_hash(
+    state: &Arc<AppState>,
+    hash: [u8; 32],
+) -> Result<Arc<Caller>, AuthError> {
+    resolve(state, None, hash).await
+}
+
+async fn resolve(
+    state: &Arc<AppState>,
+    token: Option<&str>,
+    hash: [u8; 32],
+) -> Result<Arc<Caller>, AuthError> {
     const INVALID: &str = "AKV10022: Invalid bearer token.";
     let now = state.clock.now();
-    let hash = certvault_crypto::sha256(token.as_bytes());
     let caller = match state.auth_cache.get(&hash, now) {
         Some(c) => c,
         None => {
             let store_err = |e| AuthError::Unavailable(ApiError::from(e));
-            let (principal, expires) = match &state.jwt {
-                Some(jwt) if crate::jwt::looks_like_jwt(token) => {
+            let (principal, expires) = match (&state.jwt, token) {
+                (Some(jwt), Some(token)) if crate::jwt::looks_like_jwt(token) => {
                     match jwt.resolve(&state.store, token, now).await {
                         Ok((p, until)) => (p, Some(until)),
                         Err(Ok(refused)) => {

@@ -218,6 +218,11 @@ async fn handle(
     let request_id = next_request_id();
     let span = tracing::info_span!("request", request_id = %request_id);
     async move {
+        // The web console has its own sessions, pages and audit records (see `ui`): no Key
+        // Vault challenge there.
+        if crate::ui::is_ui_path(req.uri().path()) {
+            return crate::ui::handle(&state, peer, req, &request_id).await;
+        }
         let method = req.method().clone();
         let target =
             crate::audit::target(&method, req.uri(), req.headers(), &state.http.base_domain);
@@ -329,7 +334,7 @@ const DRAIN_CAP: usize = 16 * 1024 * 1024;
 /// Reads the body up to `max` bytes. A larger body is drained (up to [`DRAIN_CAP`], within a
 /// time limit) before answering 413, because clients such as Python's `requests` send the whole
 /// body before they read a reply, and would see a broken connection instead of the error.
-async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, ApiError> {
     use hyper::body::Body as _;
     if body.size_hint().lower() > DRAIN_CAP as u64 {
         return Err(too_large(max));

@@ -21,6 +21,7 @@ pub mod notify;
 pub mod openapi;
 pub mod ops;
 pub mod state;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

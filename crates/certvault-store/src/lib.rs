@@ -24,10 +24,12 @@ mod pg_jobs;
 mod pg_outbox;
 mod pg_schema;
 mod pg_status;
+mod pg_ui;
 mod records;
 mod sqlite;
 mod status;
 mod store;
+mod ui;
 
 pub use access::{PolicyRecord, PrincipalRecord, TokenRecord};
 pub use acme::{AcmeAccountRecord, AcmeOrderRecord};
@@ -48,3 +50,4 @@ pub use records::*;
 pub use sqlite::{SqliteStore, StoreHealth, Which};
 pub use status::{CertificateStatus, QueueStatus};
 pub use store::{Store, is_postgres_url};
+pub use ui::{UiCertQuery, UiSession, UiState, ui_list_sql};

@@ -92,7 +92,7 @@ pub(crate) fn count(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
-fn cert_row(r: &Row, o: usize) -> Result<CertRecord, StoreError> {
+pub(crate) fn cert_row(r: &Row, o: usize) -> Result<CertRecord, StoreError> {
     Ok(CertRecord {
         id: col(r, o)?,
         vault_id: col(r, o + 1)?,
@@ -107,7 +107,7 @@ fn cert_row(r: &Row, o: usize) -> Result<CertRecord, StoreError> {
     })
 }
 
-fn ver_row(r: &Row, o: usize) -> Result<VersionRecord, StoreError> {
+pub(crate) fn ver_row(r: &Row, o: usize) -> Result<VersionRecord, StoreError> {
     let chain: Vec<u8> = col(r, o + 10)?;
     Ok(VersionRecord {
         cert_id: col(r, o)?,

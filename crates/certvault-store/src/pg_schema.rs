@@ -338,4 +338,6 @@ CREATE INDEX acme_orders_active ON acme_orders (status) WHERE status = 'active';
     r#"
 ALTER TABLE principals ADD COLUMN metrics BOOLEAN NOT NULL DEFAULT FALSE;
 "#,
+    // the web console's sessions (crate::pg_ui)
+    crate::pg_ui::PG_MIGRATION,
 ];

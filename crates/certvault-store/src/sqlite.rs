@@ -106,6 +106,7 @@ ALTER TABLE versions ADD COLUMN key_ops TEXT;
     r#"
 ALTER TABLE principals ADD COLUMN metrics INTEGER NOT NULL DEFAULT 0;
 "#,
+    crate::ui::MIGRATION,
 ];
 
 type Job = Box<dyn WriteJob>;
@@ -309,7 +310,7 @@ pub(crate) const LATEST_VERSION_ID: &str = "COALESCE(\
 pub(crate) const OP_COLS: &str = "cert_id, request_id, version, issuer_name, status, status_details, csr, \
      error, cancellation_requested, created, updated";
 
-fn cert_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CertRecord> {
+pub(crate) fn cert_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CertRecord> {
     Ok(CertRecord {
         id: r.get(o)?,
         vault_id: r.get(o + 1)?,
@@ -324,7 +325,7 @@ fn cert_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CertRecord> {
     })
 }
 
-fn ver_row(r: &Row<'_>, o: usize) -> rusqlite::Result<VersionRecord> {
+pub(crate) fn ver_row(r: &Row<'_>, o: usize) -> rusqlite::Result<VersionRecord> {
     let chain: Vec<u8> = r.get(o + 10)?;
     Ok(VersionRecord {
         cert_id: r.get(o)?,

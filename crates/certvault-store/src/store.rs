@@ -14,7 +14,7 @@ use crate::{
     Rewrap, Scheduler, SqliteStore, StoreError, TokenRecord, Vault, VersionRecord, VersionUpdate,
     Which,
 };
-use crate::{CertificateStatus, QueueStatus, StoreHealth};
+use crate::{CertificateStatus, QueueStatus, StoreHealth, UiCertQuery, UiSession};
 
 /// A certvault store on one of the two backends.
 #[derive(Clone, Debug)]
@@ -191,6 +191,18 @@ dispatch! {
     fn queue_status(&self, now: i64) -> Result<QueueStatus, StoreError>;
     /// The readiness probe's look at the database.
     fn health(&self) -> Result<StoreHealth, StoreError>;
+    /// Stores a new console session.
+    fn ui_create_session(&self, s: UiSession) -> Result<(), StoreError>;
+    /// A console session by the hash of its id.
+    fn ui_session(&self, id_hash: Vec<u8>) -> Result<Option<UiSession>, StoreError>;
+    /// Records a console session's use.
+    fn ui_touch_session(&self, id_hash: Vec<u8>, now: i64) -> Result<(), StoreError>;
+    /// Deletes a console session and every expired or idle one.
+    fn ui_delete_session(&self, id_hash: Vec<u8>, now: i64, idle_before: i64) -> Result<bool, StoreError>;
+    /// One page of the console's certificate list.
+    fn ui_list_certificates(&self, q: UiCertQuery) -> Result<Vec<(CertRecord, VersionRecord)>, StoreError>;
+    /// The console's counts by state.
+    fn ui_counts(&self, vault_id: i64, now: i64, soon: i64) -> Result<[i64; 6], StoreError>;
     /// Changes a principal.
     fn update_principal(&self, name_key: &str, disabled: Option<bool>, admin: Option<bool>, description: Option<Option<String>>, now: i64) -> Result<PrincipalRecord, StoreError>;
     /// Deletes a principal.
