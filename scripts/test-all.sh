@@ -61,7 +61,8 @@ APT_PACKAGES=(
   # under node.
   "chromium:chromium"
   "nodejs:node"
-  "npm:npm"
+  # npm: NodeSource's nodejs (on this machine kind) bundles it and conflicts with Debian's npm
+  # package, so ensure_ui_deps installs Debian's npm only when the command is missing.
 )
 
 # The Python interpreter the venv is made from: Debian's, which the list
@@ -305,6 +306,10 @@ stop_services() {
 UI_DIR="$ROOT/tests/ui"
 ensure_ui_deps() {
   [[ -f "$UI_DIR/package-lock.json" ]] || die "missing $UI_DIR/package-lock.json"
+  if ! command -v npm >/dev/null; then
+    apt_install npm
+    command -v npm >/dev/null || die "npm is still missing after installing Debian's npm"
+  fi
   # npm ci: exactly the locked playwright-core (no browser download: it drives /usr/bin/chromium).
   (cd "$UI_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund) || die "npm ci in tests/ui failed"
   node --version
