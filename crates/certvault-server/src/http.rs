@@ -224,6 +224,8 @@ async fn handle(
             return crate::ui::handle(&state, peer, req, &request_id).await;
         }
         let method = req.method().clone();
+        // The path only for the debug line (no copy per request otherwise).
+        let path = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_owned());
         let target =
             crate::audit::target(&method, req.uri(), req.headers(), &state.http.base_domain);
         let op = crate::metrics::operation_index(&target.operation);
@@ -238,7 +240,7 @@ async fn handle(
         }
         let status = resp.status().as_u16();
         state.metrics.request(op, status, started.elapsed());
-        tracing::debug!(%peer, %method, operation = crate::metrics::OPERATIONS.get(op).copied().unwrap_or("unknown"), status, "request");
+        tracing::debug!(%peer, %method, path = path.as_deref().unwrap_or(""), operation = crate::metrics::OPERATIONS.get(op).copied().unwrap_or("unknown"), status, "request");
         resp
     }
     .instrument(span)
