@@ -80,6 +80,8 @@ pub struct AppState {
     pub key_cache: KeyCache,
     /// Rendered managed secrets of the current store epoch.
     pub secret_cache: crate::kv::secret_cache::SecretCache,
+    /// Key versions resolved for key operations in the current store epoch.
+    pub key_version_cache: crate::kv::key_version_cache::KeyVersionCache,
     /// The lifecycle engine and notification delivery (settings, wake-ups, work in flight).
     pub lifecycle: crate::lifecycle::Lifecycle,
     /// ACME order tasks and account clients.
@@ -123,6 +125,7 @@ impl AppState {
             hsm,
             key_cache: KeyCache::new(4096),
             secret_cache: crate::kv::secret_cache::SecretCache::new(SECRET_CACHE_BYTES),
+            key_version_cache: crate::kv::key_version_cache::KeyVersionCache::new(4096),
             lifecycle: crate::lifecycle::Lifecycle::default(),
             acme: crate::acme::AcmeRuntime::default(),
             vaults: RwLock::new(HashMap::new()),

@@ -76,15 +76,17 @@ pub enum Durability {
 /// thread while the current one fills.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
 
-/// One caller's records, whether they must be synced, and where their seqs go.
+/// One caller's records (to be synced) and where their seqs go.
 struct Unit {
     records: Vec<NewAuditRecord>,
-    synced: bool,
     reply: oneshot::Sender<Result<Vec<i64>, String>>,
 }
 
 enum Msg {
     Append(Unit),
+    /// A direct append wrote the first unsynced record, or the first record to import, or
+    /// filled an import batch: the thread recomputes its deadlines.
+    Wake,
     Flush {
         reply: oneshot::Sender<Result<(), String>>,
     },
@@ -102,7 +104,12 @@ enum Msg {
 #[derive(Clone)]
 pub struct AuditJournal {
     tx: Arc<Mutex<Option<mpsc::Sender<Msg>>>>,
-    /// Set by the journal thread when appends are refused until restart (see `broken`).
+    /// The segment being written; appends that need not wait for `fdatasync` write it
+    /// directly, under this lock, on the caller's thread.
+    writer: Arc<Mutex<Writer>>,
+    /// Every append waits for `fdatasync` ([`SyncPolicy::Always`]).
+    always_sync: bool,
+    /// Set when appends are refused until restart (see `Writer::broken`).
     broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -216,12 +223,16 @@ fn decode_segment(bytes: &[u8], chain: &AuditChain) -> (Vec<AuditRecord>, bool) 
     (out, true)
 }
 
-struct Journal {
-    store: SqliteStore,
+/// The segment being written and the end of the chain: shared by the journal thread (which
+/// writes the appends that wait for `fdatasync`, syncs, rotates and imports) and by callers
+/// whose appends need only be written (they chain and write on their own thread, under the
+/// lock, instead of handing the record to the journal thread and waiting to be woken: two
+/// thread wake-ups per request were the largest cost left on the read path).
+struct Writer {
     chain: AuditChain,
     dir: PathBuf,
-    self_tx: mpsc::Sender<Msg>,
-    file: File,
+    /// Shared so that `fdatasync` runs outside the lock (appends go on meanwhile).
+    file: Arc<File>,
     segment: u64,
     len: u64,
     /// Full segments not yet deleted, with the last seq each holds.
@@ -234,27 +245,18 @@ struct Journal {
     floor: i64,
     /// Appended to the current segment, not yet handed to the store.
     pending: Vec<AuditRecord>,
-    /// Imports that failed, to hand to the store again.
-    retry: Vec<Vec<AuditRecord>>,
-    /// Imports queued at the store and not yet answered.
-    importing: usize,
-    /// Every record up to this seq is in `audit_log`.
-    imported_upto: i64,
-    /// Flushes waiting for `imported_upto` to reach a seq.
-    flushes: Vec<(i64, oneshot::Sender<Result<(), String>>)>,
-    last_import: Instant,
-    /// Set when a failed append could not be undone, or a deferred sync failed: every later
-    /// append fails (fail closed).
+    /// Set when a failed append could not be undone, or a sync failed: every later append
+    /// fails (fail closed).
     broken: Option<String>,
-    /// Every round waits for `fdatasync`.
-    always_sync: bool,
-    /// When the oldest record written but not yet synced was written.
+    /// When the oldest record written but not yet covered by a sync was written.
     unsynced_since: Option<Instant>,
+    /// Set by `close`: later appends fail.
+    closed: bool,
     /// Mirrors `broken` for [`AuditJournal::is_running`].
     broken_flag: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Journal {
+impl Writer {
     /// Starts preparing the next segment when the current one is half full.
     fn prepare_next(&mut self) {
         if self.next.is_some() || self.len < SEGMENT_BYTES / 2 {
@@ -277,7 +279,7 @@ impl Journal {
     fn rotate(&mut self) -> Result<(), StoreError> {
         // What the current segment holds must be on disk before records go elsewhere.
         if self.unsynced_since.is_some() {
-            self.sync_now();
+            self.sync_locked();
             if let Some(why) = &self.broken {
                 return Err(StoreError::Database(why.clone()));
             }
@@ -292,54 +294,47 @@ impl Journal {
             _ => prepare_segment(&self.dir, n)?,
         };
         self.full.push((self.segment, self.seq));
-        self.file = file;
+        self.file = Arc::new(file);
         self.segment = n;
         self.len = 0;
         Ok(())
     }
 
-    /// Syncs records written without waiting for it. A failure breaks the journal: those
-    /// records were answered already, so every later append fails instead (fail closed).
-    fn sync_now(&mut self) {
+    /// Syncs the current segment while holding the lock (rotation, close).
+    fn sync_locked(&mut self) {
         if self.unsynced_since.is_none() {
             return;
         }
         match self.file.sync_data() {
             Ok(()) => self.unsynced_since = None,
-            Err(e) => {
-                tracing::error!(error = %e, "audit journal: fdatasync failed; audited requests fail until restart");
-                self.broken = Some(format!("the audit journal cannot be synced: {e}"));
-            }
+            Err(e) => self.break_on_sync(&e),
         }
     }
 
-    /// Syncs written records once the oldest has waited [`SYNC_INTERVAL`].
-    fn sync_if_due(&mut self) {
-        if self
-            .unsynced_since
-            .is_some_and(|t| t.elapsed() >= SYNC_INTERVAL)
-        {
-            self.sync_now();
-        }
+    fn break_on_sync(&mut self, e: &std::io::Error) {
+        tracing::error!(error = %e, "audit journal: fdatasync failed; audited requests fail until restart");
+        self.broken = Some(format!("the audit journal cannot be synced: {e}"));
+        self.broken_flag
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Chains and writes one round of appends, syncs it when any append (or the policy) asks
-    /// for it, and answers each.
-    fn append_round(&mut self, units: Vec<Unit>) {
+    /// Chains and writes the records of several callers with one `write` (no sync); answers
+    /// each caller's seqs. On a failed write the partial append is undone and nothing
+    /// advances.
+    fn write(&mut self, batches: Vec<Vec<NewAuditRecord>>) -> Result<Vec<Vec<i64>>, String> {
         if let Some(why) = &self.broken {
-            for u in units {
-                let _ = u.reply.send(Err(why.clone()));
-            }
-            return;
+            return Err(why.clone());
+        }
+        if self.closed {
+            return Err("the audit journal is closed".into());
         }
         let (seq0, prev0, floor0) = (self.seq, self.prev.clone(), self.floor);
-        let sync = self.always_sync || units.iter().any(|u| u.synced);
-        let mut buf = Vec::with_capacity(units.len() * 256);
+        let mut buf = Vec::with_capacity(batches.iter().map(Vec::len).sum::<usize>() * 256);
         let mut chained = Vec::new();
-        let mut answers = Vec::with_capacity(units.len());
-        for u in units {
-            let mut seqs = Vec::with_capacity(u.records.len());
-            for mut fields in u.records {
+        let mut answers = Vec::with_capacity(batches.len());
+        for records in batches {
+            let mut seqs = Vec::with_capacity(records.len());
+            for mut fields in records {
                 self.seq += 1;
                 fields.time = fields.time.max(self.floor);
                 self.floor = fields.time;
@@ -355,38 +350,26 @@ impl Journal {
                 seqs.push(rec.seq);
                 chained.push(rec);
             }
-            answers.push((seqs, u.reply));
+            answers.push(seqs);
         }
         if self.len > 0
             && self.len + buf.len() as u64 > SEGMENT_BYTES
             && let Err(e) = self.rotate()
         {
-            let why = format!("the audit journal cannot start a new segment: {e}");
             tracing::error!(error = %e, "audit journal: cannot start a new segment");
             (self.seq, self.prev, self.floor) = (seq0, prev0, floor0);
-            for (_, reply) in answers {
-                let _ = reply.send(Err(why.clone()));
-            }
-            return;
+            return Err(format!("the audit journal cannot start a new segment: {e}"));
         }
-        let written = self
-            .file
-            .write_all(&buf)
-            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
-        match written {
+        let mut file: &File = &self.file;
+        match file.write_all(&buf) {
             Ok(()) => {
                 self.len += buf.len() as u64;
-                if sync {
-                    // Syncing the file also covered what earlier rounds wrote.
-                    self.unsynced_since = None;
-                } else if self.unsynced_since.is_none() {
+                if self.unsynced_since.is_none() {
                     self.unsynced_since = Some(Instant::now());
                 }
                 self.prepare_next();
                 self.pending.extend(chained);
-                for (seqs, reply) in answers {
-                    let _ = reply.send(Ok(seqs));
-                }
+                Ok(answers)
             }
             Err(e) => {
                 let why = format!("the audit journal cannot be written: {e}");
@@ -394,12 +377,11 @@ impl Journal {
                 // Undo the partial append (zeros again where it wrote) so the segment stays a
                 // clean chain; if that fails too, refuse every later append.
                 let len = self.len;
-                let undone = self
-                    .file
+                let undone = file
                     .seek(SeekFrom::Start(len))
-                    .and_then(|_| self.file.write_all(&vec![0u8; buf.len()]))
-                    .and_then(|()| self.file.seek(SeekFrom::Start(len)).map(|_| ()))
-                    .and_then(|()| self.file.sync_data());
+                    .and_then(|_| file.write_all(&vec![0u8; buf.len()]))
+                    .and_then(|()| file.seek(SeekFrom::Start(len)).map(|_| ()))
+                    .and_then(|()| file.sync_data());
                 if let Err(e2) = undone {
                     tracing::error!(error = %e2, "the audit journal cannot be repaired; audited requests fail until restart");
                     self.broken = Some(why.clone());
@@ -407,7 +389,94 @@ impl Journal {
                         .store(true, std::sync::atomic::Ordering::Release);
                 }
                 (self.seq, self.prev, self.floor) = (seq0, prev0, floor0);
-                for (_, reply) in answers {
+                Err(why)
+            }
+        }
+    }
+}
+
+/// Syncs what the current segment holds, with the lock released during `fdatasync` so that
+/// appends go on meanwhile (a record written during the sync marks the segment unsynced
+/// again, and is synced by the next round). Returns the error a sync failure sets.
+fn sync_shared(w: &Mutex<Writer>) -> Result<(), String> {
+    let file = {
+        let Ok(mut g) = w.lock() else {
+            return Err("the audit journal lock is poisoned".into());
+        };
+        if let Some(why) = &g.broken {
+            return Err(why.clone());
+        }
+        if g.unsynced_since.is_none() {
+            return Ok(());
+        }
+        g.unsynced_since = None;
+        g.file.clone()
+    };
+    match file.sync_data() {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let Ok(mut g) = w.lock() else {
+                return Err("the audit journal lock is poisoned".into());
+            };
+            g.break_on_sync(&e);
+            Err(g.broken.clone().unwrap_or_default())
+        }
+    }
+}
+
+/// The journal thread: writes and syncs the appends that wait for `fdatasync` (group
+/// commit), syncs directly written records within [`SYNC_INTERVAL`], imports records into
+/// `audit_log` and deletes imported segments.
+struct Journal {
+    store: SqliteStore,
+    chain: AuditChain,
+    dir: PathBuf,
+    self_tx: mpsc::Sender<Msg>,
+    writer: Arc<Mutex<Writer>>,
+    /// Imports that failed, to hand to the store again.
+    retry: Vec<Vec<AuditRecord>>,
+    /// Imports queued at the store and not yet answered.
+    importing: usize,
+    /// Every record up to this seq is in `audit_log`.
+    imported_upto: i64,
+    /// Flushes waiting for `imported_upto` to reach a seq.
+    flushes: Vec<(i64, oneshot::Sender<Result<(), String>>)>,
+    last_import: Instant,
+}
+
+impl Journal {
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, Writer>> {
+        self.writer.lock().ok()
+    }
+
+    /// Syncs directly written records once the oldest has waited [`SYNC_INTERVAL`].
+    fn sync_if_due(&mut self) {
+        let due = self.lock().is_some_and(|g| {
+            g.unsynced_since
+                .is_some_and(|t| t.elapsed() >= SYNC_INTERVAL)
+        });
+        if due {
+            let _ = sync_shared(&self.writer);
+        }
+    }
+
+    /// Writes one round of appends with one `write`, syncs it, and answers each.
+    fn append_round(&mut self, units: Vec<Unit>) {
+        let (batches, replies): (Vec<_>, Vec<_>) =
+            units.into_iter().map(|u| (u.records, u.reply)).unzip();
+        let written = match self.writer.lock() {
+            Ok(mut g) => g.write(batches),
+            Err(_) => Err("the audit journal lock is poisoned".into()),
+        };
+        let answered = written.and_then(|seqs| sync_shared(&self.writer).map(|()| seqs));
+        match answered {
+            Ok(seqs) => {
+                for (s, reply) in seqs.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(s));
+                }
+            }
+            Err(why) => {
+                for reply in replies {
                     let _ = reply.send(Err(why.clone()));
                 }
             }
@@ -419,10 +488,13 @@ impl Journal {
         for records in std::mem::take(&mut self.retry) {
             self.submit(records);
         }
-        if self.pending.is_empty() {
+        let records = self
+            .lock()
+            .map(|mut g| std::mem::take(&mut g.pending))
+            .unwrap_or_default();
+        if records.is_empty() {
             return;
         }
-        let records = std::mem::take(&mut self.pending);
         self.submit(records);
         self.last_import = Instant::now();
     }
@@ -464,16 +536,18 @@ impl Journal {
                 }
                 let done = self.imported_upto;
                 let dir = self.dir.clone();
-                self.full.retain(|(n, last)| {
-                    if *last > done {
-                        return true;
-                    }
-                    let path = segment_path(&dir, *n);
-                    if let Err(e) = std::fs::remove_file(&path) {
-                        tracing::warn!(error = %e, path = %path.display(), "audit journal: cannot remove an imported segment");
-                    }
-                    false
-                });
+                if let Ok(mut g) = self.writer.lock() {
+                    g.full.retain(|(n, last)| {
+                        if *last > done {
+                            return true;
+                        }
+                        let path = segment_path(&dir, *n);
+                        if let Err(e) = std::fs::remove_file(&path) {
+                            tracing::warn!(error = %e, path = %path.display(), "audit journal: cannot remove an imported segment");
+                        }
+                        false
+                    });
+                }
                 let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushes)
                     .into_iter()
                     .partition(|(s, _)| *s <= done);
@@ -493,15 +567,22 @@ impl Journal {
         }
     }
 
+    /// (records pending import, when the oldest unsynced record was written, last seq)
+    fn writer_state(&self) -> (usize, Option<Instant>, i64) {
+        self.lock()
+            .map_or((0, None, 0), |g| (g.pending.len(), g.unsynced_since, g.seq))
+    }
+
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut closing: Option<oneshot::Sender<()>> = None;
         loop {
-            let mut wait = if self.pending.is_empty() && self.retry.is_empty() {
+            let (pending, unsynced_since, _) = self.writer_state();
+            let mut wait = if pending == 0 && self.retry.is_empty() {
                 Duration::from_secs(3600)
             } else {
                 IMPORT_INTERVAL.saturating_sub(self.last_import.elapsed())
             };
-            if let Some(t) = self.unsynced_since {
+            if let Some(t) = unsynced_since {
                 wait = wait.min(SYNC_INTERVAL.saturating_sub(t.elapsed()));
             }
             let first = match rx.recv_timeout(wait) {
@@ -519,8 +600,12 @@ impl Journal {
                         n += u.records.len();
                         units.push(u);
                     }
+                    Msg::Wake => {}
                     Msg::Flush { reply } => {
-                        self.flushes.push((self.seq + n_as_i64(n), reply));
+                        // Direct appends made before the flush have advanced the writer's
+                        // seq already; the units of this round come after it.
+                        let seq = self.writer_state().2;
+                        self.flushes.push((seq + n_as_i64(n), reply));
                         force = true;
                     }
                     Msg::Imported {
@@ -541,23 +626,29 @@ impl Journal {
             if !units.is_empty() {
                 self.append_round(units);
             }
+            if closing.is_some()
+                && let Ok(mut g) = self.writer.lock()
+            {
+                g.closed = true;
+                g.sync_locked();
+            }
             self.sync_if_due();
+            let (pending, _, _) = self.writer_state();
             // Flushes with nothing left to import are answered at once.
-            if self.pending.is_empty() && self.importing == 0 && self.retry.is_empty() {
+            if pending == 0 && self.importing == 0 && self.retry.is_empty() {
                 for (_, reply) in std::mem::take(&mut self.flushes) {
                     let _ = reply.send(Ok(()));
                 }
             }
             if force
-                || self.pending.len() >= IMPORT_BATCH
-                || ((!self.pending.is_empty() || !self.retry.is_empty())
+                || pending >= IMPORT_BATCH
+                || ((pending > 0 || !self.retry.is_empty())
                     && self.last_import.elapsed() >= IMPORT_INTERVAL)
             {
                 self.import();
                 self.last_import = Instant::now();
             }
             if closing.is_some() {
-                self.sync_now();
                 break;
             }
         }
@@ -579,12 +670,15 @@ impl Journal {
                 Ok(Msg::Close { reply }) => {
                     let _ = reply.send(());
                 }
+                Ok(Msg::Wake) => {}
                 Err(_) => break,
             }
         }
         // Everything is in the table: no segment is needed any more.
-        if self.pending.is_empty() && self.retry.is_empty() && self.importing == 0 {
-            if let Some(rx) = self.next.take() {
+        let (pending, _, _) = self.writer_state();
+        if pending == 0 && self.retry.is_empty() && self.importing == 0 {
+            let next = self.lock().and_then(|mut g| g.next.take());
+            if let Some(rx) = next {
                 let _ = rx.recv();
             }
             if let Ok(all) = segments(&self.dir) {
@@ -660,12 +754,10 @@ impl AuditJournal {
             tokio::task::spawn_blocking(move || prepare_segment(&first_dir, last_segment + 1))
                 .await
                 .map_err(|e| StoreError::Open(e.to_string()))??;
-        let journal = Journal {
-            store: store.clone(),
-            chain,
-            dir,
-            self_tx: tx.clone(),
-            file,
+        let writer = Arc::new(Mutex::new(Writer {
+            chain: chain.clone(),
+            dir: dir.clone(),
+            file: Arc::new(file),
             segment: last_segment + 1,
             len: 0,
             full: Vec::new(),
@@ -674,15 +766,22 @@ impl AuditJournal {
             prev,
             floor,
             pending: Vec::new(),
+            broken: None,
+            unsynced_since: None,
+            closed: false,
+            broken_flag: broken_flag.clone(),
+        }));
+        let journal = Journal {
+            store: store.clone(),
+            chain,
+            dir,
+            self_tx: tx.clone(),
+            writer: writer.clone(),
             retry: Vec::new(),
             importing: 0,
             imported_upto: seq,
             flushes: Vec::new(),
             last_import: Instant::now(),
-            broken: None,
-            always_sync: policy == SyncPolicy::Always,
-            unsynced_since: None,
-            broken_flag: broken_flag.clone(),
         };
         std::thread::Builder::new()
             .name("certvault-audit-journal".into())
@@ -690,6 +789,8 @@ impl AuditJournal {
             .map_err(|e| StoreError::Open(e.to_string()))?;
         Ok(Self {
             tx: Arc::new(Mutex::new(Some(tx))),
+            writer,
+            always_sync: policy == SyncPolicy::Always,
             broken: broken_flag,
         })
     }
@@ -717,6 +818,12 @@ impl AuditJournal {
 
     /// Appends records; resolves with their seqs once they are written (`Written`) or on disk
     /// (`Synced`, or any append when the journal was opened with [`SyncPolicy::Always`]).
+    ///
+    /// A `Written` append chains and writes its records on the calling thread, under the
+    /// writer's lock (one `write` of a few hundred bytes), and returns without waiting for
+    /// the journal thread; that thread syncs them within [`SYNC_INTERVAL`]. A `Synced` append
+    /// is handed to the journal thread, which writes and syncs every append queued since its
+    /// last round together.
     pub async fn append_with(
         &self,
         records: Vec<NewAuditRecord>,
@@ -725,17 +832,38 @@ impl AuditJournal {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        if durability == Durability::Written && !self.always_sync {
+            return self.append_written(records);
+        }
         let (reply, answer) = oneshot::channel();
-        self.send(Msg::Append(Unit {
-            records,
-            synced: durability == Durability::Synced,
-            reply,
-        }))?;
+        self.send(Msg::Append(Unit { records, reply }))?;
         match answer.await {
             Ok(Ok(seqs)) => Ok(seqs),
             Ok(Err(msg)) => Err(StoreError::Database(msg)),
             Err(_) => Err(StoreError::Closed),
         }
+    }
+
+    fn append_written(&self, records: Vec<NewAuditRecord>) -> Result<Vec<i64>, StoreError> {
+        let (seqs, wake) = {
+            let mut g = self.writer.lock().map_err(|_| StoreError::Closed)?;
+            let first_unsynced = g.unsynced_since.is_none();
+            let before = g.pending.len();
+            let seqs = g
+                .write(vec![records])
+                .map_err(StoreError::Database)?
+                .pop()
+                .unwrap_or_default();
+            let after = g.pending.len();
+            let wake =
+                first_unsynced || before == 0 || (before < IMPORT_BATCH && after >= IMPORT_BATCH);
+            (seqs, wake)
+        };
+        if wake {
+            // The journal thread may be asleep with no deadline: give it this one.
+            self.send(Msg::Wake)?;
+        }
+        Ok(seqs)
     }
 
     /// Resolves once every record appended before the call is in `audit_log`.
@@ -757,6 +885,9 @@ impl AuditJournal {
         }
         if let Ok(mut g) = self.tx.lock() {
             g.take();
+        }
+        if let Ok(mut g) = self.writer.lock() {
+            g.closed = true;
         }
     }
 }
@@ -1000,16 +1131,13 @@ mod tests {
         let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         let jdir = s.audit_journal_dir();
         std::fs::create_dir_all(&jdir).unwrap();
-        let (tx, _rx) = mpsc::channel();
         let ro = segment_path(&jdir, 1);
         std::fs::write(&ro, b"").unwrap();
-        let mut j = Journal {
-            store: s.clone(),
+        let mut w = Writer {
             chain: chain(),
-            dir: jdir.clone(),
-            self_tx: tx,
+            dir: jdir,
             // opened read-only: every write fails
-            file: File::open(&ro).unwrap(),
+            file: Arc::new(File::open(&ro).unwrap()),
             segment: 1,
             len: 0,
             full: Vec::new(),
@@ -1018,35 +1146,18 @@ mod tests {
             prev: vec![0u8; 32],
             floor: i64::MIN,
             pending: Vec::new(),
-            retry: Vec::new(),
-            importing: 0,
-            imported_upto: 0,
-            flushes: Vec::new(),
-            last_import: Instant::now(),
             broken: None,
-            always_sync: false,
             unsynced_since: None,
+            closed: false,
             broken_flag: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
-        let (reply, answer) = oneshot::channel();
-        j.append_round(vec![Unit {
-            records: recs(0, 2),
-            synced: true,
-            reply,
-        }]);
-        assert!(answer.await.unwrap().is_err());
-        assert_eq!((j.seq, j.pending.len()), (0, 0), "nothing advanced");
+        assert!(w.write(vec![recs(0, 2)]).is_err());
+        assert_eq!((w.seq, w.pending.len()), (0, 0), "nothing advanced");
         // The partial append could not be cut off either (read-only): the journal refuses
         // every later append instead of writing after a damaged record (fail closed).
-        assert!(j.broken.is_some());
-        assert!(j.broken_flag.load(std::sync::atomic::Ordering::Acquire));
-        j.rotate().unwrap();
-        let (reply, answer) = oneshot::channel();
-        j.append_round(vec![Unit {
-            records: recs(0, 2),
-            synced: true,
-            reply,
-        }]);
-        assert!(answer.await.unwrap().is_err());
+        assert!(w.broken.is_some());
+        assert!(w.broken_flag.load(std::sync::atomic::Ordering::Acquire));
+        w.rotate().unwrap();
+        assert!(w.write(vec![recs(0, 2)]).is_err());
     }
 }

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::Ctx;
 use super::certs::KeyMaterial;
+use super::key_version_cache::CachedKeyVersion;
 use super::model::{self, b64url, from_b64url, stored_policy};
 use super::secrets::{check_usable, list_object_versions, list_objects, version_for};
 use crate::error::{ApiError, ApiResult};
@@ -139,20 +140,15 @@ pub async fn operation(
         ));
     }
     let body: OpBody = ctx.json()?;
-    let (cert, v) = version_for(
-        ctx,
-        seg,
-        Some(version).filter(|v| !v.is_empty()),
-        key_not_found,
-    )
-    .await?;
-    check_usable(ctx, &v, "key", &op)?;
+    let resolved = resolve_for_op(ctx, seg, version).await?;
+    let (cert, v) = (&resolved.cert, &resolved.version);
+    check_usable(ctx, v, "key", &op)?;
     let wire_op = match op.as_str() {
         "wrapkey" => "wrapKey",
         "unwrapkey" => "unwrapKey",
         other => other,
     };
-    if !key_ops(&cert, &v).iter().any(|o| o == wire_op) {
+    if !resolved.key_ops.iter().any(|o| o == wire_op) {
         return Err(ApiError::forbidden(format!(
             "Operation {wire_op} is not permitted on this key: its key_ops follow the certificate \
              policy's key usage."
@@ -161,11 +157,11 @@ pub async fn operation(
     }
     let kid = format!("{}/keys/{}/{}", ctx.base, cert.name, v.version);
     let value = from_b64url(&body.value, "value")?;
-    let public = PublicKey::from_spki_der(&v.spki).map_err(|e| ApiError::internal(&e))?;
+    let public = &resolved.public;
     let out = match op.as_str() {
         "sign" => {
             let alg: SignAlg = body.alg.parse().map_err(|_| unknown_alg(&body.alg))?;
-            let key = KeyMaterial::of_version(ctx, &v)?;
+            let key = KeyMaterial::of_version(ctx, v)?;
             let sig = run_key_op(key, move |k| k.sign(alg, &value)).await?;
             json!({"kid": kid, "value": b64url(&sig)})
         }
@@ -177,22 +173,62 @@ pub async fn operation(
                     .ok_or_else(|| ApiError::bad("'digest' is required for verify."))?,
                 "digest",
             )?;
-            let ok = certvault_crypto::verify(&public, alg, &digest, &value)?;
+            let ok = certvault_crypto::verify(public, alg, &digest, &value)?;
             json!({"value": ok})
         }
         "encrypt" | "wrapkey" => {
             let alg: EncAlg = body.alg.parse().map_err(|_| unknown_alg(&body.alg))?;
-            let ct = certvault_crypto::encrypt(&public, alg, &value)?;
+            let ct = certvault_crypto::encrypt(public, alg, &value)?;
             json!({"kid": kid, "value": b64url(&ct)})
         }
         _ => {
             let alg: EncAlg = body.alg.parse().map_err(|_| unknown_alg(&body.alg))?;
-            let key = KeyMaterial::of_version(ctx, &v)?;
+            let key = KeyMaterial::of_version(ctx, v)?;
             let pt = run_key_op(key, move |k| k.decrypt(alg, &value)).await?;
             json!({"kid": kid, "value": b64url(&pt)})
         }
     };
     Ok(json_response(StatusCode::OK, &out))
+}
+
+/// The key version a key operation uses: from the epoch cache when it was resolved since the
+/// last change, else read from the store (the latest completed version when `version` is
+/// empty) and cached.
+async fn resolve_for_op(
+    ctx: &Ctx<'_>,
+    seg: &str,
+    version: &str,
+) -> ApiResult<std::sync::Arc<CachedKeyVersion>> {
+    let cache_key = (
+        ctx.vault_id(),
+        seg.to_ascii_lowercase(),
+        version.to_ascii_lowercase(),
+    );
+    let epoch = ctx.state.store.epoch();
+    if let Some(hit) = ctx.state.key_version_cache.get(&cache_key, epoch) {
+        if version.is_empty() {
+            let _ = ctx.resolved_version.set(hit.version.version.clone());
+        }
+        return Ok(hit);
+    }
+    let (cert, v) = version_for(
+        ctx,
+        seg,
+        Some(version).filter(|v| !v.is_empty()),
+        key_not_found,
+    )
+    .await?;
+    let public = PublicKey::from_spki_der(&v.spki).map_err(|e| ApiError::internal(&e))?;
+    let entry = std::sync::Arc::new(CachedKeyVersion {
+        key_ops: key_ops(&cert, &v),
+        cert,
+        version: v,
+        public,
+    });
+    ctx.state
+        .key_version_cache
+        .put(cache_key, entry.clone(), epoch, ctx.state.store.epoch());
+    Ok(entry)
 }
 
 /// Runs a private-key operation. A software key signs or decrypts on the calling task: an

@@ -3,6 +3,7 @@
 
 pub(crate) mod certs;
 mod issuers;
+pub mod key_version_cache;
 mod keys;
 mod model;
 pub mod secret_cache;
