@@ -87,6 +87,8 @@ pub struct Chrome<'a> {
     pub vault: Option<&'a str>,
     /// The current navigation entry.
     pub nav: &'a str,
+    /// Links to the manage pages (import, issuers, …) the principal may use: (key, label).
+    pub manage: &'a [(&'static str, &'static str)],
 }
 
 /// A complete page.
@@ -147,6 +149,15 @@ pub fn page(title: &str, chrome: &Chrome<'_>, main: &str) -> String {
                     ""
                 };
                 let _ = write!(h, r#"<li><a href="{href}"{cur}>{label}</a></li>"#);
+            }
+            // Manage pages (ui::manage), only those the principal may use.
+            for (key, label) in chrome.manage {
+                let cur = if *key == chrome.nav {
+                    r#" aria-current="page""#
+                } else {
+                    ""
+                };
+                let _ = write!(h, r#"<li><a href="/ui/v/{v}/{key}"{cur}>{label}</a></li>"#);
             }
         }
         h.push_str("</ul></nav>");

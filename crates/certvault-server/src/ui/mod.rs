@@ -16,6 +16,7 @@
 
 mod certs;
 pub mod html;
+mod manage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub(crate) struct Req<'a> {
     pub form: Vec<(String, String)>,
     pub session: Session,
     pub vaults: Vec<String>,
+    /// The manage pages' header links the caller may use in the current vault (ui::manage).
+    pub manage_nav: Vec<(&'static str, &'static str)>,
 }
 
 /// What the Key Vault router answered to an in-process call.
@@ -130,6 +133,7 @@ impl Req<'_> {
             vaults: &self.vaults,
             vault,
             nav,
+            manage: &self.manage_nav,
         }
     }
 
@@ -408,6 +412,7 @@ fn bare_page(status: StatusCode, title: &str, main: &str) -> Response<Body> {
         vaults: &[],
         vault: None,
         nav: "",
+        manage: &[],
     };
     html_response(status, page(title, &chrome, main))
 }
@@ -617,7 +622,30 @@ async fn route(
                 ),
             );
         }
+        let ctype = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
         match crate::http::read_body(body, state.http.max_body).await {
+            // File uploads (the import page).
+            Ok(b)
+                if ctype
+                    .to_ascii_lowercase()
+                    .starts_with("multipart/form-data") =>
+            {
+                match manage::parse_multipart(&ctype, &b) {
+                    Some(f) => f,
+                    None => {
+                        return bare_page(
+                            StatusCode::BAD_REQUEST,
+                            "Bad request",
+                            &html::notice("error", "The form data could not be read."),
+                        );
+                    }
+                }
+            }
             Ok(b) => crate::kv::parse_query(Some(&String::from_utf8_lossy(&b))),
             Err(e) => {
                 return bare_page(e.status, "Bad request", &html::notice("error", &e.message));
@@ -718,6 +746,18 @@ async fn route(
         return with_cookie(redirect("/ui/login"), &clear_cookie());
     }
     let vaults = visible_vaults(state, &session.caller).await;
+    let segs: Vec<&str> = path
+        .trim_start_matches("/ui")
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let manage_nav = match segs.as_slice() {
+        ["v", vault, ..] => {
+            manage::nav_links(state, &session.caller, &crate::kv::percent_decode(vault)).await
+        }
+        _ => Vec::new(),
+    };
     let r = Req {
         state,
         peer,
@@ -726,13 +766,8 @@ async fn route(
         form,
         session,
         vaults,
+        manage_nav,
     };
-    let segs: Vec<&str> = path
-        .trim_start_matches("/ui")
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
     match segs.as_slice() {
         [] => match r.vaults.first() {
             Some(v) => redirect(&format!("/ui/v/{}/certificates", html::url(v))),
@@ -750,6 +785,12 @@ async fn route(
             Some(v) if !v.is_empty() => redirect(&format!("/ui/v/{}/certificates", html::url(v))),
             _ => redirect("/ui/"),
         },
+        // --- manage pages (ui2) ---
+        ["v", vault, page, rest @ ..] if manage::PAGES.contains(page) => {
+            let vault = crate::kv::percent_decode(vault);
+            manage::route(&r, &method, &vault, page, rest).await
+        }
+        // --- end manage pages (ui2) ---
         ["v", vault, rest @ ..] => {
             let vault = crate::kv::percent_decode(vault);
             certs::route(&r, &method, &vault, rest).await
