@@ -16,6 +16,11 @@
 
 mod certs;
 pub mod html;
+// --- admin/dashboard pages (ui3) ---
+mod admin;
+mod audit;
+mod dashboard;
+// --- end admin/dashboard pages (ui3) ---
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -747,9 +752,15 @@ async fn route(
             ),
         },
         ["go"] => match r.q("vault") {
-            Some(v) if !v.is_empty() => redirect(&format!("/ui/v/{}/certificates", html::url(v))),
+            Some(v) if !v.is_empty() => redirect(&format!("/ui/v/{}/dashboard", html::url(v))),
             _ => redirect("/ui/"),
         },
+        // --- admin/dashboard pages (ui3) ---
+        ["v", vault, "audit"] if method == Method::GET || method == Method::HEAD => {
+            audit::page(&r, &crate::kv::percent_decode(vault)).await
+        }
+        ["admin", rest @ ..] => admin::route(&r, &method, rest).await,
+        // --- end admin/dashboard pages (ui3) ---
         ["v", vault, rest @ ..] => {
             let vault = crate::kv::percent_decode(vault);
             certs::route(&r, &method, &vault, rest).await
