@@ -165,7 +165,7 @@ pub(crate) async fn page(r: &Req<'_>, vault: &str) -> Response<Body> {
         "ui.dashboard",
         "admin.audit.list",
         "admin.principals.create",
-        "admin.policies.set",
+        "admin.access-policies.set",
     ] {
         let _ = write!(h, r#"<option value="{op}">"#);
     }
