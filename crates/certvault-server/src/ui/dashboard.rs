@@ -17,6 +17,8 @@ use crate::state::VaultCtx;
 /// The timeline's width in days and its bar width.
 const TIMELINE_DAYS: i64 = 90;
 const BUCKET_DAYS: i64 = 7;
+/// Room above the bars for their counts.
+const TOP: i64 = 16;
 /// The next expiries listed under the timeline.
 const NEXT: usize = 10;
 /// Failures listed.
@@ -38,8 +40,8 @@ fn timeline_svg(hist: &[i64], now: i64) -> String {
     let width = (bar + gap) * n;
     let mut s = format!(
         r#"<svg class="timeline" viewBox="0 0 {width} {vh}" width="{w}" height="{hh}" role="img" aria-labelledby="timeline-title"><title id="timeline-title">Certificates expiring per week over the next {TIMELINE_DAYS} days</title>"#,
-        vh = h + 40,
-        hh = h + 40,
+        vh = h + 56,
+        hh = h + 56,
     );
     for (i, n) in hist.iter().enumerate() {
         let i = i64::try_from(i).unwrap_or(0);
@@ -50,10 +52,10 @@ fn timeline_svg(hist: &[i64], now: i64) -> String {
         let _ = write!(
             s,
             r#"<g><title>{n} expiring in the week from {label}</title><rect class="bar" x="{x}" y="{y}" width="{bar}" height="{bh}"></rect><text x="{tx}" y="{ty}" text-anchor="middle" class="n">{n}</text><text x="{tx}" y="{ly}" text-anchor="middle" class="wk">+{d}d</text></g>"#,
-            y = h - bh,
+            y = TOP + h - bh,
             tx = x + bar / 2,
-            ty = (h - bh - 4).max(12),
-            ly = h + 16,
+            ty = TOP + h - bh - 4,
+            ly = TOP + h + 16,
             d = i * BUCKET_DAYS,
         );
     }
