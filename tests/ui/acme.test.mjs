@@ -159,6 +159,42 @@ test("order from pebble with the notify flow: records shown, user adds them, ack
   await ctx.close();
 });
 
+test("an order whose notify window passes shows on the dashboard as a recent failure", async () => {
+  const put = await request(srv, "PUT", "/certificates/issuers/pebble-short?api-version=7.4", {
+    token: srv.token,
+    json: { provider: "acme", acme: { directory: peers.directory, terms_agreed: true, ca_pem: peers.caPem, dns: { mode: "notify", window_seconds: 10 } } },
+  });
+  assert.equal(put.status, 200, put.body.toString());
+  const policy = {
+    key_props: { kty: "EC", crv: "P-256", exportable: true, reuse_key: false },
+    x509_props: { subject: "CN=late.example.test", sans: { dns_names: ["late.example.test"] } },
+    issuer: { name: "pebble-short" },
+  };
+  const c = await request(srv, "POST", "/certificates/late-ui/create?api-version=7.4", { token: srv.token, json: { policy } });
+  assert.equal(c.status, 202, c.body.toString());
+  let op;
+  for (let i = 0; i < 240; i++) {
+    const r = await request(srv, "GET", "/certificates/late-ui/pending?api-version=7.4", { token: srv.token });
+    op = JSON.parse(r.body);
+    if (op.status && op.status !== "inProgress") break;
+    await new Promise((res) => setTimeout(res, 500));
+  }
+  assert.equal(op.status, "failed", JSON.stringify(op));
+  const ctx = await newContext(browser);
+  const page = await ctx.newPage();
+  await page.goto(`${srv.url}/ui/login`);
+  await page.getByLabel("Access token").fill(srv.token);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForURL(/\/ui\/v\/default\//);
+  await page.goto(`${srv.url}/ui/v/default/dashboard`);
+  const row = page.locator("table[data-testid=failures] tbody tr").filter({ hasText: "late-ui" });
+  assert.equal(await row.count(), 1, "the failed order is listed");
+  assert.match(await row.textContent(), /Order failed/);
+  assert.match(await row.textContent(), /not visible/, "with the CA's / validator's reason");
+  await shot(page, "22-dashboard-failure");
+  await ctx.close();
+});
+
 process.on("exit", (code) => {
   if (code !== 0 && srv) console.error(`--- server log ---\n${serverLog(srv)}`);
   if (code !== 0 && peers) {

@@ -50,4 +50,7 @@ pub use records::*;
 pub use sqlite::{SqliteStore, StoreHealth, Which};
 pub use status::{CertificateStatus, QueueStatus};
 pub use store::{Store, is_postgres_url};
-pub use ui::{UiCertQuery, UiSession, UiState, ui_list_sql};
+pub use ui::{
+    FAILURE_KINDS, NO_EXPIRY, SEARCH_INDEX_LIMIT, SearchPlan, UiCertQuery, UiChannelHealth,
+    UiSession, UiSort, UiState,
+};

@@ -168,7 +168,7 @@ pub struct EventRecord {
 
 pub(crate) const EVENT_COLS: &str = "e.id, e.uid, e.kind, e.vault_id, e.vault, e.cert_id, e.cert_name, e.version, e.email, e.body, e.created";
 
-fn event_row(r: &Row<'_>, o: usize) -> rusqlite::Result<EventRecord> {
+pub(crate) fn event_row(r: &Row<'_>, o: usize) -> rusqlite::Result<EventRecord> {
     let body: String = r.get(o + 9)?;
     Ok(EventRecord {
         id: r.get(o)?,

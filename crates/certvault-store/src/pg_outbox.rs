@@ -13,7 +13,7 @@ use crate::{
     NewEvent, PgStore, StoreError,
 };
 
-fn event_row(r: &Row, o: usize) -> Result<EventRecord, StoreError> {
+pub(crate) fn event_row(r: &Row, o: usize) -> Result<EventRecord, StoreError> {
     let body: String = col(r, o + 9)?;
     Ok(EventRecord {
         id: col(r, o)?,

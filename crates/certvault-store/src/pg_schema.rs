@@ -340,4 +340,5 @@ ALTER TABLE principals ADD COLUMN metrics BOOLEAN NOT NULL DEFAULT FALSE;
 "#,
     // the web console's sessions (crate::pg_ui)
     crate::pg_ui::PG_MIGRATION,
+    crate::pg_ui::PG_SEARCH_MIGRATION,
 ];

@@ -107,6 +107,7 @@ ALTER TABLE versions ADD COLUMN key_ops TEXT;
 ALTER TABLE principals ADD COLUMN metrics INTEGER NOT NULL DEFAULT 0;
 "#,
     crate::ui::MIGRATION,
+    crate::ui::SEARCH_MIGRATION,
 ];
 
 type Job = Box<dyn WriteJob>;

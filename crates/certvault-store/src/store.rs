@@ -14,7 +14,7 @@ use crate::{
     Rewrap, Scheduler, SqliteStore, StoreError, TokenRecord, Vault, VersionRecord, VersionUpdate,
     Which,
 };
-use crate::{CertificateStatus, QueueStatus, StoreHealth, UiCertQuery, UiSession};
+use crate::{CertificateStatus, QueueStatus, StoreHealth, UiCertQuery, UiChannelHealth, UiSession};
 
 /// A certvault store on one of the two backends.
 #[derive(Clone, Debug)]
@@ -203,6 +203,12 @@ dispatch! {
     fn ui_list_certificates(&self, q: UiCertQuery) -> Result<Vec<(CertRecord, VersionRecord)>, StoreError>;
     /// The console's counts by state.
     fn ui_counts(&self, vault_id: i64, now: i64, soon: i64) -> Result<[i64; 6], StoreError>;
+    /// The dashboard's newest failed orders and renewals.
+    fn ui_failures(&self, vault_id: i64, limit: i64) -> Result<Vec<EventRecord>, StoreError>;
+    /// The dashboard's notification channel health.
+    fn ui_channel_health(&self, vault_id: i64) -> Result<Vec<UiChannelHealth>, StoreError>;
+    /// The dashboard's expiry timeline.
+    fn ui_expiry_histogram(&self, vault_id: i64, now: i64, bucket: i64, buckets: i64) -> Result<Vec<i64>, StoreError>;
     /// Changes a principal.
     fn update_principal(&self, name_key: &str, disabled: Option<bool>, admin: Option<bool>, description: Option<Option<String>>, now: i64) -> Result<PrincipalRecord, StoreError>;
     /// Deletes a principal.

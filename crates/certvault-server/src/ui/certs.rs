@@ -8,7 +8,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use certvault_core::access::ObjectType::{Certificates as C, Secrets as S};
 use certvault_core::names::ObjectName;
-use certvault_store::{CertRecord, UiCertQuery, UiState, VersionRecord};
+use certvault_store::{CertRecord, NO_EXPIRY, UiCertQuery, UiSort, UiState, VersionRecord};
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::Full;
 use serde_json::{Value, json};
@@ -40,7 +40,7 @@ pub(crate) async fn route(
     let vname = v.vault.name.clone();
     let get = *method == Method::GET || *method == Method::HEAD;
     match (rest, get) {
-        ([] | ["dashboard"], true) => dashboard(r, &v).await,
+        ([] | ["dashboard"], true) => super::dashboard::page(r, &v).await,
         (["certificates"], true) => list(r, &v).await,
         (["certificates", "new"], true) => {
             let issuers = issuer_names(r, &v).await;
@@ -151,62 +151,6 @@ fn file_response(ctype: &'static str, filename: &str, body: Vec<u8>) -> Response
     resp
 }
 
-// ------------------------------------------------------------------------------ dashboard
-
-async fn dashboard(r: &Req<'_>, v: &VaultCtx) -> Response<Body> {
-    let vname = &v.vault.name;
-    if !r.can(v.vault.id, C, "list") {
-        r.audit(vname, "ui.dashboard", None, 403).await;
-        return r.error(
-            StatusCode::FORBIDDEN,
-            Some(vname),
-            "You may not list certificates in this vault.",
-        );
-    }
-    let now = r.state.clock.now();
-    let counts = match r.state.store.ui_counts(v.vault.id, now, SOON).await {
-        Ok(c) => c,
-        Err(e) => {
-            return r.error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Some(vname),
-                &e.to_string(),
-            );
-        }
-    };
-    if !r.audit(vname, "ui.dashboard", None, 200).await {
-        return r.error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Some(vname),
-            "The request could not be recorded in the audit trail.",
-        );
-    }
-    let base = format!("/ui/v/{}/certificates", url(vname));
-    let mut h = String::from(
-        r#"<section aria-labelledby="counts"><h2 id="counts">Certificates by state</h2><div class="cards">"#,
-    );
-    for (label, n, filter) in [
-        ("Total", counts[0], "all"),
-        ("Valid", counts[1], "valid"),
-        ("Expiring ≤ 30 d", counts[2], "expiring"),
-        ("Expired", counts[3], "expired"),
-        ("Pending", counts[4], "pending"),
-        ("Disabled", counts[5], "disabled"),
-    ] {
-        let _ = write!(
-            h,
-            r#"<a class="card" href="{base}?state={filter}"><div class="n">{n}</div><div>{label}</div></a>"#
-        );
-    }
-    h.push_str("</div></section>");
-    r.page(
-        Some(vname),
-        "dashboard",
-        &format!("Dashboard · {vname}"),
-        &h,
-    )
-}
-
 // ------------------------------------------------------------------------------ list
 
 fn parse_state(s: Option<&str>) -> UiState {
@@ -238,8 +182,18 @@ pub(crate) async fn list(r: &Req<'_>, v: &VaultCtx) -> Response<Body> {
         .filter(|s| !s.is_empty())
         .map(|s| certvault_core::names::truncate(s, 200));
     let state_s = r.q("state").unwrap_or("all").to_owned();
-    let descending = r.q("sort") == Some("-name");
+    let sort_s = r
+        .q("sort")
+        .filter(|s| matches!(*s, "-name" | "expiry" | "-expiry"))
+        .unwrap_or("name");
+    let descending = sort_s.starts_with('-');
+    let sort = if sort_s.ends_with("expiry") {
+        UiSort::Expiry
+    } else {
+        UiSort::Name
+    };
     let after = r.q("after").filter(|s| !s.is_empty()).map(str::to_owned);
+    let after_exp = r.q("after_exp").and_then(|s| s.parse::<i64>().ok());
     let query = UiCertQuery {
         vault_id: v.vault.id,
         deleted: false,
@@ -247,8 +201,10 @@ pub(crate) async fn list(r: &Req<'_>, v: &VaultCtx) -> Response<Body> {
         state: parse_state(Some(&state_s)),
         now,
         soon: SOON,
+        sort,
         descending,
         after: after.clone(),
+        after_exp,
         limit: PAGE + 1,
     };
     let rows = match r.state.store.ui_list_certificates(query).await {
@@ -274,7 +230,7 @@ pub(crate) async fn list(r: &Req<'_>, v: &VaultCtx) -> Response<Body> {
     let _ = write!(
         h,
         r#"<form class="filters" method="get" action="{base}" role="search">
-<div class="field"><label for="q">Search</label><input type="search" id="q" name="q" value="{q}" placeholder="name, subject or domain"></div>
+<div class="field"><label for="q">Search</label><input type="search" id="q" name="q" value="{q}" placeholder="name, subject, domain, issuer or tag"></div>
 <div class="field"><label for="state">State</label><select id="state" name="state">"#,
         q = esc(search.as_deref().unwrap_or(""))
     );
@@ -292,10 +248,20 @@ pub(crate) async fn list(r: &Req<'_>, v: &VaultCtx) -> Response<Body> {
     let _ = write!(
         h,
         r#"</select></div>
-<div class="field"><label for="sort">Sort</label><select id="sort" name="sort"><option value="name"{a}>Name A–Z</option><option value="-name"{d}>Name Z–A</option></select></div>
+<div class="field"><label for="sort">Sort</label><select id="sort" name="sort">"#,
+    );
+    for (val, label) in [
+        ("name", "Name A–Z"),
+        ("-name", "Name Z–A"),
+        ("expiry", "Expiry, soonest first"),
+        ("-expiry", "Expiry, latest first"),
+    ] {
+        let sel = if val == sort_s { " selected" } else { "" };
+        let _ = write!(h, r#"<option value="{val}"{sel}>{label}</option>"#);
+    }
+    h.push_str(
+        r#"</select></div>
 <div><button type="submit">Apply</button></div></form>"#,
-        a = if descending { "" } else { " selected" },
-        d = if descending { " selected" } else { "" },
     );
     if r.can(v.vault.id, C, "create") {
         let _ = write!(
@@ -335,18 +301,23 @@ pub(crate) async fn list(r: &Req<'_>, v: &VaultCtx) -> Response<Body> {
         "q={}&state={}&sort={}",
         url(search.as_deref().unwrap_or("")),
         url(&state_s),
-        if descending { "-name" } else { "name" }
+        sort_s
     );
     h.push_str(r#"<nav class="pager" aria-label="Pages">"#);
     if after.is_some() {
         let _ = write!(h, r#"<a href="{base}?{keep}">First page</a>"#);
     }
     if rows.len() > PAGE
-        && let Some((last, _)) = rows.get(PAGE - 1)
+        && let Some((last, last_v)) = rows.get(PAGE - 1)
     {
+        let exp = if sort == UiSort::Expiry {
+            format!("&after_exp={}", last_v.exp.unwrap_or(NO_EXPIRY))
+        } else {
+            String::new()
+        };
         let _ = write!(
             h,
-            r#"<a href="{base}?{keep}&after={}" rel="next">Next page</a>"#,
+            r#"<a href="{base}?{keep}&after={}{exp}" rel="next">Next page</a>"#,
             url(&last.name.to_ascii_lowercase())
         );
     }
@@ -1488,8 +1459,10 @@ async fn deleted_list(r: &Req<'_>, v: &VaultCtx) -> Response<Body> {
             state: UiState::All,
             now,
             soon: SOON,
+            sort: UiSort::Name,
             descending: false,
             after: after.clone(),
+            after_exp: None,
             limit: PAGE + 1,
         })
         .await

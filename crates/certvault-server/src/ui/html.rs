@@ -160,6 +160,23 @@ pub fn page(title: &str, chrome: &Chrome<'_>, main: &str) -> String {
                 let _ = write!(h, r#"<li><a href="/ui/v/{v}/{key}"{cur}>{label}</a></li>"#);
             }
         }
+        // --- admin/dashboard pages (ui3) ---
+        if chrome.admin {
+            let mut links: Vec<(&str, &str, String)> = Vec::new();
+            if let Some(v) = chrome.vault {
+                links.push(("audit", "Audit log", format!("/ui/v/{}/audit", url(v))));
+            }
+            links.push(("admin", "Admin", "/ui/admin".to_owned()));
+            for (key, label, href) in links {
+                let cur = if key == chrome.nav {
+                    r#" aria-current="page""#
+                } else {
+                    ""
+                };
+                let _ = write!(h, r#"<li><a href="{href}"{cur}>{label}</a></li>"#);
+            }
+        }
+        // --- end admin/dashboard pages (ui3) ---
         h.push_str("</ul></nav>");
         let _ = write!(
             h,

@@ -17,6 +17,11 @@
 mod certs;
 pub mod html;
 mod manage;
+// --- admin/dashboard pages (ui3) ---
+mod admin;
+mod audit;
+mod dashboard;
+// --- end admin/dashboard pages (ui3) ---
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -782,7 +787,7 @@ async fn route(
             ),
         },
         ["go"] => match r.q("vault") {
-            Some(v) if !v.is_empty() => redirect(&format!("/ui/v/{}/certificates", html::url(v))),
+            Some(v) if !v.is_empty() => redirect(&format!("/ui/v/{}/dashboard", html::url(v))),
             _ => redirect("/ui/"),
         },
         // --- manage pages (ui2) ---
@@ -791,6 +796,12 @@ async fn route(
             manage::route(&r, &method, &vault, page, rest).await
         }
         // --- end manage pages (ui2) ---
+        // --- admin/dashboard pages (ui3) ---
+        ["v", vault, "audit"] if method == Method::GET || method == Method::HEAD => {
+            audit::page(&r, &crate::kv::percent_decode(vault)).await
+        }
+        ["admin", rest @ ..] => admin::route(&r, &method, rest).await,
+        // --- end admin/dashboard pages (ui3) ---
         ["v", vault, rest @ ..] => {
             let vault = crate::kv::percent_decode(vault);
             certs::route(&r, &method, &vault, rest).await
