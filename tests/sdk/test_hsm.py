@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secret_registry
 import base64
+import contextlib
 import datetime
 import hashlib
 import os
@@ -79,26 +80,46 @@ class Token:
         return objs
 
 
-def start(token: Token, *extra: str) -> support.CertvaultServer:
+@contextlib.contextmanager
+def softhsm_token():
+    """A fresh token in a scratch directory, removed (token files included) when the block
+    ends, also when it fails. Server logs live in the session log dir, not here."""
+    root = Path(tempfile.mkdtemp(prefix="certvault-softhsm-"))
+    try:
+        yield Token(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def hsm_server(token: Token, *extra: str):
+    """A server using `token`, in a scratch directory that is stopped and removed when the
+    block ends, also when it (or the server's start) fails."""
     root = Path(tempfile.mkdtemp(prefix="certvault-hsm-"))
-    srv = new_server(os.environ["CERTVAULT_BIN"], root)
-    srv.extra_args = [*token.args(), *extra]
-    srv.extra_env = dict(token.env)
-    srv.start()
-    return srv
+    srv = None
+    try:
+        srv = new_server(os.environ["CERTVAULT_BIN"], root)
+        srv.extra_args = [*token.args(), *extra]
+        srv.extra_env = dict(token.env)
+        srv.start()
+        yield srv
+    finally:
+        if srv is not None:
+            srv.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def token():
-    return Token(Path(tempfile.mkdtemp(prefix="certvault-softhsm-")))
+    with softhsm_token() as t:
+        yield t
 
 
 @pytest.fixture(scope="module")
 def hsm(token):
     """A server whose HSM keys and master key live in the token."""
-    srv = start(token, "--master-key", "pkcs11")
-    yield srv
-    srv.stop()
+    with hsm_server(token, "--master-key", "pkcs11") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -264,8 +285,7 @@ def test_purge_destroys_the_token_key(hsm, hclients, token):
 def test_token_not_configured_and_master_key_moves(token):
     """A server with a file master key makes an HSM certificate, restarts without the token
     (clear refusal, no crash), then moves its master key into the token and back."""
-    srv = start(token)
-    try:
+    with hsm_server(token) as srv:
         c = srv.clients()
         name = unique("hsm-gone")
         cert = c.certs.begin_create_certificate(name, hsm_policy(name, "EC-HSM", curve="P-256"), **LRO).result(timeout=60)
@@ -300,5 +320,19 @@ def test_token_not_configured_and_master_key_moves(token):
         assert re.fullmatch(r"[0-9a-f]{64}", (srv.data_dir / "master.key").read_text().strip())
         srv.restart()
         assert srv.clients().certs.get_certificate(name).name == name
-    finally:
-        srv.stop()
+
+
+def test_scratch_dirs_are_removed_also_when_a_test_fails():
+    """The token and server scratch directories (the fixtures' helpers) are gone after their
+    block, also when the block raises."""
+    with pytest.raises(RuntimeError, match="test failure"):
+        with softhsm_token() as t:
+            token_root = t.conf.parent
+            assert any((token_root / "tokens").iterdir()), "the token was initialised"
+            with hsm_server(t) as srv:
+                server_root = srv.data_dir.parent
+                assert server_root.name.startswith("certvault-hsm-") and srv.running()
+                raise RuntimeError("test failure")
+    assert not server_root.exists(), server_root
+    assert not token_root.exists(), token_root
+    assert srv.proc.poll() is not None, "the server was stopped"

@@ -95,6 +95,18 @@ function setTxt(p, host, value) {
   });
 }
 
+// What the certificate page offers, read from one DOM snapshot (the page may reload itself
+// while an order is pending).
+function actionsSnapshot(page) {
+  return page.evaluate(() => ({
+    renew: [...document.querySelectorAll("button")].some((b) => b.textContent.trim() === "Renew now"),
+    blocked: document.querySelector('[data-testid="renew-blocked"]') !== null,
+    enabledBox: document.getElementById("enabled") !== null,
+    enabledPending: document.querySelector('[data-testid="enabled-pending"]') !== null,
+    toggle: document.querySelector('form[action$="/enable"]') !== null,
+  }));
+}
+
 function stopPeers(p) {
   if (!p) return;
   for (const proc of [p.pebble, p.challtest]) if (proc.exitCode === null) proc.kill("SIGTERM");
@@ -141,6 +153,13 @@ test("order from pebble with the notify flow: records shown, user adds them, ack
   assert.equal(values.length, 2, "apex and wildcard: two values");
   assert.match(await page.getByTestId("time-left").textContent(), /\d+ min \d+ s left/);
   assert.deepEqual([...new Set(names)], ["_acme-challenge.shop.example.test"]);
+  // While the order is pending the page offers no "Renew now" (the API refuses it with 409)
+  // and shows the pending version's Enabled attribute as pending, without a checkbox.
+  const whilePending = await actionsSnapshot(page);
+  assert.deepEqual(whilePending, { renew: false, blocked: true, enabledBox: false, enabledPending: true, toggle: false },
+    JSON.stringify(whilePending));
+  const refused = await request(srv, "POST", "/certificates/acme-ui/renew?api-version=7.4", { token: srv.token, json: {} });
+  assert.equal(refused.status, 409, refused.body.toString());
   for (let i = 0; i < values.length; i++) await setTxt(peers, names[i], values[i]);
   await page.getByRole("button", { name: "I have added the records" }).click();
   await page.waitForURL(/done=acknowledged/);
@@ -149,6 +168,11 @@ test("order from pebble with the notify flow: records shown, user adds them, ack
     null, { timeout: 120_000, polling: 1000 },
   );
   await shot(page, "21-acme-valid");
+  await page.reload();
+  const whenValid = await actionsSnapshot(page);
+  assert.deepEqual(whenValid, { renew: true, blocked: false, enabledBox: true, enabledPending: false, toggle: true },
+    JSON.stringify(whenValid));
+  assert.equal(await page.locator("#enabled").isChecked(), true);
   const r = await request(srv, "GET", "/certificates/acme-ui?api-version=7.4", { token: srv.token });
   const cert = JSON.parse(r.body);
   assert.ok(cert.cer, "issued");
@@ -156,6 +180,18 @@ test("order from pebble with the notify flow: records shown, user adds them, ack
   const text = execFileSync("openssl", ["x509", "-noout", "-issuer", "-ext", "subjectAltName"], { input: pem }).toString();
   assert.match(text, /Pebble/i, text);
   assert.match(text, /\*\.shop\.example\.test/);
+  // A renewal order in progress: still no "Renew now"; the current version keeps its Enabled
+  // checkbox and its Disable action, the pending version gets neither.
+  await page.getByRole("button", { name: "Renew now" }).click();
+  await page.waitForURL(/done=renewed/);
+  await page.getByTestId("renew-blocked").waitFor({ timeout: 30_000 });
+  const renewing = await actionsSnapshot(page);
+  assert.deepEqual(renewing, { renew: false, blocked: true, enabledBox: true, enabledPending: false, toggle: true },
+    JSON.stringify(renewing));
+  const pendingBlock = await page.evaluate(() => [...document.querySelectorAll("details.version")]
+    .filter((d) => d.querySelector(".state")?.textContent === "Pending")
+    .map((d) => d.querySelectorAll('form[action$="/enable"]').length));
+  assert.deepEqual(pendingBlock, [0], "one pending version, without an enable/disable action");
   await ctx.close();
 });
 

@@ -492,9 +492,13 @@ pub fn render_certificates(rows: &[certvault_store::CertificateStatus]) -> Strin
                         op_in_progress: r.op_in_progress,
                         marks: &r.marks,
                         seed: planner::seed_of(&r.version),
-                        // the ARI window lives in the scheduler's job payload; the metric
-                        // shows the lifetime actions' time
-                        renew_at: None,
+                        // the CA's ARI advice the engine kept in the job payload replaces
+                        // the lifetime actions' time, as in the engine's plan
+                        renew_at: crate::lifecycle::cached_ari(
+                            r.job_payload.as_deref(),
+                            &r.version,
+                        )
+                        .map(|a| a.renew_at),
                     },
                 )
             });
@@ -546,7 +550,7 @@ pub fn render_certificates(rows: &[certvault_store::CertificateStatus]) -> Strin
     );
     family(
         "certvault_certificate_next_renewal_timestamp_seconds",
-        "When the lifecycle engine plans to renew the current version (AutoRenew action or the retry after a failure), Unix seconds; absent when nothing renews it.",
+        "When the lifecycle engine plans to renew the current version (the CA's ARI time or the AutoRenew action, or the retry after a failure), Unix seconds; absent when nothing renews it.",
         &|r| r.renew_at.map(|v| v.to_string()),
     );
     family(
@@ -630,6 +634,57 @@ mod tests {
         assert!(out.contains(&format!("{} 1\n", b("10", "4xx"))), "{out}");
         assert!(out.contains(&format!("{} 2\n", b("+Inf", "4xx"))), "{out}");
         assert!(!out.contains("operation=\"keys.sign\""), "no empty series");
+    }
+
+    #[test]
+    fn planned_renewal_follows_the_ari_advice_the_engine_kept() {
+        let policy = r#"{"key_props":{},"secret_props":{},"x509_props":{},"attributes":{},"issuer":{"name":"le"},"lifetime_actions":[{"trigger":{"lifetime_percentage":80},"action":{"action_type":"AutoRenew"}}]}"#;
+        let row = |name: &str, payload: Option<String>| certvault_store::CertificateStatus {
+            vault: "v".into(),
+            name: name.into(),
+            policy: policy.into(),
+            version: "aa11".into(),
+            seq: 1,
+            created: 1_000,
+            nbf: Some(1_000),
+            exp: Some(1_001_000),
+            made: true,
+            marks: vec!["made".into()],
+            op_in_progress: false,
+            last_failure_at: None,
+            job_payload: payload,
+        };
+        let payload = |version: &str| {
+            serde_json::json!({"version": version, "item": "renew", "at": 400_000,
+                "ari": {"cert_id": "x.y", "window_start": 300_000, "window_end": 500_000,
+                        "renew_at": 400_000, "recheck_at": 2_000}})
+            .to_string()
+        };
+        let out = render_certificates(&[
+            row("ari", Some(payload("aa11"))),
+            row("stale", Some(payload("bb22"))),
+            row("none", None),
+        ]);
+        let value = |name: &str| -> i64 {
+            let prefix = format!(
+                "certvault_certificate_next_renewal_timestamp_seconds{{vault=\"v\",name=\"{name}\","
+            );
+            out.lines()
+                .find(|l| l.starts_with(&prefix))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no sample for {name}: {out}"))
+        };
+        assert_eq!(
+            value("ari"),
+            400_000,
+            "the CA's time, as the engine plans it"
+        );
+        // advice for another version, or none: the AutoRenew action at 80 % (with jitter)
+        for name in ["stale", "none"] {
+            let t = value(name);
+            assert!((700_000..1_001_000).contains(&t), "{name}: {t}");
+        }
     }
 
     #[test]

@@ -787,6 +787,25 @@ impl Server {
         v["value"].as_array().unwrap().len()
     }
 
+    /// The `certvault_certificate_next_renewal_timestamp_seconds` sample of `cert` in `/metrics`.
+    async fn planned_renewal(&self, cert: &str) -> Option<i64> {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let text = resp.text().await.unwrap();
+        let label = format!("name=\"{cert}\"");
+        text.lines()
+            .filter(|l| l.starts_with("certvault_certificate_next_renewal_timestamp_seconds{"))
+            .find(|l| l.contains(&label))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.parse().unwrap())
+    }
+
     async fn now(&self) -> i64 {
         let (s, v) = self
             .call(reqwest::Method::GET, "/admin/v1/test-clock", None)
@@ -952,6 +971,21 @@ async fn ari_window_decides_when_the_engine_renews_and_the_order_replaces() {
     assert_eq!(ari.asked(), vec![id1.clone()]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(srv.versions("ari").await, 1, "far window: not renewed");
+    // The planned-renewal gauge reports the engine's time: inside the CA's window, not the
+    // lifetime action's 80 % (years away with pebble's certificates). The section is cached 5 s.
+    let window = (t0 + 30 * 86_400)..=(t0 + 31 * 86_400);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let planned = srv.planned_renewal("ari").await;
+        if planned.is_some_and(|p| window.contains(&p)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "planned renewal {planned:?} is not in the ARI window {window:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // The window moves into the past, but Retry-After (600 s) has not passed: not asked again.
     ari.set_window(Some(&id1), &rfc3339(t0 - 7200), &rfc3339(t0 - 3600));

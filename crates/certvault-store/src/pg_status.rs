@@ -16,7 +16,8 @@ impl PgStore {
                 WHERE m.cert_id = ce.id AND m.version = v.version ORDER BY m.mark), \
              EXISTS (SELECT 1 FROM operations o WHERE o.cert_id = ce.id AND o.status = 'inProgress'), \
              (SELECT MAX(m.at) FROM lifecycle_marks m \
-                WHERE m.cert_id = ce.id AND m.version = v.version AND m.mark LIKE 'retry:%') \
+                WHERE m.cert_id = ce.id AND m.version = v.version AND m.mark LIKE 'retry:%'), \
+             (SELECT j.payload FROM jobs j WHERE j.kind = 'cert' AND j.subject = ce.id::text) \
              FROM certificates ce \
              JOIN vaults va ON va.id = ce.vault_id \
              JOIN versions v ON v.id = (SELECT x.id FROM versions x \
@@ -39,6 +40,7 @@ impl PgStore {
                     marks,
                     op_in_progress: col(r, 9)?,
                     last_failure_at: col(r, 10)?,
+                    job_payload: col(r, 11)?,
                 })
             },
         )

@@ -32,6 +32,9 @@ pub struct CertificateStatus {
     pub op_in_progress: bool,
     /// When the newest failed renewal attempt of this version was recorded.
     pub last_failure_at: Option<i64>,
+    /// The payload of the certificate's lifecycle job: what the engine planned last (with the
+    /// CA's ACME renewal information when it asked), `None` while it has to plan again.
+    pub job_payload: Option<String>,
 }
 
 /// The depth and age of the work queues at one moment.
@@ -64,7 +67,9 @@ impl SqliteStore {
                     WHERE m.cert_id = ce.id AND m.version = v.version), \
                  EXISTS (SELECT 1 FROM operations o WHERE o.cert_id = ce.id AND o.status = 'inProgress'), \
                  (SELECT MAX(m.at) FROM lifecycle_marks m \
-                    WHERE m.cert_id = ce.id AND m.version = v.version AND m.mark LIKE 'retry:%') \
+                    WHERE m.cert_id = ce.id AND m.version = v.version AND m.mark LIKE 'retry:%'), \
+                 (SELECT j.payload FROM jobs j \
+                    WHERE j.kind = 'cert' AND j.subject = CAST(ce.id AS TEXT)) \
                  FROM certificates ce \
                  JOIN vaults va ON va.id = ce.vault_id \
                  JOIN versions v ON v.id = (SELECT x.id FROM versions x \
@@ -90,6 +95,7 @@ impl SqliteStore {
                     marks,
                     op_in_progress: r.get(9)?,
                     last_failure_at: r.get(10)?,
+                    job_payload: r.get(11)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

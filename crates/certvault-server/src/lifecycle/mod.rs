@@ -417,6 +417,16 @@ fn auto_renews(policy: &Policy) -> bool {
         .any(|la| la.action.action_type == certvault_core::policy::ActionType::AutoRenew)
 }
 
+/// The CA's renewal advice for `version` that the engine kept in its job payload (written
+/// when it planned the version's next item), if any. The `/metrics` planned-renewal gauge reads
+/// the same advice, so it reports the time the engine will use.
+pub fn cached_ari(payload: Option<&str>, version: &str) -> Option<crate::acme::AriAdvice> {
+    payload
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        .filter(|v| v["version"] == version)
+        .and_then(|v| serde_json::from_value::<crate::acme::AriAdvice>(v["ari"].clone()).ok())
+}
+
 /// How long the engine waits before asking a CA's renewalInfo again after it failed.
 const ARI_ERROR_RECHECK: i64 = 3600;
 
@@ -435,12 +445,7 @@ async fn ari_advice(
     if issuer.eq_ignore_ascii_case("Self") || issuer.eq_ignore_ascii_case("Unknown") {
         return (None, None);
     }
-    let cached = job
-        .payload
-        .as_deref()
-        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
-        .filter(|v| v["version"] == cur.version.as_str())
-        .and_then(|v| serde_json::from_value::<crate::acme::AriAdvice>(v["ari"].clone()).ok());
+    let cached = cached_ari(job.payload.as_deref(), &cur.version);
     if let Some(a) = cached
         && now < a.recheck_at
     {

@@ -1003,7 +1003,12 @@ async fn detail(r: &Req<'_>, v: &VaultCtx, name: &str) -> Response<Body> {
     h.push_str(
         r#"<section aria-labelledby="act-h"><h2 id="act-h">Actions</h2><div class="actions">"#,
     );
-    if can_create {
+    // The renew API refuses (409 Conflict) while an order is in progress, so the console does
+    // not offer it then; the pending order section above offers Cancel instead.
+    let order_pending = op.as_ref().is_some_and(|o| o.status == "inProgress");
+    if can_create && order_pending {
+        h.push_str(r#"<p class="hint" data-testid="renew-blocked">Renewal is not available while an order is in progress: let it finish or cancel it first.</p>"#);
+    } else if can_create {
         let _ = write!(
             h,
             r#"<form method="post" action="{path}/renew">{csrf}<span class="field inline"><input type="checkbox" id="rekey" name="rekey" value="1"><label for="rekey">Rekey (new key pair)</label></span><button type="submit">Renew now</button></form>"#
@@ -1049,7 +1054,15 @@ async fn detail(r: &Req<'_>, v: &VaultCtx, name: &str) -> Response<Body> {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join("\n");
-        if can_update {
+        if l.cer.is_none() {
+            // A version whose order has not completed has no meaningful Enabled attribute yet
+            // (it is enabled when the certificate arrives): shown as pending, with no action.
+            let _ = write!(
+                h,
+                r#"<dl class="props"><dt>Enabled</dt><dd><span class="state pending" data-testid="enabled-pending">Pending</span> <span class="hint">set when the order completes</span></dd><dt>Tags</dt><dd>{}</dd></dl>"#,
+                esc(&tags)
+            );
+        } else if can_update {
             let _ = write!(
                 h,
                 r#"<form class="stack" method="post" action="{path}/update">{csrf}<input type="hidden" name="version" value="{ver}"><div class="field inline"><input type="checkbox" id="enabled" name="enabled" value="1"{chk}><label for="enabled">Enabled</label></div><div class="field"><label for="tags">Tags</label><textarea id="tags" name="tags" rows="3" aria-describedby="tags-hint">{tags}</textarea><span class="hint" id="tags-hint">One <code>name=value</code> per line.</span></div><div><button type="submit">Save</button></div></form>"#,
