@@ -282,13 +282,24 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         state.store.close();
         return Err(store_err(e));
     }
+    // Singletons of a first start: replicas starting together on an empty database all try
+    // to create them; the first insert wins and the others read it back.
     let admin = match state.store.principal("admin").await.map_err(store_err)? {
         Some(p) => p,
-        None => state
+        None => match state
             .store
             .create_principal("admin", true, Some("bootstrap administrator".into()), now)
             .await
-            .map_err(store_err)?,
+        {
+            Ok(p) => p,
+            Err(certvault_store::StoreError::Conflict(_)) => state
+                .store
+                .principal("admin")
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| ServerError::Store("the admin principal vanished".into()))?,
+            Err(e) => return Err(store_err(e)),
+        },
     };
     state
         .store
@@ -307,10 +318,12 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         .map_err(|e| ServerError::Store(e.to_string()))?
         .is_none()
     {
-        state
-            .create_vault("default")
-            .await
-            .map_err(|e| ServerError::Store(e.message))?;
+        if let Err(e) = state.create_vault("default").await {
+            // another replica created it at the same moment
+            if state.store.vault("default").await.map_err(store_err)?.is_none() {
+                return Err(ServerError::Store(e.message));
+            }
+        }
     }
     Ok(Started {
         addr,
@@ -420,8 +433,8 @@ impl Started {
 }
 
 /// Releases the leases this process holds (lifecycle items it claimed and did not finish),
-/// and, when deliveries are still in flight, the delivery leases (with SQLite one process owns
-/// the database, so every delivery lease is this process's).
+/// and, when deliveries are still in flight, its delivery leases (by owner id: other replicas'
+/// leases stay).
 async fn release_leases(state: &AppState) {
     use certvault_store::Scheduler as _;
     let now = state.clock.now();
@@ -438,7 +451,11 @@ async fn release_leases(state: &AppState) {
         Err(e) => tracing::warn!(error = %e, "could not release lifecycle leases"),
     }
     if state.lifecycle.in_flight().1 > 0 {
-        match state.store.release_delivery_leases(now).await {
+        match state
+            .store
+            .release_delivery_leases_of(&state.lifecycle.owner, now)
+            .await
+        {
             Ok(n) => tracing::info!(
                 deliveries = n,
                 "released the leases of unfinished deliveries"

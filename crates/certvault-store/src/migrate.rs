@@ -327,7 +327,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let claimed = s.claim_deliveries(10, 60, 10).await.unwrap();
+        let claimed = s.claim_deliveries(10, "t", 60, 10).await.unwrap();
         assert!(!claimed.is_empty());
         s.finish_delivery(
             claimed[0].id,

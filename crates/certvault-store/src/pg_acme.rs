@@ -113,7 +113,7 @@ impl PgStore {
         )
         .await?
         .ok_or(StoreError::Conflict(Conflict::Exists))?;
-        self.bump();
+        self.bump().await;
         Ok(out)
     }
 
