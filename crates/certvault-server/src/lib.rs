@@ -419,6 +419,13 @@ impl Started {
             release_leases(&state).await;
         }
         state.acme.shutdown();
+        if state.store.shared() {
+            match state.store.release_acme_orders(&state.lifecycle.owner).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(orders = n, "released the leases of ACME orders"),
+                Err(e) => tracing::warn!(error = %e, "could not release ACME order leases"),
+            }
+        }
         if let Some(task) = identity {
             let _ = task.await;
         }

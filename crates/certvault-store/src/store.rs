@@ -276,6 +276,12 @@ dispatch! {
     fn release_delivery_leases(&self, now: i64) -> Result<usize, StoreError>;
     /// Releases the delivery leases of `owner` (on SQLite: all).
     fn release_delivery_leases_of(&self, owner: &str, now: i64) -> Result<usize, StoreError>;
+    /// Claims (or extends) an ACME order's lease for `owner`; whether `owner` holds it.
+    fn claim_acme_order(&self, id: i64, owner: &str, now: i64, lease: i64) -> Result<bool, StoreError>;
+    /// Claims active ACME orders no live lease holds.
+    fn claim_acme_orders(&self, owner: &str, now: i64, lease: i64, limit: i64) -> Result<Vec<i64>, StoreError>;
+    /// Releases `owner`'s ACME order leases.
+    fn release_acme_orders(&self, owner: &str) -> Result<usize, StoreError>;
     /// Deliveries of a vault.
     fn deliveries(&self, vault_id: i64, f: DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// A delivery's attempts.
