@@ -238,11 +238,7 @@ async fn sealed_singleton(
         None => {
             let k = SymKey::generate().map_err(ServerError::crypto)?;
             let sealed = master.seal(aad, k.as_bytes())?;
-            if store
-                .put_meta(key, sealed, true)
-                .await
-                .map_err(store_err)?
-            {
+            if store.put_meta(key, sealed, true).await.map_err(store_err)? {
                 return Ok(k);
             }
             store.meta(key).await.map_err(store_err)?.ok_or_else(|| {

@@ -320,7 +320,13 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
     {
         if let Err(e) = state.create_vault("default").await {
             // another replica created it at the same moment
-            if state.store.vault("default").await.map_err(store_err)?.is_none() {
+            if state
+                .store
+                .vault("default")
+                .await
+                .map_err(store_err)?
+                .is_none()
+            {
                 return Err(ServerError::Store(e.message));
             }
         }
@@ -420,7 +426,11 @@ impl Started {
         }
         state.acme.shutdown();
         if state.store.shared() {
-            match state.store.release_acme_orders(&state.lifecycle.owner).await {
+            match state
+                .store
+                .release_acme_orders(&state.lifecycle.owner)
+                .await
+            {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(orders = n, "released the leases of ACME orders"),
                 Err(e) => tracing::warn!(error = %e, "could not release ACME order leases"),

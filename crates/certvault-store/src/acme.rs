@@ -235,7 +235,10 @@ impl SqliteStore {
         _now: i64,
         _lease: i64,
     ) -> Result<bool, StoreError> {
-        Ok(self.acme_order(id).await?.is_some_and(|o| o.status == "active"))
+        Ok(self
+            .acme_order(id)
+            .await?
+            .is_some_and(|o| o.status == "active"))
     }
 
     /// Claims up to `limit` active orders that no live lease holds; on SQLite every active
@@ -377,13 +380,24 @@ mod tests {
         assert!(s.claim_acme_order(o.id, "a", 20, 30).await.unwrap());
         if s.shared() {
             assert!(!s.claim_acme_order(o.id, "b", 49, 30).await.unwrap());
-            assert!(s.claim_acme_orders("b", 49, 30, 10).await.unwrap().is_empty());
-            assert_eq!(s.claim_acme_orders("b", 50, 30, 10).await.unwrap(), vec![o.id]);
+            assert!(
+                s.claim_acme_orders("b", 49, 30, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            assert_eq!(
+                s.claim_acme_orders("b", 50, 30, 10).await.unwrap(),
+                vec![o.id]
+            );
             assert!(!s.claim_acme_order(o.id, "a", 51, 30).await.unwrap());
             assert_eq!(s.release_acme_orders("b").await.unwrap(), 1);
             assert!(s.claim_acme_order(o.id, "a", 52, 30).await.unwrap());
         } else {
-            assert_eq!(s.claim_acme_orders("b", 50, 30, 10).await.unwrap(), vec![o.id]);
+            assert_eq!(
+                s.claim_acme_orders("b", 50, 30, 10).await.unwrap(),
+                vec![o.id]
+            );
         }
         assert!(
             s.acknowledge_acme_order(v.id, "c", "0123", 6)

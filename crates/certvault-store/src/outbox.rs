@@ -1092,7 +1092,12 @@ mod tests {
         let first = s.claim_deliveries(10, "t", 30, 100).await.unwrap();
         assert_eq!(first.len(), 2);
         assert!(first.iter().all(|d| d.event.id == events[0].id));
-        assert!(s.claim_deliveries(11, "t", 30, 100).await.unwrap().is_empty());
+        assert!(
+            s.claim_deliveries(11, "t", 30, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         for d in &first {
             s.finish_delivery(
                 d.id,
@@ -1108,7 +1113,12 @@ mod tests {
             .unwrap();
         }
         // Failed heads still block their lanes until they are delivered or dead.
-        assert!(s.claim_deliveries(50, "t", 30, 100).await.unwrap().is_empty());
+        assert!(
+            s.claim_deliveries(50, "t", 30, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let again = s.claim_deliveries(100, "t", 30, 100).await.unwrap();
         assert_eq!(again.len(), 2);
         for d in &again {

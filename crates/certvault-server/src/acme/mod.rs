@@ -371,7 +371,10 @@ pub async fn resume_all(state: Arc<AppState>) {
                     if first {
                         tracing::info!(orders = orders.len(), "resuming ACME orders");
                     } else {
-                        tracing::info!(orders = orders.len(), "taking over ACME orders whose lease ended");
+                        tracing::info!(
+                            orders = orders.len(),
+                            "taking over ACME orders whose lease ended"
+                        );
                     }
                 }
                 for id in orders {

@@ -171,7 +171,10 @@ pub async fn run_engine(state: Arc<AppState>) {
     // (replicas): only this process's own leases (none: its owner id is new); a dead replica's
     // items come back when their lease ends.
     let released = if state.store.shared() {
-        state.store.release_leases_of(&lc.owner, state.clock.now()).await
+        state
+            .store
+            .release_leases_of(&lc.owner, state.clock.now())
+            .await
     } else {
         state.store.release_leases(state.clock.now()).await
     };

@@ -359,7 +359,11 @@ pub async fn run_dispatcher(state: Arc<AppState>) {
             return;
         }
         let now = state.clock.now();
-        let claimed = match state.store.claim_deliveries(now, &lc.owner, LEASE.min(lc.settings.lease), BATCH).await {
+        let claimed = match state
+            .store
+            .claim_deliveries(now, &lc.owner, LEASE.min(lc.settings.lease), BATCH)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "delivery pass failed");
