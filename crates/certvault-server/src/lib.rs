@@ -317,19 +317,16 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         .await
         .map_err(|e| ServerError::Store(e.to_string()))?
         .is_none()
+        && let Err(e) = state.create_vault("default").await
+        // (another replica may have created it at the same moment)
+        && state
+            .store
+            .vault("default")
+            .await
+            .map_err(store_err)?
+            .is_none()
     {
-        if let Err(e) = state.create_vault("default").await {
-            // another replica created it at the same moment
-            if state
-                .store
-                .vault("default")
-                .await
-                .map_err(store_err)?
-                .is_none()
-            {
-                return Err(ServerError::Store(e.message));
-            }
-        }
+        return Err(ServerError::Store(e.message));
     }
     Ok(Started {
         addr,

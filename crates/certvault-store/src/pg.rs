@@ -104,39 +104,36 @@ async fn listen(config: tokio_postgres::Config, epochs: Arc<Epochs>, instance: S
     let mut pause = Duration::from_millis(100);
     let mut logged = false;
     loop {
-        match config.connect(NoTls).await {
-            Ok((client, mut conn)) => {
-                let sql = format!("LISTEN {EPOCH_CHANNEL}");
-                let mut subscribe = std::pin::pin!(client.batch_execute(&sql));
-                let mut subscribed = false;
-                loop {
-                    tokio::select! {
-                        r = &mut subscribe, if !subscribed => {
-                            if r.is_err() {
-                                break;
-                            }
-                            subscribed = true;
-                            epochs.listening.store(true, Ordering::Release);
-                            epochs.remote_change();
-                            pause = Duration::from_millis(100);
-                            if logged {
-                                tracing::info!("listening for other replicas' changes again");
-                                logged = false;
+        if let Ok((client, mut conn)) = config.connect(NoTls).await {
+            let sql = format!("LISTEN {EPOCH_CHANNEL}");
+            let mut subscribe = std::pin::pin!(client.batch_execute(&sql));
+            let mut subscribed = false;
+            loop {
+                tokio::select! {
+                    r = &mut subscribe, if !subscribed => {
+                        if r.is_err() {
+                            break;
+                        }
+                        subscribed = true;
+                        epochs.listening.store(true, Ordering::Release);
+                        epochs.remote_change();
+                        pause = Duration::from_millis(100);
+                        if logged {
+                            tracing::info!("listening for other replicas' changes again");
+                            logged = false;
+                        }
+                    }
+                    m = std::future::poll_fn(|cx| conn.poll_message(cx)) => match m {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                            if n.payload() != instance {
+                                epochs.remote_change();
                             }
                         }
-                        m = std::future::poll_fn(|cx| conn.poll_message(cx)) => match m {
-                            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                                if n.payload() != instance {
-                                    epochs.remote_change();
-                                }
-                            }
-                            Some(Ok(_)) => {}
-                            Some(Err(_)) | None => break,
-                        },
-                    }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    },
                 }
             }
-            Err(_) => {}
         }
         epochs.listening.store(false, Ordering::Release);
         epochs.remote_change();
