@@ -387,6 +387,9 @@ if wanted test; then run_stage "cargo test" cargo test --workspace --locked; fi
 if wanted test-pg; then
   run_stage "cargo test on PostgreSQL (certvault-server)" \
     env CERTVAULT_TEST_DATABASE=postgres cargo test --locked -p certvault-server
+  # Replicas: three `certvault serve` on one private PostgreSQL (SIGKILL, database restart).
+  run_stage "replicas on PostgreSQL (crates/certvault/tests/replicas.rs)" \
+    cargo test --locked -p certvault --test replicas
 fi
 if wanted build || wanted sdk || wanted sdk-pg || wanted api || wanted ui; then run_stage "cargo build (certvault)" cargo build --locked -p certvault; fi
 if wanted sdk || wanted sdk-pg; then

@@ -157,9 +157,10 @@ impl Auditor {
         Ok(())
     }
 
-    /// Whether the audit journal is open and accepting appends (for `/readyz`).
+    /// Whether the audit journal is open and accepting appends (for `/readyz`). On PostgreSQL
+    /// there is no journal (records go to the table directly): always true.
     pub fn is_running(&self) -> bool {
-        self.journal.get().is_some_and(AuditJournal::is_running)
+        self.store.as_sqlite().is_none() || self.journal.get().is_some_and(AuditJournal::is_running)
     }
 
     /// Moves every journaled record into the store and stops the journal.

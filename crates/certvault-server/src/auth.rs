@@ -90,8 +90,9 @@ pub enum AuthError {
 }
 
 /// How long a resolved token is trusted without looking at the store again. Changes made
-/// through this server's admin API take effect at once (the cache is cleared); this bounds how
-/// long a change made elsewhere (another replica) takes.
+/// through this server's admin API take effect at once (the cache is cleared), and so do
+/// another replica's ([`AppState::follow_replicas`] clears it on their change notices); this
+/// bounds how long any other change takes.
 const CACHE_SECONDS: i64 = 30;
 const CACHE_MAX: usize = 10_000;
 
@@ -155,6 +156,7 @@ async fn resolve(
 ) -> Result<Arc<Caller>, AuthError> {
     const INVALID: &str = "AKV10022: Invalid bearer token.";
     let now = state.clock.now();
+    state.follow_replicas();
     let caller = match state.auth_cache.get(&hash, now) {
         Some(c) => c,
         None => {

@@ -147,11 +147,25 @@ pub async fn open_data_dir(
         }
     };
 
-    // master key check: the database remembers a value sealed under its master key
-    let check = store
-        .meta("master_check")
-        .await
-        .map_err(|e| ServerError::Store(e.to_string()))?;
+    // master key check: the database remembers a value sealed under its master key. Replicas
+    // starting together on an empty database each try to insert it; one wins, the others read
+    // the winner's back and must hold the same master key.
+    let check = match store.meta("master_check").await {
+        Ok(Some(v)) => Some(v),
+        Ok(None) => {
+            let sealed = master.seal(MASTER_CHECK_AAD, b"certvault")?;
+            let written = store
+                .put_meta("master_check", sealed, true)
+                .await
+                .map_err(store_err)?;
+            if written {
+                None
+            } else {
+                store.meta("master_check").await.map_err(store_err)?
+            }
+        }
+        Err(e) => return Err(store_err(e)),
+    };
     let master = match check {
         Some(sealed) => match masterkey::resolve_at_start(&master_path, master, &sealed, hsm) {
             Ok(k) => k,
@@ -160,62 +174,14 @@ pub async fn open_data_dir(
                 return Err(e);
             }
         },
-        None => {
-            let sealed = master.seal(MASTER_CHECK_AAD, b"certvault")?;
-            store
-                .put_meta("master_check", sealed, true)
-                .await
-                .map_err(|e| ServerError::Store(e.to_string()))?;
-            master
-        }
+        None => master,
     };
 
-    // backup key
-    let backup_key = match store
-        .meta("backup_key")
-        .await
-        .map_err(|e| ServerError::Store(e.to_string()))?
-    {
-        Some(sealed) => {
-            let raw = master.open(BACKUP_KEY_AAD, &sealed)?;
-            SymKey::from_slice(&raw).map_err(ServerError::crypto)?
-        }
-        None => {
-            let k = SymKey::generate().map_err(ServerError::crypto)?;
-            let sealed = master.seal(BACKUP_KEY_AAD, k.as_bytes())?;
-            store
-                .put_meta("backup_key", sealed, false)
-                .await
-                .map_err(|e| ServerError::Store(e.to_string()))?;
-            k
-        }
-    };
-
-    // audit key: like the backup key, but never replaced (the chain depends on it)
-    let audit_key = match store
-        .meta("audit_key")
-        .await
-        .map_err(|e| ServerError::Store(e.to_string()))?
-    {
-        Some(sealed) => {
-            let raw = master.open(AUDIT_KEY_AAD, &sealed)?;
-            SymKey::from_slice(&raw).map_err(ServerError::crypto)?
-        }
-        None => {
-            let k = SymKey::generate().map_err(ServerError::crypto)?;
-            let sealed = master.seal(AUDIT_KEY_AAD, k.as_bytes())?;
-            let written = store
-                .put_meta("audit_key", sealed, true)
-                .await
-                .map_err(|e| ServerError::Store(e.to_string()))?;
-            if !written {
-                return Err(ServerError::Store(
-                    "the audit key appeared while it was being created".into(),
-                ));
-            }
-            k
-        }
-    };
+    // backup and audit keys: 32 random bytes sealed under the master key, created once (the
+    // first insert wins; concurrent first starts read the winner's back). The audit key never
+    // changes (the chain depends on it).
+    let backup_key = sealed_singleton(&store, &master, "backup_key", BACKUP_KEY_AAD).await?;
+    let audit_key = sealed_singleton(&store, &master, "audit_key", AUDIT_KEY_AAD).await?;
 
     // admin token
     let token_path = dir.join("admin.token");
@@ -256,6 +222,32 @@ pub async fn open_data_dir(
         server_cert_path,
         server_key_path,
     })
+}
+
+/// The symmetric key sealed in `meta` under `key`: opened if present, else created with an
+/// insert-if-absent and read back (so processes starting together agree on one).
+async fn sealed_singleton(
+    store: &Store,
+    master: &MasterKey,
+    key: &str,
+    aad: &[u8],
+) -> Result<SymKey, ServerError> {
+    let store_err = |e: certvault_store::StoreError| ServerError::Store(e.to_string());
+    let sealed = match store.meta(key).await.map_err(store_err)? {
+        Some(sealed) => sealed,
+        None => {
+            let k = SymKey::generate().map_err(ServerError::crypto)?;
+            let sealed = master.seal(aad, k.as_bytes())?;
+            if store.put_meta(key, sealed, true).await.map_err(store_err)? {
+                return Ok(k);
+            }
+            store.meta(key).await.map_err(store_err)?.ok_or_else(|| {
+                ServerError::Store(format!("the {key} vanished while it was being created"))
+            })?
+        }
+    };
+    let raw = master.open(aad, &sealed)?;
+    SymKey::from_slice(&raw).map_err(ServerError::crypto)
 }
 
 const DAY: i64 = 86_400;

@@ -282,13 +282,24 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         state.store.close();
         return Err(store_err(e));
     }
+    // Singletons of a first start: replicas starting together on an empty database all try
+    // to create them; the first insert wins and the others read it back.
     let admin = match state.store.principal("admin").await.map_err(store_err)? {
         Some(p) => p,
-        None => state
+        None => match state
             .store
             .create_principal("admin", true, Some("bootstrap administrator".into()), now)
             .await
-            .map_err(store_err)?,
+        {
+            Ok(p) => p,
+            Err(certvault_store::StoreError::Conflict(_)) => state
+                .store
+                .principal("admin")
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| ServerError::Store("the admin principal vanished".into()))?,
+            Err(e) => return Err(store_err(e)),
+        },
     };
     state
         .store
@@ -306,11 +317,16 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         .await
         .map_err(|e| ServerError::Store(e.to_string()))?
         .is_none()
-    {
-        state
-            .create_vault("default")
+        && let Err(e) = state.create_vault("default").await
+        // (another replica may have created it at the same moment)
+        && state
+            .store
+            .vault("default")
             .await
-            .map_err(|e| ServerError::Store(e.message))?;
+            .map_err(store_err)?
+            .is_none()
+    {
+        return Err(ServerError::Store(e.message));
     }
     Ok(Started {
         addr,
@@ -406,6 +422,17 @@ impl Started {
             release_leases(&state).await;
         }
         state.acme.shutdown();
+        if state.store.shared() {
+            match state
+                .store
+                .release_acme_orders(&state.lifecycle.owner)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(orders = n, "released the leases of ACME orders"),
+                Err(e) => tracing::warn!(error = %e, "could not release ACME order leases"),
+            }
+        }
         if let Some(task) = identity {
             let _ = task.await;
         }
@@ -420,8 +447,8 @@ impl Started {
 }
 
 /// Releases the leases this process holds (lifecycle items it claimed and did not finish),
-/// and, when deliveries are still in flight, the delivery leases (with SQLite one process owns
-/// the database, so every delivery lease is this process's).
+/// and, when deliveries are still in flight, its delivery leases (by owner id: other replicas'
+/// leases stay).
 async fn release_leases(state: &AppState) {
     use certvault_store::Scheduler as _;
     let now = state.clock.now();
@@ -438,7 +465,11 @@ async fn release_leases(state: &AppState) {
         Err(e) => tracing::warn!(error = %e, "could not release lifecycle leases"),
     }
     if state.lifecycle.in_flight().1 > 0 {
-        match state.store.release_delivery_leases(now).await {
+        match state
+            .store
+            .release_delivery_leases_of(&state.lifecycle.owner, now)
+            .await
+        {
             Ok(n) => tracing::info!(
                 deliveries = n,
                 "released the leases of unfinished deliveries"

@@ -91,6 +91,9 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// Set when a shutdown has begun (`/readyz` answers 503 from then on).
     shutting_down: std::sync::atomic::AtomicBool,
+    /// The store's shared epoch the vault, token and key caches were last cleared at (see
+    /// [`AppState::follow_replicas`]).
+    shared_seen: std::sync::atomic::AtomicU64,
 }
 
 /// The most rendered secrets kept in memory (bytes): 32 MiB holds about 10,000 RSA-2048
@@ -131,6 +134,23 @@ impl AppState {
             vaults: RwLock::new(HashMap::new()),
             metrics: crate::metrics::Metrics::new(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            shared_seen: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Drops the vault, token and key caches when another replica changed something since
+    /// the last look (the store's shared epoch moved; on PostgreSQL it moves on every notice
+    /// of another process's write, and on every look while those notices cannot be heard).
+    /// A no-op on SQLite. This process's own changes clear what they affect directly.
+    pub fn follow_replicas(&self) {
+        use std::sync::atomic::Ordering;
+        let now = self.store.shared_epoch();
+        if self.shared_seen.swap(now, Ordering::AcqRel) != now {
+            if let Ok(mut cache) = self.vaults.write() {
+                cache.clear();
+            }
+            self.auth_cache.clear();
+            self.key_cache.clear();
         }
     }
 
@@ -166,6 +186,7 @@ impl AppState {
 
     /// The vault named `name_key`, with its key, cached after the first load.
     pub async fn vault(&self, name_key: &str) -> ApiResult<Arc<VaultCtx>> {
+        self.follow_replicas();
         if let Ok(cache) = self.vaults.read()
             && let Some(v) = cache.get(name_key)
         {

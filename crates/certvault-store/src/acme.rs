@@ -226,6 +226,45 @@ impl SqliteStore {
         .await
     }
 
+    /// Claims order `id` for `owner` until `now + lease` (or extends `owner`'s lease). On
+    /// SQLite one process owns the database, so this only checks that the order is active.
+    pub async fn claim_acme_order(
+        &self,
+        id: i64,
+        _owner: &str,
+        _now: i64,
+        _lease: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .acme_order(id)
+            .await?
+            .is_some_and(|o| o.status == "active"))
+    }
+
+    /// Claims up to `limit` active orders that no live lease holds; on SQLite every active
+    /// order (one process owns the database). Returns their ids.
+    pub async fn claim_acme_orders(
+        &self,
+        _owner: &str,
+        _now: i64,
+        _lease: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut ids: Vec<i64> = self
+            .active_acme_orders()
+            .await?
+            .into_iter()
+            .map(|o| o.id)
+            .collect();
+        ids.truncate(usize::try_from(limit).unwrap_or(0));
+        Ok(ids)
+    }
+
+    /// Releases `owner`'s order leases (shutdown); nothing to do on SQLite.
+    pub async fn release_acme_orders(&self, _owner: &str) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
     /// Stores an order's state after a step, and, when `details` is given, the status details
     /// of the certificate operation it drives (only while that operation is in progress for
     /// the order's version), in one transaction.
@@ -335,6 +374,31 @@ mod tests {
             Err(StoreError::Conflict(_))
         ));
         assert_eq!(s.active_acme_orders().await.unwrap().len(), 1);
+        // one driver per order: a second owner is refused while the lease lives, takes the
+        // order over once it ended, and the first owner's renewal then fails
+        assert!(s.claim_acme_order(o.id, "a", 10, 30).await.unwrap());
+        assert!(s.claim_acme_order(o.id, "a", 20, 30).await.unwrap());
+        if s.shared() {
+            assert!(!s.claim_acme_order(o.id, "b", 49, 30).await.unwrap());
+            assert!(
+                s.claim_acme_orders("b", 49, 30, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            assert_eq!(
+                s.claim_acme_orders("b", 50, 30, 10).await.unwrap(),
+                vec![o.id]
+            );
+            assert!(!s.claim_acme_order(o.id, "a", 51, 30).await.unwrap());
+            assert_eq!(s.release_acme_orders("b").await.unwrap(), 1);
+            assert!(s.claim_acme_order(o.id, "a", 52, 30).await.unwrap());
+        } else {
+            assert_eq!(
+                s.claim_acme_orders("b", 50, 30, 10).await.unwrap(),
+                vec![o.id]
+            );
+        }
         assert!(
             s.acknowledge_acme_order(v.id, "c", "0123", 6)
                 .await

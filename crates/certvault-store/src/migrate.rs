@@ -140,6 +140,16 @@ impl PgStore {
                 .iter()
                 .map(|r| Ok((col(r, 0)?, col(r, 1)?)))
                 .collect::<Result<_, StoreError>>()?;
+            // Columns only PostgreSQL has (replicas' lease owners) start empty.
+            let src_cols: Vec<String> = {
+                let mut st = src.prepare(&format!("SELECT name FROM pragma_table_info('{t}')"))?;
+                st.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<_, _>>()?
+            };
+            let cols: Vec<(String, String)> = cols
+                .into_iter()
+                .filter(|(n, _)| src_cols.iter().any(|c| c == n))
+                .collect();
             let names: Vec<&str> = cols.iter().map(|(n, _)| n.as_str()).collect();
             let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
             let insert = tx
@@ -327,7 +337,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let claimed = s.claim_deliveries(10, 60, 10).await.unwrap();
+        let claimed = s.claim_deliveries(10, "t", 60, 10).await.unwrap();
         assert!(!claimed.is_empty());
         s.finish_delivery(
             claimed[0].id,

@@ -657,10 +657,12 @@ impl SqliteStore {
     // -------------------------------------------------------------------- deliveries
 
     /// Claims up to `limit` sendable deliveries (due, and first in their lane), leased until
-    /// `now + lease`.
+    /// `now + lease`. `owner` is not stored: one process owns a SQLite database, so every lease
+    /// is its own.
     pub async fn claim_deliveries(
         &self,
         now: i64,
+        _owner: &str,
         lease: i64,
         limit: i64,
     ) -> Result<Vec<DeliveryJob>, StoreError> {
@@ -738,6 +740,16 @@ impl SqliteStore {
             )?)
         })
         .await
+    }
+
+    /// Makes the deliveries leased to `owner` due at `now`: on SQLite every lease is this
+    /// process's (see [`Self::claim_deliveries`]), so all of them.
+    pub async fn release_delivery_leases_of(
+        &self,
+        _owner: &str,
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        self.release_delivery_leases(now).await
     }
 
     /// Deliveries of a vault, oldest first.
@@ -1077,10 +1089,15 @@ mod tests {
         let view = s.lifecycle_view(cert.id).await.unwrap().unwrap();
         assert!(view.current.unwrap().marks.contains(&"notice:1".to_owned()));
         // Two events × (webhook + e-mail) = 4 deliveries in 2 lanes: only the lane heads go.
-        let first = s.claim_deliveries(10, 30, 100).await.unwrap();
+        let first = s.claim_deliveries(10, "t", 30, 100).await.unwrap();
         assert_eq!(first.len(), 2);
         assert!(first.iter().all(|d| d.event.id == events[0].id));
-        assert!(s.claim_deliveries(11, 30, 100).await.unwrap().is_empty());
+        assert!(
+            s.claim_deliveries(11, "t", 30, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         for d in &first {
             s.finish_delivery(
                 d.id,
@@ -1096,8 +1113,13 @@ mod tests {
             .unwrap();
         }
         // Failed heads still block their lanes until they are delivered or dead.
-        assert!(s.claim_deliveries(50, 30, 100).await.unwrap().is_empty());
-        let again = s.claim_deliveries(100, 30, 100).await.unwrap();
+        assert!(
+            s.claim_deliveries(50, "t", 30, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let again = s.claim_deliveries(100, "t", 30, 100).await.unwrap();
         assert_eq!(again.len(), 2);
         for d in &again {
             s.finish_delivery(
@@ -1117,7 +1139,7 @@ mod tests {
             .await
             .unwrap();
         }
-        let next = s.claim_deliveries(101, 30, 100).await.unwrap();
+        let next = s.claim_deliveries(101, "t", 30, 100).await.unwrap();
         assert_eq!(next.len(), 2);
         assert!(next.iter().all(|d| d.event.id == events[1].id));
         let dead = s

@@ -3,12 +3,16 @@
 //! Same method set and semantics as [`crate::SqliteStore`]. Every write runs in one
 //! transaction (READ COMMITTED) that takes the row locks the SQLite writer's global lock gave
 //! for free (`FOR UPDATE` on the certificate a version is added to), and advances the change
-//! epoch after it commits. Connections are plain TCP or Unix sockets without TLS (`NoTls`):
+//! epoch after it commits. Every committing write also sends `NOTIFY certvault_epoch` (inside its
+//! transaction, so at commit); a dedicated connection of each process `LISTEN`s and advances
+//! the epoch on every notice from another process ([`PgStore::shared_epoch`]), so replicas'
+//! caches follow each other's writes. Connections are plain TCP or Unix sockets without TLS (`NoTls`):
 //! fine for loopback and the tests; a remote database needs TLS added (tokio-postgres-rustls).
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction,
@@ -28,6 +32,9 @@ use crate::{
 /// once ("certvault" in ASCII, truncated to 8 bytes).
 const MIGRATION_LOCK: i64 = 0x6365_7274_7661_756c;
 
+/// Sends the change notice (at commit, inside a transaction), with this process's id.
+const NOTIFY_SQL: &str = "SELECT pg_notify('certvault_epoch', $1)";
+
 /// Parameters of a statement.
 pub(crate) type Params<'a> = [&'a (dyn ToSql + Sync)];
 
@@ -39,12 +46,107 @@ pub struct PgStore {
 
 struct PgInner {
     pool: Pool,
-    /// Advanced after every committed write that may change objects (see
-    /// [`crate::SqliteStore::epoch`]). Local to this process: replicas will need
-    /// LISTEN/NOTIFY to advance each other's.
-    epoch: AtomicU64,
+    /// The change epochs, shared with the listener task.
+    epochs: Arc<Epochs>,
+    /// This process's id in the notices it sends (its own notices are not remote changes).
+    instance: String,
+    /// The task that `LISTEN`s for other processes' changes.
+    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Where, for logs (the URL without its password).
     display: String,
+}
+
+impl Drop for PgInner {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.listener.lock()
+            && let Some(h) = l.take()
+        {
+            h.abort();
+        }
+    }
+}
+
+/// The channel every committing write notifies.
+const EPOCH_CHANNEL: &str = "certvault_epoch";
+
+/// Change epochs of one process.
+struct Epochs {
+    /// Advanced after every committed write that may change objects, in this process or (by
+    /// notice) another one (see [`crate::SqliteStore::epoch`]).
+    any: AtomicU64,
+    /// Advanced only by other processes' changes (notices) and while they cannot be heard.
+    remote: AtomicU64,
+    /// Whether the listener connection is up and listening; while it is not, changes of other
+    /// processes go unheard, so every read of an epoch advances it (no cache is trusted).
+    listening: AtomicBool,
+}
+
+impl Epochs {
+    fn read(&self, which: &AtomicU64) -> u64 {
+        if self.listening.load(Ordering::Acquire) {
+            which.load(Ordering::Acquire)
+        } else {
+            self.remote_change();
+            which.load(Ordering::Acquire)
+        }
+    }
+
+    fn remote_change(&self) {
+        self.remote.fetch_add(1, Ordering::AcqRel);
+        self.any.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Listens for other processes' change notices on a dedicated connection, reconnecting (with
+/// a pause of up to 2 s) whenever it is lost; every (re)connection counts as a change, since
+/// notices sent while disconnected are lost.
+async fn listen(config: tokio_postgres::Config, epochs: Arc<Epochs>, instance: String) {
+    let mut pause = Duration::from_millis(100);
+    let mut logged = false;
+    loop {
+        if let Ok((client, mut conn)) = config.connect(NoTls).await {
+            let sql = format!("LISTEN {EPOCH_CHANNEL}");
+            let mut subscribe = std::pin::pin!(client.batch_execute(&sql));
+            let mut subscribed = false;
+            loop {
+                tokio::select! {
+                    r = &mut subscribe, if !subscribed => {
+                        if r.is_err() {
+                            break;
+                        }
+                        subscribed = true;
+                        epochs.listening.store(true, Ordering::Release);
+                        epochs.remote_change();
+                        pause = Duration::from_millis(100);
+                        if logged {
+                            tracing::info!("listening for other replicas' changes again");
+                            logged = false;
+                        }
+                    }
+                    m = std::future::poll_fn(|cx| conn.poll_message(cx)) => match m {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                            if n.payload() != instance {
+                                epochs.remote_change();
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    },
+                }
+            }
+        }
+        epochs.listening.store(false, Ordering::Release);
+        epochs.remote_change();
+        if !logged {
+            tracing::warn!(
+                "lost the database connection that hears other replicas' changes; caches are \
+                 bypassed until it is back"
+            );
+            logged = true;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -341,7 +443,7 @@ impl PgStore {
         let config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Open(format!("bad PostgreSQL URL: {e}")))?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -351,10 +453,18 @@ impl PgStore {
             .max_size(16)
             .build()
             .map_err(|e| StoreError::Open(e.to_string()))?;
+        let epochs = Arc::new(Epochs {
+            any: AtomicU64::new(1),
+            remote: AtomicU64::new(1),
+            listening: AtomicBool::new(false),
+        });
+        let instance = uuid::Uuid::new_v4().simple().to_string();
         let store = Self {
             inner: Arc::new(PgInner {
                 pool,
-                epoch: AtomicU64::new(1),
+                epochs: epochs.clone(),
+                instance: instance.clone(),
+                listener: std::sync::Mutex::new(None),
                 display: redact(url),
             }),
         };
@@ -363,17 +473,40 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Open(format!("{}: {e}", store.inner.display)))?;
         migrate(&mut c).await?;
+        let task = tokio::spawn(listen(config, epochs, instance));
+        if let Ok(mut l) = store.inner.listener.lock() {
+            *l = Some(task);
+        }
         Ok(store)
     }
 
     /// Closes the pool: later calls fail with [`StoreError::Closed`].
     pub fn close(&self) {
         self.inner.pool.close();
+        if let Ok(mut l) = self.inner.listener.lock()
+            && let Some(h) = l.take()
+        {
+            h.abort();
+        }
     }
 
-    /// The change epoch (see [`crate::SqliteStore::epoch`]).
+    /// The change epoch (see [`crate::SqliteStore::epoch`]): advanced by this process's
+    /// committed writes and by other processes' (their notices). While the listener connection
+    /// is down, every call returns a new value.
     pub fn epoch(&self) -> u64 {
-        self.inner.epoch.load(Ordering::Acquire)
+        self.inner.epochs.read(&self.inner.epochs.any)
+    }
+
+    /// The epoch of other processes' changes only (notices of replicas sharing the database;
+    /// every call returns a new value while they cannot be heard). Caches that this process's
+    /// own writes already keep current drop everything when it moves.
+    pub fn shared_epoch(&self) -> u64 {
+        self.inner.epochs.read(&self.inner.epochs.remote)
+    }
+
+    /// Whether the listener connection is up (for tests and health).
+    pub fn listening(&self) -> bool {
+        self.inner.epochs.listening.load(Ordering::Acquire)
     }
 
     /// A pooled connection.
@@ -384,24 +517,38 @@ impl PgStore {
         Ok(self.inner.pool.get().await?)
     }
 
-    /// Commits `tx` and advances the change epoch.
+    /// Notifies the other processes inside `tx` (delivered at commit), commits it and
+    /// advances the change epoch.
     pub(crate) async fn commit(&self, tx: Transaction<'_>) -> Result<(), StoreError> {
+        tx.execute(NOTIFY_SQL, &[&self.inner.instance]).await?;
         tx.commit().await?;
-        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+        self.inner.epochs.any.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
-    /// Advances the change epoch (after a committed write outside [`Self::commit`]).
-    pub(crate) fn bump(&self) {
-        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+    /// Notifies the other processes and advances the change epoch (after a committed write
+    /// outside [`Self::commit`]). A failed notice is logged: the write stands.
+    pub(crate) async fn bump(&self) {
+        self.inner.epochs.any.fetch_add(1, Ordering::AcqRel);
+        let sent = match self.conn().await {
+            Ok(c) => c
+                .execute(NOTIFY_SQL, &[&self.inner.instance])
+                .await
+                .map_err(StoreError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "could not notify other replicas of a change");
+        }
     }
 
-    /// Runs one writing statement (atomic on its own) and advances the change epoch; returns
-    /// the number of rows it changed.
+    /// Runs one writing statement (atomic on its own) with the change notice in one
+    /// transaction and advances the change epoch; returns the number of rows it changed.
     pub(crate) async fn exec(&self, sql: &str, params: &Params<'_>) -> Result<u64, StoreError> {
-        let c = self.conn().await?;
-        let n = c.execute(sql, params).await?;
-        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await?;
+        let n = tx.execute(sql, params).await?;
+        self.commit(tx).await?;
         Ok(n)
     }
 

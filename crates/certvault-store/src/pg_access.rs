@@ -527,7 +527,7 @@ impl PgStore {
         )
         .await?
         .ok_or(StoreError::NotFound)?;
-        self.bump();
+        self.bump().await;
         Ok(out)
     }
 }

@@ -113,7 +113,7 @@ impl PgStore {
         )
         .await?
         .ok_or(StoreError::Conflict(Conflict::Exists))?;
-        self.bump();
+        self.bump().await;
         Ok(out)
     }
 
@@ -191,6 +191,66 @@ impl PgStore {
             )
             .await?;
         Ok(n > 0)
+    }
+
+    /// Claims active order `id` for `owner` until `now + lease` when no other owner's lease
+    /// is live (or extends `owner`'s own); `FOR UPDATE SKIP LOCKED`, so of replicas claiming
+    /// together one wins. Returns whether `owner` holds it.
+    pub async fn claim_acme_order(
+        &self,
+        id: i64,
+        owner: &str,
+        now: i64,
+        lease: i64,
+    ) -> Result<bool, StoreError> {
+        let c = self.conn().await?;
+        let n = c
+            .execute(
+                "UPDATE acme_orders SET lease_owner = $2, lease_until = $4 WHERE id IN (\
+                 SELECT id FROM acme_orders WHERE id = $1 AND status = 'active' \
+                 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until <= $3) \
+                 FOR UPDATE SKIP LOCKED)",
+                &[&id, &owner, &now, &now.saturating_add(lease)],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Claims up to `limit` active orders no live lease holds (new ones, and a dead replica's
+    /// once their lease ended) for `owner`. Returns their ids.
+    pub async fn claim_acme_orders(
+        &self,
+        owner: &str,
+        now: i64,
+        lease: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let c = self.conn().await?;
+        let mut ids = all(
+            &c,
+            "UPDATE acme_orders SET lease_owner = $1, lease_until = $3 WHERE id IN (\
+             SELECT id FROM acme_orders WHERE status = 'active' \
+             AND (lease_owner IS NULL OR lease_until <= $2) ORDER BY id LIMIT $4 \
+             FOR UPDATE SKIP LOCKED) RETURNING id",
+            &[&owner, &now, &now.saturating_add(lease), &limit],
+            |r| col(r, 0),
+        )
+        .await?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Releases `owner`'s order leases (a clean shutdown: another replica takes them at once).
+    pub async fn release_acme_orders(&self, owner: &str) -> Result<usize, StoreError> {
+        let c = self.conn().await?;
+        let n = c
+            .execute(
+                "UPDATE acme_orders SET lease_owner = NULL, lease_until = NULL \
+                 WHERE lease_owner = $1",
+                &[&owner],
+            )
+            .await?;
+        Ok(crate::pg::count(n))
     }
 
     /// Ends an order with `status`.

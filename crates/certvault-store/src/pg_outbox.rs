@@ -271,7 +271,7 @@ impl PgStore {
         )
         .await?
         .ok_or(StoreError::Conflict(Conflict::Exists))?;
-        self.bump();
+        self.bump().await;
         Ok(out)
     }
 
@@ -320,7 +320,7 @@ impl PgStore {
         )
         .await?
         .ok_or(StoreError::NotFound)?;
-        self.bump();
+        self.bump().await;
         Ok(out)
     }
 
@@ -336,11 +336,12 @@ impl PgStore {
         Ok(())
     }
 
-    /// Claims up to `limit` sendable deliveries (due, and first in their lane), leased until
-    /// `now + lease`; concurrent claimers skip each other's rows.
+    /// Claims up to `limit` sendable deliveries (due, and first in their lane), leased to
+    /// `owner` until `now + lease`; concurrent claimers (replicas) skip each other's rows.
     pub async fn claim_deliveries(
         &self,
         now: i64,
+        owner: &str,
         lease: i64,
         limit: i64,
     ) -> Result<Vec<DeliveryJob>, StoreError> {
@@ -348,12 +349,12 @@ impl PgStore {
         let tx = c.transaction().await?;
         let ids: Vec<i64> = all(
             &tx,
-            "UPDATE deliveries SET next_try = $3, leased = 1 WHERE id IN (\
+            "UPDATE deliveries SET next_try = $3, leased = 1, lease_owner = $4 WHERE id IN (\
              SELECT d.id FROM deliveries d \
              WHERE d.status = 'pending' AND d.next_try <= $1 \
              AND d.id = (SELECT MIN(e.id) FROM deliveries e WHERE e.lane = d.lane AND e.status = 'pending') \
              ORDER BY d.next_try LIMIT $2 FOR UPDATE OF d SKIP LOCKED) RETURNING id",
-            &[&now, &limit, &now.saturating_add(lease)],
+            &[&now, &limit, &now.saturating_add(lease), &owner],
             |r| col(r, 0),
         )
         .await?;
@@ -396,7 +397,7 @@ impl PgStore {
         let tx = c.transaction().await?;
         tx.execute(
             "UPDATE deliveries SET status = $2, next_try = $3, delivered_at = $4, \
-             attempts = attempts + $5, last_status = $6, last_error = $7, leased = 0 WHERE id = $1",
+             attempts = attempts + $5, last_status = $6, last_error = $7, leased = 0, lease_owner = NULL WHERE id = $1",
             &[
                 &id,
                 &status,
@@ -420,13 +421,33 @@ impl PgStore {
         Ok(())
     }
 
-    /// Makes every leased delivery due at `now` (at start, as for jobs).
+    /// Makes every leased delivery due at `now` (whoever holds the lease: only for a database
+    /// no other process uses).
     pub async fn release_delivery_leases(&self, now: i64) -> Result<usize, StoreError> {
         let c = self.conn().await?;
         let n = c
             .execute(
-                "UPDATE deliveries SET next_try = $1, leased = 0 WHERE status = 'pending' AND leased = 1",
+                "UPDATE deliveries SET next_try = $1, leased = 0, lease_owner = NULL \
+                 WHERE status = 'pending' AND leased = 1",
                 &[&now],
+            )
+            .await?;
+        Ok(count(n))
+    }
+
+    /// Makes the deliveries leased to `owner` due at `now` (a replica's clean shutdown: other
+    /// replicas' leases stay).
+    pub async fn release_delivery_leases_of(
+        &self,
+        owner: &str,
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        let c = self.conn().await?;
+        let n = c
+            .execute(
+                "UPDATE deliveries SET next_try = $1, leased = 0, lease_owner = NULL \
+                 WHERE status = 'pending' AND leased = 1 AND lease_owner = $2",
+                &[&now, &owner],
             )
             .await?;
         Ok(count(n))

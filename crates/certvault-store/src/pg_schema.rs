@@ -341,4 +341,9 @@ ALTER TABLE principals ADD COLUMN metrics BOOLEAN NOT NULL DEFAULT FALSE;
     // the web console's sessions (crate::pg_ui)
     crate::pg_ui::PG_MIGRATION,
     crate::pg_ui::PG_SEARCH_MIGRATION,
+    // replicas: who holds a delivery's lease; ACME orders leased to the replica driving them
+    r#"
+ALTER TABLE deliveries ADD COLUMN lease_owner TEXT;
+ALTER TABLE acme_orders ADD COLUMN lease_owner TEXT, ADD COLUMN lease_until BIGINT;
+"#,
 ];

@@ -86,6 +86,21 @@ impl Store {
         }
     }
 
+    /// The epoch of changes made by other processes (see [`PgStore::shared_epoch`]); always 0
+    /// on SQLite, whose database one process owns.
+    pub fn shared_epoch(&self) -> u64 {
+        match self {
+            Self::Sqlite(_) => 0,
+            Self::Postgres(p) => p.shared_epoch(),
+        }
+    }
+
+    /// Whether other processes (replicas) may share this store: PostgreSQL. Then leases are
+    /// released only by their owner, never all at start.
+    pub fn shared(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
     /// The change epoch (see [`SqliteStore::epoch`]).
     pub fn epoch(&self) -> u64 {
         match self {
@@ -260,11 +275,19 @@ dispatch! {
     /// Deletes a channel.
     fn delete_channel(&self, id: i64) -> Result<(), StoreError>;
     /// Claims due deliveries.
-    fn claim_deliveries(&self, now: i64, lease: i64, limit: i64) -> Result<Vec<DeliveryJob>, StoreError>;
+    fn claim_deliveries(&self, now: i64, owner: &str, lease: i64, limit: i64) -> Result<Vec<DeliveryJob>, StoreError>;
     /// Records a delivery attempt's outcome.
     fn finish_delivery(&self, id: i64, o: DeliveryOutcome) -> Result<(), StoreError>;
     /// Releases delivery leases.
     fn release_delivery_leases(&self, now: i64) -> Result<usize, StoreError>;
+    /// Releases the delivery leases of `owner` (on SQLite: all).
+    fn release_delivery_leases_of(&self, owner: &str, now: i64) -> Result<usize, StoreError>;
+    /// Claims (or extends) an ACME order's lease for `owner`; whether `owner` holds it.
+    fn claim_acme_order(&self, id: i64, owner: &str, now: i64, lease: i64) -> Result<bool, StoreError>;
+    /// Claims active ACME orders no live lease holds.
+    fn claim_acme_orders(&self, owner: &str, now: i64, lease: i64, limit: i64) -> Result<Vec<i64>, StoreError>;
+    /// Releases `owner`'s ACME order leases.
+    fn release_acme_orders(&self, owner: &str) -> Result<usize, StoreError>;
     /// Deliveries of a vault.
     fn deliveries(&self, vault_id: i64, f: DeliveryFilter) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// A delivery's attempts.

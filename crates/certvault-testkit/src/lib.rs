@@ -675,11 +675,92 @@ pub struct Postgres {
     _dir: TempDir,
 }
 
+/// Starts `postgres` on `dir/data` at `port` (logging to `dir/log_name`) and its watchdog.
+fn launch_postgres(
+    dir: &Path,
+    port: u16,
+    ids: Option<(u32, u32)>,
+    log_name: &str,
+) -> (Proc, Child) {
+    let postgres = pg_binary("postgres");
+    let data = dir.join("data");
+    let log = dir.join(log_name);
+    let mut cmd = Command::new(&postgres);
+    as_postgres(&mut cmd, ids)
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+        .arg(dir)
+        .args([
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=32MB",
+        ]);
+    // The log file is created by us (root) and written by the server through its stdout.
+    let proc = Proc::spawn("postgres", &mut cmd, log);
+    let watchdog = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -QUIT {pg} 2>/dev/null; \
+             while kill -0 {pg} 2>/dev/null; do sleep 0.2; done; rm -rf '{dir}'",
+            me = std::process::id(),
+            pg = proc.child.id(),
+            dir = dir.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start the PostgreSQL watchdog: {e}"));
+    (proc, watchdog)
+}
+
 impl Postgres {
+    /// Stops the server (fast shutdown: sessions are cut, the data is checkpointed), keeping
+    /// its data directory and port for [`Postgres::start_again`].
+    pub fn stop(&mut self) {
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+        let pid = self.proc.child.id().to_string();
+        let _ = Command::new("kill").args(["-INT", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.proc.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.proc.fail("did not stop within 30 s");
+    }
+
+    /// Starts the server stopped by [`Postgres::stop`] again on the same port and data
+    /// directory; returns once it accepts sessions.
+    pub fn start_again(&mut self) {
+        let (proc, watchdog) =
+            launch_postgres(self._dir.path(), self.port, self.ids, "postgres-again.log");
+        self.proc = proc;
+        self.watchdog = watchdog;
+        wait_tcp(&mut self.proc, self.port, "PostgreSQL");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.psql("postgres", "SELECT 1").is_err() {
+            if Instant::now() > deadline {
+                self.proc
+                    .fail("did not accept sessions within 30 s after a restart");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Starts a new server (a few seconds: initdb, then start-up).
     pub fn start() -> Self {
         let initdb = pg_binary("initdb");
-        let postgres = pg_binary("postgres");
         let ids = postgres_ids();
         let dir = tempfile::Builder::new()
             .prefix("certvault-pg-")
@@ -711,41 +792,7 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let log = dir.path().join("postgres.log");
-        let mut cmd = Command::new(&postgres);
-        as_postgres(&mut cmd, ids)
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
-            .arg(dir.path())
-            .args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=200",
-                "-c",
-                "shared_buffers=32MB",
-            ]);
-        // The log file is created by us (root) and written by the server through its stdout.
-        let mut proc = Proc::spawn("postgres", &mut cmd, log);
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -QUIT {pg} 2>/dev/null; \
-                 while kill -0 {pg} 2>/dev/null; do sleep 0.2; done; rm -rf '{dir}'",
-                me = std::process::id(),
-                pg = proc.child.id(),
-                dir = dir.path().display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the PostgreSQL watchdog: {e}"));
+        let (mut proc, watchdog) = launch_postgres(dir.path(), port, ids, "postgres.log");
         wait_tcp(&mut proc, port, "PostgreSQL");
         let pg = Self {
             proc,

@@ -196,6 +196,11 @@ struct ServeArgs {
     /// Attempts before a notification delivery is dead-lettered. Default 20 (about 3 days).
     #[arg(long, env = "CERTVAULT_DELIVERY_MAX_ATTEMPTS")]
     delivery_max_attempts: Option<i64>,
+    /// Seconds (of the server clock) a replica holds claimed work — a lifecycle item, an ACME
+    /// order; deliveries at most 120 — before another replica may take it over (5 to 3600).
+    /// Default 300.
+    #[arg(long, env = "CERTVAULT_LEASE_SECONDS")]
+    lease_seconds: Option<i64>,
     /// DANGER, tests only: a clock that the admin API can move forward
     /// (POST /admin/v1/test-clock/advance). Refused unless CERTVAULT_ALLOW_TEST_CLOCK=1.
     #[arg(long)]
@@ -270,6 +275,7 @@ struct FileConfig {
     smtp_from: Option<String>,
     smtp_ca_file: Option<PathBuf>,
     delivery_max_attempts: Option<i64>,
+    lease_seconds: Option<i64>,
     metrics_listen: Option<SocketAddr>,
     metrics_listen_public: Option<bool>,
     shutdown_grace: Option<u64>,
@@ -293,6 +299,12 @@ fn lifecycle_settings(
             bail!("--notice-days takes days from 1 to 3650");
         }
         s.notice_days = days;
+    }
+    if let Some(n) = args.lease_seconds.or(file.lease_seconds) {
+        if !(5..=3600).contains(&n) {
+            bail!("--lease-seconds must be from 5 to 3600");
+        }
+        s.lease = n;
     }
     if let Some(n) = args.delivery_max_attempts.or(file.delivery_max_attempts) {
         if !(1..=100).contains(&n) {
@@ -633,7 +645,12 @@ async fn serve(mut args: ServeArgs) -> Result<()> {
         }
         None => eprintln!("  admin token: stored in {}", started.token_path.display()),
     }
-    tracing::info!(addr = %started.addr, "certvault started");
+    tracing::info!(
+        addr = %started.addr,
+        backend = started.state.store.backend(),
+        owner = %started.state.lifecycle.owner,
+        "certvault started"
+    );
     started.run(shutdown_signal()).await?;
     tracing::info!("certvault stopped");
     Ok(())

@@ -645,12 +645,31 @@ fn details_after(st: &OrderState) -> String {
 }
 
 /// One attempt at running order `id` to its end.
+/// Claims or extends this process's lease of order `id` (see `certvault_store`'s
+/// `claim_acme_order`); whether it holds the order.
+pub(super) async fn holds_lease(state: &Arc<AppState>, id: i64) -> Result<bool, StoreError> {
+    state
+        .store
+        .claim_acme_order(
+            id,
+            &state.lifecycle.owner,
+            state.clock.now(),
+            state.lifecycle.settings.lease,
+        )
+        .await
+}
+
 async fn run(state: &Arc<AppState>, id: i64, fresh_account: bool) -> Result<(), Halt> {
     let store = &state.store;
     let Some(rec) = store.acme_order(id).await.map_err(store_halt)? else {
         return Ok(());
     };
     if rec.status != "active" {
+        return Ok(());
+    }
+    // One replica drives an order: the one holding its lease.
+    if !holds_lease(state, id).await.map_err(store_halt)? {
+        tracing::debug!(order = id, "another replica drives this ACME order");
         return Ok(());
     }
     let key = (rec.vault_id, rec.cert_key.clone(), rec.version.clone());
@@ -786,6 +805,15 @@ async fn run(state: &Arc<AppState>, id: i64, fresh_account: bool) -> Result<(), 
             }));
             let (details, error) = problem_error(&e);
             return run.fail(Some(&st), details, error).await;
+        }
+        // Before every step that talks to the CA or the DNS: still ours? (A replica that
+        // stalled past its lease lost the order to another and must not post for it.)
+        if !holds_lease(state, id).await.map_err(store_halt)? {
+            tracing::warn!(
+                order = id,
+                "the lease of this ACME order passed to another replica; stopping here"
+            );
+            return Ok(());
         }
         let outcome = tokio::select! {
             r = one_step(&client, &mut st, step, &publisher, &csr, &cfg, &run) => Some(r),

@@ -37,8 +37,8 @@ impl std::fmt::Debug for AcmeRuntime {
 }
 
 impl AcmeRuntime {
-    /// Stops every order task (server shutdown). Their state is persisted; the next start
-    /// resumes them.
+    /// Stops every order task (server shutdown). Their state is persisted; the next start (or
+    /// another replica, once the shutdown released the leases) resumes them.
     pub fn shutdown(&self) {
         if let Ok(mut t) = self.tasks.lock() {
             for (_, h) in t.drain() {
@@ -331,18 +331,66 @@ pub fn start(state: &Arc<AppState>, order_id: i64) {
     );
 }
 
-/// Resumes every unfinished order (server start).
+/// Resumes unfinished orders, at start and then for as long as the server runs: every pass
+/// extends the leases of the orders this process drives (an order whose lease another replica
+/// took is stopped) and claims the active orders no live lease holds — at start an earlier
+/// run's, later those of a replica that died (after their lease) — and drives them. With
+/// SQLite (one process per database) every active order is this process's.
 pub async fn resume_all(state: Arc<AppState>) {
-    match state.store.active_acme_orders().await {
-        Ok(orders) => {
-            if !orders.is_empty() {
-                tracing::info!(orders = orders.len(), "resuming ACME orders");
-            }
-            for o in orders {
-                start(&state, o.id);
+    let lease = state.lifecycle.settings.lease;
+    let pause = std::time::Duration::from_secs(u64::try_from(lease / 3).unwrap_or(1).clamp(1, 30));
+    let mut first = true;
+    loop {
+        if state.lifecycle.is_stopping() {
+            return;
+        }
+        let running: Vec<i64> = match state.acme.tasks.lock() {
+            Ok(t) => t
+                .iter()
+                .filter(|(_, h)| !h.is_finished())
+                .map(|(id, _)| *id)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for id in running {
+            if let Ok(false) = driver::holds_lease(&state, id).await
+                && let Ok(mut t) = state.acme.tasks.lock()
+                && let Some(h) = t.remove(&id)
+            {
+                tracing::warn!(order = id, "another replica took over this ACME order");
+                h.abort();
             }
         }
-        Err(e) => tracing::error!(error = %e, "could not list the ACME orders to resume"),
+        match state
+            .store
+            .claim_acme_orders(&state.lifecycle.owner, state.clock.now(), lease, 256)
+            .await
+        {
+            Ok(orders) => {
+                if !orders.is_empty() {
+                    if first {
+                        tracing::info!(orders = orders.len(), "resuming ACME orders");
+                    } else {
+                        tracing::info!(
+                            orders = orders.len(),
+                            "taking over ACME orders whose lease ended"
+                        );
+                    }
+                }
+                for id in orders {
+                    start(&state, id);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not claim the ACME orders to resume"),
+        }
+        first = false;
+        if !state.store.shared() {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = state.lifecycle.stopped() => return,
+        }
     }
 }
 

@@ -40,6 +40,9 @@ pub struct LifecycleSettings {
     pub tick: Duration,
     /// Renewals run at the same time.
     pub renew_concurrency: usize,
+    /// Seconds of the server clock claimed work stays leased (lifecycle items, ACME orders;
+    /// deliveries at most 120): how long a dead replica's work waits before another takes it.
+    pub lease: i64,
     /// Delivery of events to channels and e-mail.
     pub delivery: DeliverySettings,
     /// The SMTP server for e-mail to vault contacts; none: e-mail deliveries are skipped.
@@ -53,6 +56,7 @@ impl Default for LifecycleSettings {
             notice_days: planner::DEFAULT_NOTICE_DAYS.to_vec(),
             tick: Duration::from_secs(1),
             renew_concurrency: 32,
+            lease: JOB_LEASE,
             delivery: DeliverySettings::default(),
             smtp: None,
         }
@@ -163,7 +167,18 @@ impl Lifecycle {
 /// did not start when stopped stay leased to this process; the shutdown releases them.
 pub async fn run_engine(state: Arc<AppState>) {
     let lc = &state.lifecycle;
-    match state.store.release_leases(state.clock.now()).await {
+    // SQLite: one process per database, so every lease is an earlier run's. A shared database
+    // (replicas): only this process's own leases (none: its owner id is new); a dead replica's
+    // items come back when their lease ends.
+    let released = if state.store.shared() {
+        state
+            .store
+            .release_leases_of(&lc.owner, state.clock.now())
+            .await
+    } else {
+        state.store.release_leases(state.clock.now()).await
+    };
+    match released {
         Ok(0) => {}
         Ok(n) => tracing::info!(
             items = n,
@@ -181,7 +196,7 @@ pub async fn run_engine(state: Arc<AppState>) {
         let now = state.clock.now();
         let claimed = match state
             .store
-            .claim_due(now, &lc.owner, JOB_LEASE, JOB_BATCH)
+            .claim_due(now, &lc.owner, lc.settings.lease, JOB_BATCH)
             .await
         {
             Ok(j) => j,

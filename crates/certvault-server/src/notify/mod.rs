@@ -338,15 +338,19 @@ fn request_error(e: &reqwest::Error) -> String {
 pub async fn run_dispatcher(state: Arc<AppState>) {
     const LEASE: i64 = 120;
     const BATCH: i64 = 512;
-    match state.store.release_delivery_leases(state.clock.now()).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            deliveries = n,
-            "deliveries leased by an earlier run are due again"
-        ),
-        Err(e) => tracing::warn!(error = %e, "could not release delivery leases"),
-    }
     let lc = &state.lifecycle;
+    // SQLite: one process per database, so every lease is an earlier run's. A shared database
+    // (replicas): other replicas' leases are live work; a dead replica's expire by themselves.
+    if !state.store.shared() {
+        match state.store.release_delivery_leases(state.clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deliveries = n,
+                "deliveries leased by an earlier run are due again"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not release delivery leases"),
+        }
+    }
     let permits = Arc::new(tokio::sync::Semaphore::new(
         lc.settings.delivery.concurrency.max(1),
     ));
@@ -355,7 +359,11 @@ pub async fn run_dispatcher(state: Arc<AppState>) {
             return;
         }
         let now = state.clock.now();
-        let claimed = match state.store.claim_deliveries(now, LEASE, BATCH).await {
+        let claimed = match state
+            .store
+            .claim_deliveries(now, &lc.owner, LEASE.min(lc.settings.lease), BATCH)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "delivery pass failed");
