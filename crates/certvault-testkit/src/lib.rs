@@ -678,6 +678,12 @@ pub struct Postgres {
 impl Postgres {
     /// Starts a new server (a few seconds: initdb, then start-up).
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`Self::start`], with extra `-c name=value` settings given after the test defaults
+    /// (a later setting wins), e.g. `("fsync", "on")` for a durable server in a benchmark.
+    pub fn start_with(settings: &[(&str, &str)]) -> Self {
         let initdb = pg_binary("initdb");
         let postgres = pg_binary("postgres");
         let ids = postgres_ids();
@@ -730,6 +736,9 @@ impl Postgres {
                 "-c",
                 "shared_buffers=32MB",
             ]);
+        for (k, v) in settings {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
         // The log file is created by us (root) and written by the server through its stdout.
         let mut proc = Proc::spawn("postgres", &mut cmd, log);
         let watchdog = Command::new("sh")
@@ -781,6 +790,11 @@ impl Postgres {
         let pg = Arc::new(Self::start());
         *slot = Arc::downgrade(&pg);
         pg
+    }
+
+    /// The process id of the postmaster (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
     }
 
     /// The server's port on 127.0.0.1.
