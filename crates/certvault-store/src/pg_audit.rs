@@ -69,35 +69,61 @@ impl PgStore {
         )
         .await?;
         let plan = plan_append(head, last, records, chain.as_ref());
-        let insert = tx
-            .prepare(
-                "INSERT INTO audit_log (seq, time, request_id, principal, source, vault, object, \
-                 operation, status, outcome, detail, prev, mac) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .await?;
+        // One statement for the whole group (arrays unnested into rows): the advisory lock is
+        // held for one round trip however many records the group has, not one per record.
+        let n = plan.rows.len();
+        let mut seq = Vec::with_capacity(n);
+        let mut time = Vec::with_capacity(n);
+        let mut request_id = Vec::with_capacity(n);
+        let mut principal = Vec::with_capacity(n);
+        let mut source = Vec::with_capacity(n);
+        let mut vault = Vec::with_capacity(n);
+        let mut object = Vec::with_capacity(n);
+        let mut operation = Vec::with_capacity(n);
+        let mut status = Vec::with_capacity(n);
+        let mut outcome = Vec::with_capacity(n);
+        let mut detail = Vec::with_capacity(n);
+        let mut prev = Vec::with_capacity(n);
+        let mut mac = Vec::with_capacity(n);
         for rec in &plan.rows {
             let f = &rec.fields;
-            tx.execute(
-                &insert,
-                &[
-                    &rec.seq,
-                    &f.time,
-                    &f.request_id,
-                    &f.principal,
-                    &f.source,
-                    &f.vault,
-                    &f.object,
-                    &f.operation,
-                    &f.status,
-                    &f.outcome,
-                    &f.detail,
-                    &rec.prev,
-                    &rec.mac,
-                ],
-            )
-            .await?;
+            seq.push(rec.seq);
+            time.push(f.time);
+            request_id.push(f.request_id.as_deref());
+            principal.push(f.principal.as_str());
+            source.push(f.source.as_deref());
+            vault.push(f.vault.as_deref());
+            object.push(f.object.as_deref());
+            operation.push(f.operation.as_str());
+            status.push(f.status);
+            outcome.push(f.outcome.as_str());
+            detail.push(f.detail.as_deref());
+            prev.push(rec.prev.as_slice());
+            mac.push(rec.mac.as_slice());
         }
+        tx.execute(
+            "INSERT INTO audit_log (seq, time, request_id, principal, source, vault, object, \
+             operation, status, outcome, detail, prev, mac) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
+             $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], \
+             $11::text[], $12::bytea[], $13::bytea[])",
+            &[
+                &seq,
+                &time,
+                &request_id,
+                &principal,
+                &source,
+                &vault,
+                &object,
+                &operation,
+                &status,
+                &outcome,
+                &detail,
+                &prev,
+                &mac,
+            ],
+        )
+        .await?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ($1, $2) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
