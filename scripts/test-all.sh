@@ -57,6 +57,8 @@ APT_PACKAGES=(
   "postgresql:/usr/lib/postgresql/15/bin/initdb"
   "postgresql:/usr/lib/postgresql/15/bin/postgres"
   "postgresql:psql"
+  "postgresql:/usr/lib/postgresql/15/bin/pg_dump"
+  "postgresql:/usr/lib/postgresql/15/bin/pg_restore"
   # The web console's end-to-end tests (tests/ui) drive Debian's chromium with playwright-core
   # under node.
   "chromium:chromium"
@@ -387,6 +389,10 @@ if wanted test; then run_stage "cargo test" cargo test --workspace --locked; fi
 if wanted test-pg; then
   run_stage "cargo test on PostgreSQL (certvault-server)" \
     env CERTVAULT_TEST_DATABASE=postgres cargo test --locked -p certvault-server
+  # The real binary's operations tests (shutdown, metrics, JSON logs) with the store in
+  # PostgreSQL; their backup tests pick their backend themselves.
+  run_stage "cargo test on PostgreSQL (certvault ops_binary)" \
+    env CERTVAULT_TEST_DATABASE=postgres cargo test --locked -p certvault --test ops_binary
 fi
 if wanted build || wanted sdk || wanted sdk-pg || wanted api || wanted ui; then run_stage "cargo build (certvault)" cargo build --locked -p certvault; fi
 if wanted sdk || wanted sdk-pg; then
