@@ -122,8 +122,11 @@ pub struct Auditor {
 }
 
 /// Records waiting for the PostgreSQL appender, and where their seqs go.
+/// The flag: whether the request waits for the records to be on disk (see
+/// [`Durability`]); a group commits synchronously when any of its requests does.
 type PendingAppend = (
     Vec<NewAuditRecord>,
+    bool,
     tokio::sync::oneshot::Sender<Result<Vec<i64>, StoreError>>,
 );
 
@@ -135,7 +138,9 @@ const PG_APPEND_BATCH: usize = 4096;
 /// transaction per request the ceiling of every audited request. This task takes everything
 /// queued while the previous append ran and appends it in one transaction, then answers each
 /// caller with its seqs (or each with the error: the transaction failed as a whole, and every
-/// caller fails closed).
+/// caller fails closed). A group holding only records of requests that changed nothing
+/// commits without waiting for its WAL flush (the same policy as the SQLite journal's
+/// `Durability::Written`), so the lock is not held through a disk flush for reads.
 async fn pg_appender(
     store: Store,
     chain: AuditChain,
@@ -155,11 +160,20 @@ async fn pg_appender(
         }
         let mut records = Vec::with_capacity(n);
         let mut waiters = Vec::with_capacity(batch.len());
-        for (r, tx) in batch {
+        let mut synchronous = false;
+        for (r, sync, tx) in batch {
             waiters.push((r.len(), tx));
+            synchronous |= sync;
             records.extend(r);
         }
-        match store.append_audit(records, chain.clone()).await {
+        let result = match &store {
+            Store::Postgres(pg) => {
+                pg.append_audit_with(records, chain.clone(), synchronous)
+                    .await
+            }
+            other => other.append_audit(records, chain.clone()).await,
+        };
+        match result {
             Ok(seqs) => {
                 let mut it = seqs.into_iter();
                 for (len, tx) in waiters {
@@ -273,7 +287,8 @@ impl Auditor {
         }
         if let Some(q) = self.appender.get() {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            if q.send((records, tx)).is_ok() {
+            let synchronous = durability == Durability::Synced || self.sync == SyncPolicy::Always;
+            if q.send((records, synchronous, tx)).is_ok() {
                 return rx.await.unwrap_or_else(|_| {
                     Err(StoreError::Database("the audit appender stopped".into()))
                 });

@@ -46,11 +46,31 @@ impl PgStore {
         records: Vec<NewAuditRecord>,
         chain: AuditChain,
     ) -> Result<Vec<i64>, StoreError> {
+        self.append_audit_with(records, chain, true).await
+    }
+
+    /// [`Self::append_audit`]; with `synchronous` false the commit does not wait for its WAL
+    /// flush (`SET LOCAL synchronous_commit = off`): the records are visible and the chain's
+    /// lock is free as soon as the commit is in PostgreSQL's WAL buffers, which the WAL writer
+    /// flushes within 3 × `wal_writer_delay`, and any later synchronous commit flushes them
+    /// first (the WAL is written in order, so a crash can lose only a tail of the chain, never
+    /// a record before a synchronous one). For records of requests that changed nothing, the
+    /// PostgreSQL counterpart of the SQLite journal's deferred sync.
+    pub async fn append_audit_with(
+        &self,
+        records: Vec<NewAuditRecord>,
+        chain: AuditChain,
+        synchronous: bool,
+    ) -> Result<Vec<i64>, StoreError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
         let mut c = self.conn().await?;
         let tx = c.transaction().await?;
+        if !synchronous {
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await?;
+        }
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
             .await?;
         let head = one(
