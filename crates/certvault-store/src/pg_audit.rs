@@ -67,27 +67,34 @@ impl PgStore {
         }
         let mut c = self.conn().await?;
         let tx = c.transaction().await?;
-        if !synchronous {
-            tx.batch_execute("SET LOCAL synchronous_commit = off")
-                .await?;
-        }
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-            .await?;
+        // The statements of a group are pipelined (issued together, executed by the server in
+        // the order sent), so the lock and the two reads cost one wait, not three: the chain's
+        // lock is held for fewer round trips.
+        let no_sync = async {
+            if synchronous {
+                Ok(())
+            } else {
+                tx.batch_execute("SET LOCAL synchronous_commit = off").await
+            }
+        };
+        let lock = tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]);
         let head = one(
             &tx,
             "SELECT value FROM meta WHERE key = $1",
             &[&HEAD_KEY],
             |r| col::<Vec<u8>>(r, 0),
-        )
-        .await?
-        .map(parse_head);
+        );
         let last = one(
             &tx,
             "SELECT seq, mac, time FROM audit_log ORDER BY seq DESC LIMIT 1",
             &[],
             |r| Ok((col(r, 0)?, col(r, 1)?, col(r, 2)?)),
-        )
-        .await?;
+        );
+        let (no_sync, lock, head, last) = tokio::join!(no_sync, lock, head, last);
+        no_sync?;
+        lock?;
+        let head = head?.map(parse_head);
+        let last = last?;
         let plan = plan_append(head, last, records, chain.as_ref());
         // One statement for the whole group (arrays unnested into rows): the advisory lock is
         // held for one round trip however many records the group has, not one per record.
@@ -121,35 +128,38 @@ impl PgStore {
             prev.push(rec.prev.as_slice());
             mac.push(rec.mac.as_slice());
         }
-        tx.execute(
+        let insert_params: [&(dyn ToSql + Sync); 13] = [
+            &seq,
+            &time,
+            &request_id,
+            &principal,
+            &source,
+            &vault,
+            &object,
+            &operation,
+            &status,
+            &outcome,
+            &detail,
+            &prev,
+            &mac,
+        ];
+        let head_params: [&(dyn ToSql + Sync); 2] = [&HEAD_KEY, &plan.head_value];
+        let insert = tx.execute(
             "INSERT INTO audit_log (seq, time, request_id, principal, source, vault, object, \
              operation, status, outcome, detail, prev, mac) \
              SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
              $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], \
              $11::text[], $12::bytea[], $13::bytea[])",
-            &[
-                &seq,
-                &time,
-                &request_id,
-                &principal,
-                &source,
-                &vault,
-                &object,
-                &operation,
-                &status,
-                &outcome,
-                &detail,
-                &prev,
-                &mac,
-            ],
-        )
-        .await?;
-        tx.execute(
+            &insert_params,
+        );
+        let head = tx.execute(
             "INSERT INTO meta (key, value) VALUES ($1, $2) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&HEAD_KEY, &plan.head_value],
-        )
-        .await?;
+            &head_params,
+        );
+        let (insert, head) = tokio::join!(insert, head);
+        insert?;
+        head?;
         tx.commit().await?;
         Ok(plan.seqs)
     }
