@@ -9,6 +9,8 @@
 #   bench/run.sh scheduler            # lifecycle: one scheduler pass, 1,000,000 certificates
 #   bench/run.sh renewals             # lifecycle: 10,000 due EC P-256 renewals (test clock)
 #   bench/run.sh webhooks             # lifecycle: signed webhook deliveries to a local receiver
+#   bench/run.sh pg                   # PostgreSQL issue: GET secret and create on SQLite and
+#                                     # PostgreSQL (private server) in one run, per-request costs
 #   bench/run.sh acme [--certs 100 --parallel 10]
 #                                     # ACME: certificates through DNS-01 from one pebble,
 #                                     # certvault vs lego (Debian `lego`, installed if missing)

@@ -57,6 +57,8 @@ APT_PACKAGES=(
   "postgresql:/usr/lib/postgresql/15/bin/initdb"
   "postgresql:/usr/lib/postgresql/15/bin/postgres"
   "postgresql:psql"
+  "postgresql:/usr/lib/postgresql/15/bin/pg_dump"
+  "postgresql:/usr/lib/postgresql/15/bin/pg_restore"
   # The web console's end-to-end tests (tests/ui) drive Debian's chromium with playwright-core
   # under node.
   "chromium:chromium"
@@ -390,6 +392,10 @@ if wanted test-pg; then
   # Replicas: three `certvault serve` on one private PostgreSQL (SIGKILL, database restart).
   run_stage "replicas on PostgreSQL (crates/certvault/tests/replicas.rs)" \
     cargo test --locked -p certvault --test replicas
+  # The real binary's operations tests (shutdown, metrics, JSON logs) with the store in
+  # PostgreSQL; their backup tests pick their backend themselves.
+  run_stage "cargo test on PostgreSQL (certvault ops_binary)" \
+    env CERTVAULT_TEST_DATABASE=postgres cargo test --locked -p certvault --test ops_binary
 fi
 if wanted build || wanted sdk || wanted sdk-pg || wanted api || wanted ui; then run_stage "cargo build (certvault)" cargo build --locked -p certvault; fi
 if wanted sdk || wanted sdk-pg; then

@@ -58,9 +58,9 @@ pub(crate) async fn create_body_and_wait(conn: &mut Conn, body: Bytes, name: &st
     bail!("the operation stayed inProgress")
 }
 
-struct CreateOp {
-    kty: Kty,
-    tag: String,
+pub(crate) struct CreateOp {
+    pub(crate) kty: Kty,
+    pub(crate) tag: String,
 }
 
 impl Op for CreateOp {

@@ -243,7 +243,12 @@ async fn send(
 }
 
 /// Creates certificates `0..n` (EC P-256, Self, 12 months) with `clients` connections.
-async fn create_certs(target: &Target, n: usize, clients: usize, prefix: &str) -> Result<f64> {
+pub(crate) async fn create_certs(
+    target: &Target,
+    n: usize,
+    clients: usize,
+    prefix: &str,
+) -> Result<f64> {
     let t = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let mut set: JoinSet<Result<()>> = JoinSet::new();
@@ -276,7 +281,7 @@ async fn create_certs(target: &Target, n: usize, clients: usize, prefix: &str) -
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
-async fn advance(target: &Target, seconds: i64) -> Result<()> {
+pub(crate) async fn advance(target: &Target, seconds: i64) -> Result<()> {
     let mut c = target.connect().await?;
     send(
         &mut c,
@@ -288,7 +293,7 @@ async fn advance(target: &Target, seconds: i64) -> Result<()> {
     Ok(())
 }
 
-fn count(db: &Path, sql: &str) -> Result<i64> {
+pub(crate) fn count(db: &Path, sql: &str) -> Result<i64> {
     let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     c.busy_timeout(Duration::from_secs(10))?;
     Ok(c.query_row(sql, [], |r| r.get(0))?)
@@ -313,11 +318,22 @@ async fn wait_count(db: &Path, sql: &str, want: i64, timeout: Duration) -> Resul
 }
 
 async fn test_clock_server(common: &Common, dir: &Path) -> Result<Server> {
+    test_clock_server_with(common, dir, &[]).await
+}
+
+/// A test-clock server with extra `serve` arguments (e.g. `--database postgres://…`).
+pub(crate) async fn test_clock_server_with(
+    common: &Common,
+    dir: &Path,
+    extra: &[&str],
+) -> Result<Server> {
+    let mut args = vec!["--test-clock"];
+    args.extend_from_slice(extra);
     Server::start_with(
         &common.server_bin,
         &dir.join("data"),
         &dir.join("server.log"),
-        &["--test-clock"],
+        &args,
         &[("CERTVAULT_ALLOW_TEST_CLOCK", "1")],
     )
     .await

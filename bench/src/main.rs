@@ -9,6 +9,7 @@ mod benches;
 mod lifecycle;
 mod load;
 mod net;
+mod pg;
 mod seed;
 mod server;
 mod sign;
@@ -70,6 +71,9 @@ enum Cmd {
     Webhooks(lifecycle::WebhooksArgs),
     /// Web console issue: the certificate list page with 100,000 certificates vs /healthz.
     Ui(ui::UiArgs),
+    /// PostgreSQL issue: GET secret, create throughput and per-request costs on SQLite and on
+    /// PostgreSQL (private testkit server) in the same run.
+    Pg(pg::PgArgs),
 }
 
 fn default_server_bin() -> PathBuf {
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
             Cmd::Renewals(a) => lifecycle::renewals(&common, &a).await,
             Cmd::Webhooks(a) => lifecycle::webhooks(&common, &a).await,
             Cmd::Ui(a) => ui::ui(&common, &a).await,
+            Cmd::Pg(a) => pg::pg(&common, &a).await,
         }
     });
     match r {

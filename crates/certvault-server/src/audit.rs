@@ -115,7 +115,79 @@ pub struct Auditor {
     chain: AuditChain,
     clock: SharedClock,
     journal: std::sync::OnceLock<AuditJournal>,
+    /// On PostgreSQL, after [`Auditor::start`]: the queue of the task that appends every
+    /// record queued meanwhile in one transaction (group append).
+    appender: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PendingAppend>>,
     sync: SyncPolicy,
+}
+
+/// Records waiting for the PostgreSQL appender, and where their seqs go.
+/// The flag: whether the request waits for the records to be on disk (see
+/// [`Durability`]); a group commits synchronously when any of its requests does.
+type PendingAppend = (
+    Vec<NewAuditRecord>,
+    bool,
+    tokio::sync::oneshot::Sender<Result<Vec<i64>, StoreError>>,
+);
+
+/// At most this many records go into one PostgreSQL append transaction.
+const PG_APPEND_BATCH: usize = 4096;
+
+/// The PostgreSQL group append: appends are serialised by one advisory lock held until the
+/// commit (so the chain stays one chain across connections and replicas), which made one
+/// transaction per request the ceiling of every audited request. This task takes everything
+/// queued while the previous append ran and appends it in one transaction, then answers each
+/// caller with its seqs (or each with the error: the transaction failed as a whole, and every
+/// caller fails closed). A group holding only records of requests that changed nothing
+/// commits without waiting for its WAL flush (the same policy as the SQLite journal's
+/// `Durability::Written`), so the lock is not held through a disk flush for reads.
+async fn pg_appender(
+    store: Store,
+    chain: AuditChain,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<PendingAppend>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let mut n = batch[0].0.len();
+        while n < PG_APPEND_BATCH {
+            match rx.try_recv() {
+                Ok(p) => {
+                    n += p.0.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut records = Vec::with_capacity(n);
+        let mut waiters = Vec::with_capacity(batch.len());
+        let mut synchronous = false;
+        for (r, sync, tx) in batch {
+            waiters.push((r.len(), tx));
+            synchronous |= sync;
+            records.extend(r);
+        }
+        let result = match &store {
+            Store::Postgres(pg) => {
+                pg.append_audit_with(records, chain.clone(), synchronous)
+                    .await
+            }
+            other => other.append_audit(records, chain.clone()).await,
+        };
+        match result {
+            Ok(seqs) => {
+                let mut it = seqs.into_iter();
+                for (len, tx) in waiters {
+                    let _ = tx.send(Ok(it.by_ref().take(len).collect()));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for (_, tx) in waiters {
+                    let _ = tx.send(Err(StoreError::Database(msg.clone())));
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Auditor {
@@ -132,6 +204,7 @@ impl Auditor {
             chain: Arc::new(HmacChain(key)),
             clock,
             journal: std::sync::OnceLock::new(),
+            appender: std::sync::OnceLock::new(),
             sync: SyncPolicy::default(),
         }
     }
@@ -150,6 +223,12 @@ impl Auditor {
         // The journal is a SQLite feature (a file beside the database); on PostgreSQL
         // records are appended to the store directly.
         let Some(sqlite) = self.store.as_sqlite() else {
+            if self.appender.get().is_none() {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                if self.appender.set(tx).is_ok() {
+                    tokio::spawn(pg_appender(self.store.clone(), self.chain.clone(), rx));
+                }
+            }
             return Ok(());
         };
         let j = AuditJournal::open_with(sqlite, self.chain.clone(), self.sync).await?;
@@ -204,10 +283,20 @@ impl Auditor {
                 detail: e.detail.map(|d| d.to_string()),
             })
             .collect();
-        match self.journal.get() {
-            Some(j) => j.append_with(records, durability).await,
-            None => self.store.append_audit(records, self.chain.clone()).await,
+        if let Some(j) = self.journal.get() {
+            return j.append_with(records, durability).await;
         }
+        if let Some(q) = self.appender.get() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let synchronous = durability == Durability::Synced || self.sync == SyncPolicy::Always;
+            if q.send((records, synchronous, tx)).is_ok() {
+                return rx.await.unwrap_or_else(|_| {
+                    Err(StoreError::Database("the audit appender stopped".into()))
+                });
+            }
+            return Err(StoreError::Database("the audit appender stopped".into()));
+        }
+        self.store.append_audit(records, self.chain.clone()).await
     }
 
     /// Resolves once every record appended so far is in the `audit_log` table.

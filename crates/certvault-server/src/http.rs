@@ -194,6 +194,9 @@ pub async fn serve(
     deadline
 }
 
+/// The request header a client names its request with, echoed in the response.
+const CLIENT_REQUEST_ID: &str = "x-ms-client-request-id";
+
 /// A request id: 32 hex digits, unique within this process (a random start drawn once, plus a
 /// counter) and unlikely to repeat across restarts. Drawing a random UUID per request cost a
 /// `getrandom` system call on every request.
@@ -216,7 +219,24 @@ async fn handle(
     use tracing::Instrument as _;
     let started = std::time::Instant::now();
     let request_id = next_request_id();
-    let span = tracing::info_span!("request", request_id = %request_id);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        client_request_id = tracing::field::Empty
+    );
+    // The client's own id (the Azure SDKs send `x-ms-client-request-id`), echoed back as Key
+    // Vault does and recorded in the span, so a client's log and ours can be joined. Only a
+    // short value of visible ASCII is taken; anything else is ignored.
+    let client_request_id = req
+        .headers()
+        .get(CLIENT_REQUEST_ID)
+        .filter(|v| {
+            v.len() <= 256 && !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_graphic)
+        })
+        .cloned();
+    if let Some(v) = &client_request_id {
+        span.record("client_request_id", v.to_str().unwrap_or_default());
+    }
     async move {
         // The web console has its own sessions, pages and audit records (see `ui`): no Key
         // Vault challenge there.
@@ -237,6 +257,9 @@ async fn handle(
             crate::audit::after_request(&state, resp, target, who, peer, &request_id).await;
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert("x-ms-request-id", v);
+        }
+        if let Some(v) = client_request_id {
+            resp.headers_mut().insert(CLIENT_REQUEST_ID, v);
         }
         let status = resp.status().as_u16();
         state.metrics.request(op, status, started.elapsed());

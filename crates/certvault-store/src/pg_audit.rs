@@ -46,64 +46,120 @@ impl PgStore {
         records: Vec<NewAuditRecord>,
         chain: AuditChain,
     ) -> Result<Vec<i64>, StoreError> {
+        self.append_audit_with(records, chain, true).await
+    }
+
+    /// [`Self::append_audit`]; with `synchronous` false the commit does not wait for its WAL
+    /// flush (`SET LOCAL synchronous_commit = off`): the records are visible and the chain's
+    /// lock is free as soon as the commit is in PostgreSQL's WAL buffers, which the WAL writer
+    /// flushes within 3 × `wal_writer_delay`, and any later synchronous commit flushes them
+    /// first (the WAL is written in order, so a crash can lose only a tail of the chain, never
+    /// a record before a synchronous one). For records of requests that changed nothing, the
+    /// PostgreSQL counterpart of the SQLite journal's deferred sync.
+    pub async fn append_audit_with(
+        &self,
+        records: Vec<NewAuditRecord>,
+        chain: AuditChain,
+        synchronous: bool,
+    ) -> Result<Vec<i64>, StoreError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
         let mut c = self.conn().await?;
         let tx = c.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-            .await?;
+        // The statements of a group are pipelined (issued together, executed by the server in
+        // the order sent), so the lock and the two reads cost one wait, not three: the chain's
+        // lock is held for fewer round trips.
+        let no_sync = async {
+            if synchronous {
+                Ok(())
+            } else {
+                tx.batch_execute("SET LOCAL synchronous_commit = off").await
+            }
+        };
+        let lock = tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]);
         let head = one(
             &tx,
             "SELECT value FROM meta WHERE key = $1",
             &[&HEAD_KEY],
             |r| col::<Vec<u8>>(r, 0),
-        )
-        .await?
-        .map(parse_head);
+        );
         let last = one(
             &tx,
             "SELECT seq, mac, time FROM audit_log ORDER BY seq DESC LIMIT 1",
             &[],
             |r| Ok((col(r, 0)?, col(r, 1)?, col(r, 2)?)),
-        )
-        .await?;
+        );
+        let (no_sync, lock, head, last) = tokio::join!(no_sync, lock, head, last);
+        no_sync?;
+        lock?;
+        let head = head?.map(parse_head);
+        let last = last?;
         let plan = plan_append(head, last, records, chain.as_ref());
-        let insert = tx
-            .prepare(
-                "INSERT INTO audit_log (seq, time, request_id, principal, source, vault, object, \
-                 operation, status, outcome, detail, prev, mac) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .await?;
+        // One statement for the whole group (arrays unnested into rows): the advisory lock is
+        // held for one round trip however many records the group has, not one per record.
+        let n = plan.rows.len();
+        let mut seq = Vec::with_capacity(n);
+        let mut time = Vec::with_capacity(n);
+        let mut request_id = Vec::with_capacity(n);
+        let mut principal = Vec::with_capacity(n);
+        let mut source = Vec::with_capacity(n);
+        let mut vault = Vec::with_capacity(n);
+        let mut object = Vec::with_capacity(n);
+        let mut operation = Vec::with_capacity(n);
+        let mut status = Vec::with_capacity(n);
+        let mut outcome = Vec::with_capacity(n);
+        let mut detail = Vec::with_capacity(n);
+        let mut prev = Vec::with_capacity(n);
+        let mut mac = Vec::with_capacity(n);
         for rec in &plan.rows {
             let f = &rec.fields;
-            tx.execute(
-                &insert,
-                &[
-                    &rec.seq,
-                    &f.time,
-                    &f.request_id,
-                    &f.principal,
-                    &f.source,
-                    &f.vault,
-                    &f.object,
-                    &f.operation,
-                    &f.status,
-                    &f.outcome,
-                    &f.detail,
-                    &rec.prev,
-                    &rec.mac,
-                ],
-            )
-            .await?;
+            seq.push(rec.seq);
+            time.push(f.time);
+            request_id.push(f.request_id.as_deref());
+            principal.push(f.principal.as_str());
+            source.push(f.source.as_deref());
+            vault.push(f.vault.as_deref());
+            object.push(f.object.as_deref());
+            operation.push(f.operation.as_str());
+            status.push(f.status);
+            outcome.push(f.outcome.as_str());
+            detail.push(f.detail.as_deref());
+            prev.push(rec.prev.as_slice());
+            mac.push(rec.mac.as_slice());
         }
-        tx.execute(
+        let insert_params: [&(dyn ToSql + Sync); 13] = [
+            &seq,
+            &time,
+            &request_id,
+            &principal,
+            &source,
+            &vault,
+            &object,
+            &operation,
+            &status,
+            &outcome,
+            &detail,
+            &prev,
+            &mac,
+        ];
+        let head_params: [&(dyn ToSql + Sync); 2] = [&HEAD_KEY, &plan.head_value];
+        let insert = tx.execute(
+            "INSERT INTO audit_log (seq, time, request_id, principal, source, vault, object, \
+             operation, status, outcome, detail, prev, mac) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
+             $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], \
+             $11::text[], $12::bytea[], $13::bytea[])",
+            &insert_params,
+        );
+        let head = tx.execute(
             "INSERT INTO meta (key, value) VALUES ($1, $2) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&HEAD_KEY, &plan.head_value],
-        )
-        .await?;
+            &head_params,
+        );
+        let (insert, head) = tokio::join!(insert, head);
+        insert?;
+        head?;
         tx.commit().await?;
         Ok(plan.seqs)
     }

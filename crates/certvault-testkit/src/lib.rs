@@ -672,6 +672,8 @@ pub struct Postgres {
     watchdog: Child,
     port: u16,
     ids: Option<(u32, u32)>,
+    /// Extra `-c name=value` settings (kept for [`Postgres::start_again`]).
+    settings: Vec<(String, String)>,
     _dir: TempDir,
 }
 
@@ -680,6 +682,7 @@ fn launch_postgres(
     dir: &Path,
     port: u16,
     ids: Option<(u32, u32)>,
+    settings: &[(String, String)],
     log_name: &str,
 ) -> (Proc, Child) {
     let postgres = pg_binary("postgres");
@@ -703,6 +706,9 @@ fn launch_postgres(
             "-c",
             "shared_buffers=32MB",
         ]);
+    for (k, v) in settings {
+        cmd.arg("-c").arg(format!("{k}={v}"));
+    }
     // The log file is created by us (root) and written by the server through its stdout.
     let proc = Proc::spawn("postgres", &mut cmd, log);
     let watchdog = Command::new("sh")
@@ -743,8 +749,13 @@ impl Postgres {
     /// Starts the server stopped by [`Postgres::stop`] again on the same port and data
     /// directory; returns once it accepts sessions.
     pub fn start_again(&mut self) {
-        let (proc, watchdog) =
-            launch_postgres(self._dir.path(), self.port, self.ids, "postgres-again.log");
+        let (proc, watchdog) = launch_postgres(
+            self._dir.path(),
+            self.port,
+            self.ids,
+            &self.settings,
+            "postgres-again.log",
+        );
         self.proc = proc;
         self.watchdog = watchdog;
         wait_tcp(&mut self.proc, self.port, "PostgreSQL");
@@ -760,6 +771,12 @@ impl Postgres {
 
     /// Starts a new server (a few seconds: initdb, then start-up).
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`Self::start`], with extra `-c name=value` settings given after the test defaults
+    /// (a later setting wins), e.g. `("fsync", "on")` for a durable server in a benchmark.
+    pub fn start_with(settings: &[(&str, &str)]) -> Self {
         let initdb = pg_binary("initdb");
         let ids = postgres_ids();
         let dir = tempfile::Builder::new()
@@ -792,13 +809,19 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let (mut proc, watchdog) = launch_postgres(dir.path(), port, ids, "postgres.log");
+        let settings: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (mut proc, watchdog) =
+            launch_postgres(dir.path(), port, ids, &settings, "postgres.log");
         wait_tcp(&mut proc, port, "PostgreSQL");
         let pg = Self {
             proc,
             watchdog,
             port,
             ids,
+            settings,
             _dir: dir,
         };
         // Ready once it accepts a real session (TCP opens during recovery already).
@@ -828,6 +851,11 @@ impl Postgres {
         let pg = Arc::new(Self::start());
         *slot = Arc::downgrade(&pg);
         pg
+    }
+
+    /// The process id of the postmaster (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
     }
 
     /// The server's port on 127.0.0.1.

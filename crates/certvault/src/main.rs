@@ -600,50 +600,55 @@ async fn serve(mut args: ServeArgs) -> Result<()> {
         shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
     };
     let clock: certvault_core::clock::SharedClock = if args.test_clock {
-        eprintln!("!!! certvault runs with a TEST CLOCK: the admin API can move time forward.");
-        eprintln!("!!! Never use --test-clock outside tests.");
+        say("!!! certvault runs with a TEST CLOCK: the admin API can move time forward.");
+        say("!!! Never use --test-clock outside tests.");
         Arc::new(certvault_core::TestClock::new())
     } else {
         Arc::new(certvault_core::SystemClock)
     };
     let started = certvault_server::start(&opts, clock).await?;
     let port = started.addr.port();
-    eprintln!("certvault listening on https://{}", started.addr);
-    eprintln!("  data directory: {}", opts.data_dir.display());
-    eprintln!(
+    say(&format!("certvault listening on https://{}", started.addr));
+    say(&format!("  data directory: {}", opts.data_dir.display()));
+    say(&format!(
         "  database: {}",
         if opts.database.is_some() {
             "PostgreSQL"
         } else {
             "SQLite (in the data directory)"
         }
-    );
-    eprintln!(
+    ));
+    say(&format!(
         "  CA certificate for clients: {}",
         started.ca_path.display()
-    );
-    eprintln!(
+    ));
+    say(&format!(
         "  vault URLs: https://<vault>.{}:{port} (any other host name reaches the vault 'default')",
         opts.base_domain
-    );
+    ));
     if let Some(a) = started.metrics_addr {
-        eprintln!("  metrics (no token): http://{a}/metrics");
+        say(&format!("  metrics (no token): http://{a}/metrics"));
     }
     if let Some(a) = started.identity_addr {
-        eprintln!("  managed identity endpoint: http://{a}/metadata/identity/oauth2/token");
-        eprintln!(
+        say(&format!(
+            "  managed identity endpoint: http://{a}/metadata/identity/oauth2/token"
+        ));
+        say(&format!(
             "    applications: IDENTITY_ENDPOINT=http://{a}/metadata/identity/oauth2/token IMDS_ENDPOINT=http://{a}"
-        );
+        ));
     }
     match &started.new_admin_token {
         Some(t) => {
-            eprintln!(
+            say(&format!(
                 "  bootstrap admin token (shown once; stored in {}):",
                 started.token_path.display()
-            );
-            eprintln!("    {t}");
+            ));
+            say(&format!("    {t}"));
         }
-        None => eprintln!("  admin token: stored in {}", started.token_path.display()),
+        None => say(&format!(
+            "  admin token: stored in {}",
+            started.token_path.display()
+        )),
     }
     tracing::info!(
         addr = %started.addr,
@@ -677,7 +682,32 @@ async fn shutdown_signal() {
     }
 }
 
+/// Set once logging is set up with `--log-format json`.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes one line of the start-up banner to stderr: as is, or with `--log-format json` as a
+/// JSON object shaped like the log lines (`timestamp`, `level`, `fields.message`, `target`),
+/// so that every line the server writes parses as JSON.
+fn say(line: &str) {
+    say_at("INFO", line);
+}
+
+fn say_at(level: &str, line: &str) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        let ts = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        eprintln!(
+            "{}",
+            serde_json::json!({"timestamp": ts, "level": level, "fields": {"message": line}, "target": "certvault"})
+        );
+    } else {
+        eprintln!("{line}");
+    }
+}
+
 fn init_logging(filter: &str, json: bool) {
+    JSON_LOGS.store(json, std::sync::atomic::Ordering::Relaxed);
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -723,7 +753,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say_at("ERROR", &format!("error: {e:#}"));
             ExitCode::from(1)
         }
     }
