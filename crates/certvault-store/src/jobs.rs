@@ -241,6 +241,18 @@ pub trait Scheduler {
         owner: &str,
         now: i64,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Renews `owner`'s lease on job `id` for `lease` seconds from `now`, if `owner` still
+    /// holds it and it has not run out; false when it has passed to another replica (or ran
+    /// out), so the caller must not act on the job. Checked right before an action that must
+    /// happen once (a renewal).
+    fn extend_lease(
+        &self,
+        id: i64,
+        owner: &str,
+        now: i64,
+        lease: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 impl Scheduler for SqliteStore {
@@ -309,6 +321,25 @@ impl Scheduler for SqliteStore {
                  WHERE lease_owner = ?2",
                 params![now, owner],
             )?)
+        })
+        .await
+    }
+
+    async fn extend_lease(
+        &self,
+        id: i64,
+        owner: &str,
+        now: i64,
+        lease: i64,
+    ) -> Result<bool, StoreError> {
+        let owner = owner.to_owned();
+        let until = now.saturating_add(lease);
+        self.write_bookkeeping(move |c| {
+            Ok(c.execute(
+                "UPDATE jobs SET lease_until = ?1, due = ?1 \
+                 WHERE id = ?2 AND lease_owner = ?3 AND lease_until > ?4",
+                params![until, id, owner, now],
+            )? == 1)
         })
         .await
     }
@@ -470,6 +501,23 @@ mod tests {
         assert!(s.claim_due(11, "w", 60, 10).await.unwrap().is_empty());
         assert_eq!(s.release_leases(11).await.unwrap(), 1);
         assert_eq!(s.claim_due(11, "w", 60, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_extended_only_by_its_live_holder() {
+        let (_d, s) = store();
+        s.put_job("t", "a", None, 5, None).await.unwrap();
+        let job = s.claim_due(10, "me", 60, 1).await.unwrap().remove(0);
+        assert!(
+            !s.extend_lease(job.id, "other", 20, 60).await.unwrap(),
+            "not its holder"
+        );
+        assert!(s.extend_lease(job.id, "me", 20, 60).await.unwrap());
+        // extended to 80: nobody else can claim it at 75
+        assert!(s.claim_due(75, "other", 60, 1).await.unwrap().is_empty());
+        // once it ran out it goes to another replica, and the old holder may not act on it
+        assert_eq!(s.claim_due(81, "other", 60, 1).await.unwrap().len(), 1);
+        assert!(!s.extend_lease(job.id, "me", 82, 60).await.unwrap());
     }
 
     #[tokio::test]

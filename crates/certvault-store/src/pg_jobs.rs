@@ -129,6 +129,25 @@ impl Scheduler for PgStore {
         Ok(count(n))
     }
 
+    async fn extend_lease(
+        &self,
+        id: i64,
+        owner: &str,
+        now: i64,
+        lease: i64,
+    ) -> Result<bool, StoreError> {
+        let until = now.saturating_add(lease);
+        let c = self.conn().await?;
+        let n = c
+            .execute(
+                "UPDATE jobs SET lease_until = $1, due = $1 \
+                 WHERE id = $2 AND lease_owner = $3 AND lease_until > $4",
+                &[&until, &id, &owner, &now],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     async fn leases_of(&self, owner: &str, now: i64) -> Result<usize, StoreError> {
         let c = self.conn().await?;
         let row = c

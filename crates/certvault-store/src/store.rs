@@ -375,6 +375,19 @@ impl Scheduler for Store {
             Self::Postgres(p) => p.leases_of(owner, now).await,
         }
     }
+
+    async fn extend_lease(
+        &self,
+        id: i64,
+        owner: &str,
+        now: i64,
+        lease: i64,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.extend_lease(id, owner, now, lease).await,
+            Self::Postgres(p) => p.extend_lease(id, owner, now, lease).await,
+        }
+    }
 }
 
 /// Test support: every store test runs on both backends.

@@ -317,6 +317,17 @@ async fn run_job(state: &Arc<AppState>, job: &Job) -> Result<(), certvault_store
     };
     match p.item {
         Item::Renew { attempt, .. } => {
+            // A renewal must happen once: act only while this replica still holds the job's
+            // lease (a lease that ran out under a slow worker, or a clock jump, may have
+            // passed it to another replica, which then does the renewal).
+            let lc = &state.lifecycle;
+            if !store
+                .extend_lease(job.id, &lc.owner, now, lc.settings.lease)
+                .await?
+            {
+                tracing::warn!(vault = %view.vault, certificate = %view.name, "the lease of this renewal passed to another replica; leaving it to that one");
+                return Ok(());
+            }
             let object = format!("certificates/{}", view.name);
             let replaces = ari.as_ref().map(|a| a.cert_id.clone());
             match renew_with(state, &view.vault, &view.name, false, replaces).await {
