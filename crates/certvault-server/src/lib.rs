@@ -196,7 +196,7 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
             "TEST CLOCK IN USE: time can be moved forward through the admin API; never run this in production"
         );
     }
-    let lifecycle = lifecycle::Lifecycle::new(opts.lifecycle.clone())?;
+    let mut lifecycle = lifecycle::Lifecycle::new(opts.lifecycle.clone())?;
     let metrics_listener = match opts.metrics_listen {
         Some(m) => Some(metrics::bind(m).await?),
         None => None,
@@ -225,6 +225,10 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         opts.new_master_key,
     )
     .await?;
+    // The lease owner id is kept in the data directory (each replica has its own), so a
+    // restarted process is the same owner: it releases what its previous run held at once
+    // instead of waiting for those leases to run out.
+    lifecycle.owner = replica_id(&opts.data_dir)?;
     let tls = Arc::new(bootstrap::tls_config(
         &dd.server_cert_path,
         &dd.server_key_path,
@@ -518,4 +522,23 @@ async fn purge_loop(state: Arc<AppState>) {
         }
         tokio::time::sleep(std::time::Duration::from_secs(600)).await;
     }
+}
+
+/// The replica's lease owner id, `certvault-<32 hex>`: read from `<data-dir>/replica.id`, or
+/// made and written there on first start.
+fn replica_id(data_dir: &std::path::Path) -> Result<String, ServerError> {
+    let path = data_dir.join("replica.id");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let id = s.trim();
+        if id.starts_with("certvault-")
+            && id.len() <= 64
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Ok(id.to_owned());
+        }
+    }
+    let id = format!("certvault-{}", uuid::Uuid::new_v4().simple());
+    std::fs::write(&path, format!("{id}\n"))
+        .map_err(|e| ServerError::Io(format!("cannot write {}: {e}", path.display())))?;
+    Ok(id)
 }

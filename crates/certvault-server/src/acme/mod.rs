@@ -340,6 +340,16 @@ pub async fn resume_all(state: Arc<AppState>) {
     let lease = state.lifecycle.settings.lease;
     let pause = std::time::Duration::from_secs(u64::try_from(lease / 3).unwrap_or(1).clamp(1, 30));
     let mut first = true;
+    // Orders this replica's previous run held (same owner id, kept in the data directory)
+    // are free at once rather than after their lease.
+    if state.store.shared()
+        && let Err(e) = state
+            .store
+            .release_acme_orders(&state.lifecycle.owner)
+            .await
+    {
+        tracing::warn!(error = %e, "could not release the ACME orders of this replica's previous run");
+    }
     loop {
         if state.lifecycle.is_stopping() {
             return;
