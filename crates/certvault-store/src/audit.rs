@@ -1202,6 +1202,39 @@ pub(crate) mod tests {
         assert_eq!(v.problem.unwrap().seq, 1);
     }
 
+    /// Two stores on one PostgreSQL database (two replicas) appending at once, with both
+    /// commit modes: every append continues the chain from the record before it (the chain's
+    /// lock is taken before its end is read), so the chain verifies with no "head lost" record.
+    #[tokio::test]
+    async fn replicas_append_to_one_postgres_chain_without_forks() {
+        let t = crate::store::testing::postgres().await;
+        let other = Store::open(&t.database).await.unwrap();
+        let mut tasks = Vec::new();
+        for (r, s) in [t.store.clone(), other.clone()].into_iter().enumerate() {
+            for k in 0..6 {
+                let s = s.clone();
+                tasks.push(tokio::spawn(async move {
+                    let Store::Postgres(pg) = &s else {
+                        unreachable!("a PostgreSQL store")
+                    };
+                    for i in 0..60 {
+                        let recs = vec![rec(i, &format!("r{r}k{k}"), "secrets.get", "secrets/s")];
+                        pg.append_audit_with(recs, chain(), i % 3 == 0)
+                            .await
+                            .unwrap();
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let v = t.store.verify_audit(chain()).await.unwrap();
+        assert_eq!(v.problem, None);
+        assert_eq!(v.records_checked, 2 * 6 * 60);
+        other.close();
+    }
+
     #[tokio::test]
     async fn updates_and_deletes_are_refused_by_the_schema() {
         for t in stores_with(3).await {

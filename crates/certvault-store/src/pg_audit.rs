@@ -69,7 +69,23 @@ impl PgStore {
         let tx = c.transaction().await?;
         // The statements of a group are pipelined (issued together, executed by the server in
         // the order sent), so the lock and the two reads cost one wait, not three: the chain's
-        // lock is held for fewer round trips.
+        // lock is held for fewer round trips. The reads must reach the server after the lock
+        // (a read sent first sees a chain end another replica is about to move): requests go
+        // out in the order their futures are first polled, so the statements are prepared
+        // beforehand (a query given as text is sent only after its own prepare round trip) and
+        // joined `biased` (polled in the order written, not rotated).
+        let lock_st = tx
+            .prepare_cached("SELECT pg_advisory_xact_lock($1)")
+            .await?;
+        let head_st = tx
+            .prepare_cached("SELECT value FROM meta WHERE key = $1")
+            .await?;
+        let last_st = tx
+            .prepare_cached("SELECT seq, mac, time FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .await?;
+        let lock = tx.execute(&lock_st, &[&AUDIT_LOCK]);
+        let head = tx.query_opt(&head_st, &[&HEAD_KEY]);
+        let last = tx.query_opt(&last_st, &[]);
         let no_sync = async {
             if synchronous {
                 Ok(())
@@ -77,24 +93,18 @@ impl PgStore {
                 tx.batch_execute("SET LOCAL synchronous_commit = off").await
             }
         };
-        let lock = tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]);
-        let head = one(
-            &tx,
-            "SELECT value FROM meta WHERE key = $1",
-            &[&HEAD_KEY],
-            |r| col::<Vec<u8>>(r, 0),
-        );
-        let last = one(
-            &tx,
-            "SELECT seq, mac, time FROM audit_log ORDER BY seq DESC LIMIT 1",
-            &[],
-            |r| Ok((col(r, 0)?, col(r, 1)?, col(r, 2)?)),
-        );
-        let (no_sync, lock, head, last) = tokio::join!(no_sync, lock, head, last);
-        no_sync?;
+        let (lock, head, last, no_sync) = tokio::join!(biased; lock, head, last, no_sync);
         lock?;
-        let head = head?.map(parse_head);
-        let last = last?;
+        no_sync?;
+        let head = match head? {
+            Some(r) => Some(col::<Vec<u8>>(&r, 0)?),
+            None => None,
+        };
+        let last = match last? {
+            Some(r) => Some((col(&r, 0)?, col(&r, 1)?, col(&r, 2)?)),
+            None => None,
+        };
+        let head = head.map(parse_head);
         let plan = plan_append(head, last, records, chain.as_ref());
         // One statement for the whole group (arrays unnested into rows): the advisory lock is
         // held for one round trip however many records the group has, not one per record.
