@@ -154,19 +154,25 @@ impl PgStore {
             &mac,
         ];
         let head_params: [&(dyn ToSql + Sync); 2] = [&HEAD_KEY, &plan.head_value];
-        let insert = tx.execute(
-            "INSERT INTO audit_log (seq, time, request_id, principal, source, vault, object, \
-             operation, status, outcome, detail, prev, mac) \
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
-             $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], \
-             $11::text[], $12::bytea[], $13::bytea[])",
-            &insert_params,
-        );
-        let head = tx.execute(
-            "INSERT INTO meta (key, value) VALUES ($1, $2) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &head_params,
-        );
+        // Prepared once per connection (cached): a statement given as text is parsed and
+        // planned by the server on every group.
+        let insert_st = tx
+            .prepare_cached(
+                "INSERT INTO audit_log (seq, time, request_id, principal, source, vault, object, \
+                 operation, status, outcome, detail, prev, mac) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], \
+                 $11::text[], $12::bytea[], $13::bytea[])",
+            )
+            .await?;
+        let head_st = tx
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .await?;
+        let insert = tx.execute(&insert_st, &insert_params);
+        let head = tx.execute(&head_st, &head_params);
         let (insert, head) = tokio::join!(insert, head);
         insert?;
         head?;
