@@ -645,6 +645,11 @@ async fn cached_secrets_follow_every_change() {
     assert_eq!(s, 200);
     assert!(c["id"].as_str().unwrap().starts_with(&other), "{c}");
     assert_eq!(c["value"], a["value"]);
+    // and back: the shared body made for the first address is still that address's
+    let (_, d) = get("/secrets/web").await;
+    assert_eq!(d, a, "the first address's ids again");
+    let (_, e) = srv.call_on(&other, M::GET, "/secrets/web", None).await;
+    assert_eq!(e, c, "the second address's ids again");
 
     // tags
     let (s, _) = srv

@@ -100,6 +100,23 @@ enum Msg {
     },
 }
 
+/// The gatherer's turn (see [`AuditJournal::append_written`]): on drop it clears the flag and
+/// writes everything queued (or leaves it to the writer's holder).
+struct Gathering<'a>(&'a AuditJournal);
+
+impl Drop for Gathering<'_> {
+    fn drop(&mut self) {
+        self.0
+            .writer
+            .gathering
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        if self.0.writer.serve_queued() {
+            // The journal thread may be asleep with no deadline: give it this one.
+            let _ = self.0.send(Msg::Wake);
+        }
+    }
+}
+
 /// The durable front of the audit trail. Cloning shares it.
 #[derive(Clone)]
 pub struct AuditJournal {
@@ -412,6 +429,9 @@ type Waiting = (
 struct Shared {
     writer: Mutex<Writer>,
     waiting: Mutex<Vec<Waiting>>,
+    /// Set while a direct append is gathering others before writing (see
+    /// [`AuditJournal::append_written`]).
+    gathering: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -869,6 +889,7 @@ impl AuditJournal {
                 .await
                 .map_err(|e| StoreError::Open(e.to_string()))??;
         let writer = Arc::new(Shared {
+            gathering: std::sync::atomic::AtomicBool::new(false),
             writer: Mutex::new(Writer {
                 chain: chain.clone(),
                 dir: dir.clone(),
@@ -961,31 +982,35 @@ impl AuditJournal {
         }
     }
 
+    /// A direct append. Appends made at about the same time share one `write`: each one
+    /// queues its records; the first of them to find nobody gathering becomes the gatherer,
+    /// yields once to the runtime (the requests ready meanwhile reach their own append and
+    /// queue behind it), then takes the writer and writes everything queued with one `write`
+    /// (or, when the writer is busy, leaves it to the holder, which serves the queue before
+    /// letting go). One `write(2)` of a few hundred bytes costs more than the chaining of a
+    /// record, so under load this is the cheaper path; alone, an append costs one yield more.
+    ///
+    /// No record is stranded: a record queued while the flag is set was queued before the
+    /// gatherer clears it, and the gatherer takes the queue only after clearing it.
     async fn append_written(&self, records: Vec<NewAuditRecord>) -> Result<Vec<i64>, StoreError> {
-        let answer = match self.writer.writer.try_lock() {
-            Ok(g) => {
-                let (mine, wake) = self.writer.serve(g, Some(records));
-                if wake {
-                    // The journal thread may be asleep with no deadline: give it this one.
-                    let _ = self.send(Msg::Wake);
-                }
-                return mine.map_err(StoreError::Database);
-            }
-            Err(std::sync::TryLockError::Poisoned(_)) => return Err(StoreError::Closed),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                // Busy: queue the records for the holder instead of sleeping on the lock.
-                let (reply, answer) = oneshot::channel();
-                self.writer
-                    .waiting
-                    .lock()
-                    .map_err(|_| StoreError::Closed)?
-                    .push((records, reply));
-                answer
-            }
-        };
-        // The holder may have let go between the attempt and the push.
-        if self.writer.serve_queued() {
-            let _ = self.send(Msg::Wake);
+        use std::sync::atomic::Ordering::SeqCst;
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .waiting
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .push((records, reply));
+        if self
+            .writer
+            .gathering
+            .compare_exchange(false, true, SeqCst, SeqCst)
+            .is_ok()
+        {
+            // Ends the gathering and writes, also when this future is dropped while it
+            // yields (a cancelled request must not leave the flag set).
+            let gather = Gathering(self);
+            tokio::task::yield_now().await;
+            drop(gather);
         }
         match answer.await {
             Ok(Ok(seqs)) => Ok(seqs),
@@ -1134,6 +1159,37 @@ mod tests {
                 .is_err(),
             "closed: direct appends fail too"
         );
+    }
+
+    /// A gathering append dropped while it yields (a cancelled request) still ends the
+    /// gathering: its record is written, and later appends are not left waiting.
+    #[tokio::test]
+    async fn a_cancelled_gatherer_leaves_nothing_waiting() {
+        use std::future::Future;
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let j = AuditJournal::open(&s, chain()).await.unwrap();
+        {
+            let mut fut = std::pin::pin!(j.append_with(recs(1, 1), Durability::Written));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(
+                fut.as_mut().poll(&mut cx).is_pending(),
+                "the gatherer yields once"
+            );
+            assert!(j.writer.gathering.load(std::sync::atomic::Ordering::SeqCst));
+        }
+        assert!(!j.writer.gathering.load(std::sync::atomic::Ordering::SeqCst));
+        let seqs = tokio::time::timeout(
+            Duration::from_secs(5),
+            j.append_with(recs(2, 1), Durability::Written),
+        )
+        .await
+        .expect("a later append is answered")
+        .unwrap();
+        assert_eq!(seqs, vec![2], "the cancelled request's record was written first");
+        j.flush().await.unwrap();
+        assert_eq!(all(&s).await.len(), 2);
+        j.close().await;
     }
 
     #[tokio::test]

@@ -34,11 +34,15 @@ pub struct CachedSecret {
     pub head: Vec<u8>,
     /// The body after the `kid` value: `,"managed":true,"tags":…,"value":…}`.
     pub tail: Zeroizing<Vec<u8>>,
+    /// The whole body for one request origin (the first one served; nearly every request of
+    /// a deployment has the same), shared by the responses instead of copied into each. Its
+    /// buffer is zeroed when the last response holding it is gone.
+    pub body: std::sync::OnceLock<(String, bytes::Bytes)>,
 }
 
 impl CachedSecret {
     fn size(&self) -> usize {
-        self.head.len() + self.tail.len() + self.name.len() + self.version.len() + 128
+        2 * (self.head.len() + self.tail.len()) + self.name.len() + self.version.len() + 128
     }
 }
 
@@ -143,6 +147,7 @@ mod tests {
             exp: None,
             head: b"{".to_vec(),
             tail: Zeroizing::new(value.as_bytes().to_vec()),
+            body: std::sync::OnceLock::new(),
         }
     }
 

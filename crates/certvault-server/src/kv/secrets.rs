@@ -131,6 +131,27 @@ fn cached_body(ctx: &Ctx<'_>, e: &CachedSecret) -> Vec<u8> {
     b
 }
 
+/// The response of a cached secret: its shared body when this request has the origin that
+/// body was made for, else a body of its own.
+fn shared_body(ctx: &Ctx<'_>, e: &CachedSecret) -> Response<Body> {
+    let body = e.body.get_or_init(|| {
+        let b = Zeroizing::new(cached_body(ctx, e));
+        (ctx.base.to_string(), bytes::Bytes::from_owner(b))
+    });
+    let bytes = if body.0 == ctx.base {
+        body.1.clone()
+    } else {
+        bytes::Bytes::from_owner(Zeroizing::new(cached_body(ctx, e)))
+    };
+    let mut r = Response::new(Body::new(bytes));
+    *r.status_mut() = StatusCode::OK;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r
+}
+
 /// GET /secrets/{n}/{version?}
 ///
 /// Rendered secrets are cached per store epoch (`secret_cache`): a hit costs no store read,
@@ -153,7 +174,7 @@ pub async fn get(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResult<R
             let _ = ctx.resolved_version.set(e.version.clone());
         }
         check_window(ctx, e.enabled, e.nbf, e.exp, "secret", "get")?;
-        return Ok(json_bytes(StatusCode::OK, cached_body(ctx, &e)));
+        return Ok(shared_body(ctx, &e));
     }
     let (cert, v) = version_for(ctx, seg, version, secret_not_found).await?;
     check_usable(ctx, &v, "secret", "get")?;
@@ -216,6 +237,7 @@ pub async fn get(ctx: &Ctx<'_>, seg: &str, version: Option<&str>) -> ApiResult<R
         exp: v.exp,
         head,
         tail,
+        body: std::sync::OnceLock::new(),
     };
     let body = cached_body(ctx, &entry);
     ctx.state
