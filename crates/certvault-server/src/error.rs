@@ -4,6 +4,9 @@
 use http::StatusCode;
 use serde_json::json;
 
+/// The inner error code of [`ApiError::superseded`].
+pub const SUPERSEDED: &str = "CertificateRenewedConcurrently";
+
 /// An error answered to a client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -52,6 +55,22 @@ impl ApiError {
     /// 409 Conflict.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "Conflict", message)
+    }
+
+    /// 409: a renewal lost the race to another renewal of the same version (on this or
+    /// another replica), which added a version or started an operation first; this one
+    /// changed nothing. [`ApiError::is_superseded`] tells it from other conflicts.
+    pub fn superseded() -> Self {
+        Self::conflict(
+            "The certificate was renewed by another request while this renewal ran; nothing was \
+             changed. Read the certificate's current version and renew again if still needed.",
+        )
+        .inner(SUPERSEDED)
+    }
+
+    /// Whether this is [`ApiError::superseded`].
+    pub fn is_superseded(&self) -> bool {
+        self.status == StatusCode::CONFLICT && self.inner == Some(SUPERSEDED)
     }
 
     /// 500, with a message that hides the cause (which is logged instead).
@@ -104,6 +123,7 @@ impl From<certvault_store::StoreError> for ApiError {
             )
             .inner("ObjectIsDeletedButRecoverable"),
             StoreError::Conflict(Conflict::Exists) => Self::conflict("An object with this name already exists."),
+            StoreError::Conflict(Conflict::Superseded) => Self::superseded(),
             StoreError::Conflict(_) => Self::conflict("The object is not in a state that allows this operation."),
             StoreError::NotFound => Self::not_found("NotFound", "The object was not found."),
             other => Self::internal(&other),

@@ -286,6 +286,9 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         state.store.close();
         return Err(store_err(e));
     }
+    // Audit records of renewals that committed while their process died before appending
+    // them (this replica's earlier run, or one whose lease on them ended).
+    lifecycle::drain_logged(&state, None).await;
     // Singletons of a first start: replicas starting together on an empty database all try
     // to create them; the first insert wins and the others read it back.
     let admin = match state.store.principal("admin").await.map_err(store_err)? {

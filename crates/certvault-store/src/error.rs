@@ -12,6 +12,9 @@ pub enum Conflict {
     Exists,
     /// The object is not in the state the write expects (e.g. not pending).
     State,
+    /// A renewal's certificate changed since the renewal read it (another renewal, on this
+    /// or another replica, added a version or started an operation first): nothing written.
+    Superseded,
 }
 
 /// A storage error. Messages never contain stored secret material.

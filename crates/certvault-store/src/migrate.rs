@@ -37,6 +37,7 @@ const TABLES: &[&str] = &[
     "delivery_attempts",
     "acme_accounts",
     "acme_orders",
+    "audit_outbox",
 ];
 
 /// How many rows of each table were copied.
@@ -280,6 +281,35 @@ mod tests {
             .unwrap();
         }
         s.soft_delete(2, 3, 100).await.unwrap();
+        // A renewal (a CSR waiting for its merge) whose audit record waits in the outbox.
+        s.renew_version(
+            v.id,
+            "Web",
+            "{\"p\":1}".into(),
+            4,
+            NewVersion {
+                record: ver("a2", None),
+                operation: Some(OperationRecord {
+                    version: "a2".into(),
+                    status: "inProgress".into(),
+                    ..op.clone()
+                }),
+            },
+            crate::RenewalGuard {
+                expected: "a1".into(),
+                audit: Some(crate::AuditIntent {
+                    operation: "certificates.autorenew".into(),
+                    vault: Some("Default".into()),
+                    object: Some("certificates/web".into()),
+                    outcome: "ok".into(),
+                    detail: Some("{}".into()),
+                    owner: "r1".into(),
+                    lease_until: 64,
+                }),
+            },
+        )
+        .await
+        .unwrap();
         s.put_issuer(IssuerRecord {
             vault_id: v.id,
             name: "Acme".into(),
@@ -476,6 +506,17 @@ mod tests {
             b.delivery_attempts(d[0].id).await.unwrap()
         );
         assert_eq!(a.delivery_attempts(d[0].id).await.unwrap().len(), 1);
+        // the audit outbox row (a renewal's record not yet in the chain), lease and all
+        assert_eq!(
+            a.claim_audit_outbox("r1", 5, 60, None, 10).await.unwrap(),
+            b.claim_audit_outbox("r1", 5, 60, None, 10).await.unwrap()
+        );
+        assert!(
+            b.claim_audit_outbox("other", 5, 60, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(
             a.job("t", "x").await.unwrap(),
             b.job("t", "x").await.unwrap()

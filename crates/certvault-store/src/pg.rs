@@ -24,8 +24,8 @@ use crate::pg_schema::PG_MIGRATIONS;
 use crate::records::{decode_chain, encode_chain};
 use crate::sqlite::{CERT_COLS, LATEST_COMPLETED_ID, LATEST_VERSION_ID, OP_COLS, VER_COLS};
 use crate::{
-    CertRecord, CertificateDump, Conflict, IssuerRecord, NewVersion, OperationRecord, Rewrap,
-    SealedKind, StoreError, Vault, VersionRecord, VersionUpdate, Which,
+    CertRecord, CertificateDump, Conflict, IssuerRecord, NewVersion, OperationRecord, RenewalGuard,
+    Rewrap, SealedKind, StoreError, Vault, VersionRecord, VersionUpdate, Which,
 };
 
 /// The advisory lock key held while migrations run, so replicas starting together apply them
@@ -830,22 +830,57 @@ impl PgStore {
         now: i64,
         new: NewVersion,
     ) -> Result<(CertRecord, VersionRecord), StoreError> {
+        self.add_version_guarded(vault_id, name, policy, now, new, None)
+            .await
+            .map(|(c, v, _)| (c, v))
+    }
+
+    /// A renewal's version, added only while the certificate is still as the renewal read it;
+    /// see [`crate::SqliteStore::renew_version`]. The check runs under the certificate's row
+    /// lock, which every add of a version takes, so of two renewals of one version only the
+    /// first to lock adds one; an operation completed meanwhile (merge, ACME) is seen by the
+    /// check, which runs after its commit or sees it in progress.
+    pub async fn renew_version(
+        &self,
+        vault_id: i64,
+        name: &str,
+        policy: String,
+        now: i64,
+        new: NewVersion,
+        guard: RenewalGuard,
+    ) -> Result<(CertRecord, VersionRecord, Option<i64>), StoreError> {
+        self.add_version_guarded(vault_id, name, policy, now, new, Some(&guard))
+            .await
+    }
+
+    async fn add_version_guarded(
+        &self,
+        vault_id: i64,
+        name: &str,
+        policy: String,
+        now: i64,
+        new: NewVersion,
+        guard: Option<&RenewalGuard>,
+    ) -> Result<(CertRecord, VersionRecord, Option<i64>), StoreError> {
         let key = name.to_ascii_lowercase();
         let mut c = self.conn().await?;
         let tx = c.transaction().await?;
-        let created: Option<i64> = one(
-            &tx,
-            "INSERT INTO certificates (vault_id, name, name_key, policy, policy_created, \
-             policy_updated, created, updated) VALUES ($1, $2, $3, $4, $5, $5, $5, $5) \
-             ON CONFLICT (vault_id, name_key) DO NOTHING RETURNING id",
-            &[&vault_id, &name, &key, &policy, &now],
-            |r| col(r, 0),
-        )
-        .await?;
-        if let Some(id) = created {
-            return self.add_version_to(tx, id, new).await;
+        if guard.is_none() {
+            let created: Option<i64> = one(
+                &tx,
+                "INSERT INTO certificates (vault_id, name, name_key, policy, policy_created, \
+                 policy_updated, created, updated) VALUES ($1, $2, $3, $4, $5, $5, $5, $5) \
+                 ON CONFLICT (vault_id, name_key) DO NOTHING RETURNING id",
+                &[&vault_id, &name, &key, &policy, &now],
+                |r| col(r, 0),
+            )
+            .await?;
+            if let Some(id) = created {
+                return self.add_version_to(tx, id, new, None, now).await;
+            }
         }
         // The certificate exists (an insert racing ours has committed by now): lock it.
+        // A renewal renews an existing certificate only.
         let existing = one(
             &tx,
             &format!(
@@ -868,14 +903,31 @@ impl PgStore {
         )
         .await?;
         if busy.as_deref() == Some("inProgress") {
-            return Err(StoreError::Conflict(Conflict::OperationInProgress));
+            // A renewal read no operation in progress: one started since is another's.
+            return Err(StoreError::Conflict(match guard {
+                Some(_) => Conflict::Superseded,
+                None => Conflict::OperationInProgress,
+            }));
+        }
+        if let Some(g) = guard {
+            let current: Option<String> = one(
+                &tx,
+                "SELECT version FROM versions WHERE cert_id = $1 AND cer IS NOT NULL \
+                 ORDER BY seq DESC LIMIT 1",
+                &[&cert.id],
+                |r| col(r, 0),
+            )
+            .await?;
+            if current.as_deref() != Some(g.expected.as_str()) {
+                return Err(StoreError::Conflict(Conflict::Superseded));
+            }
         }
         tx.execute(
             "UPDATE certificates SET policy = $2, policy_updated = $3, updated = $3 WHERE id = $1",
             &[&cert.id, &policy, &now],
         )
         .await?;
-        self.add_version_to(tx, cert.id, new).await
+        self.add_version_to(tx, cert.id, new, guard, now).await
     }
 
     async fn add_version_to(
@@ -883,7 +935,9 @@ impl PgStore {
         tx: Transaction<'_>,
         cert_id: i64,
         new: NewVersion,
-    ) -> Result<(CertRecord, VersionRecord), StoreError> {
+        guard: Option<&RenewalGuard>,
+        now: i64,
+    ) -> Result<(CertRecord, VersionRecord, Option<i64>), StoreError> {
         insert_version(&tx, cert_id, &new.record).await?;
         match new.operation {
             Some(mut op) => {
@@ -895,9 +949,14 @@ impl PgStore {
                     .await?;
             }
         }
+        let outbox = match guard.and_then(|g| g.audit.as_ref()) {
+            Some(a) => Some(crate::pg_renewal::insert_audit_outbox(&tx, a, now).await?),
+            None => None,
+        };
         let out = (
             get_cert_by_id(&tx, cert_id).await?,
             get_version(&tx, cert_id, &new.record.version).await?,
+            outbox,
         );
         self.commit(tx).await?;
         Ok(out)

@@ -346,4 +346,6 @@ ALTER TABLE principals ADD COLUMN metrics BOOLEAN NOT NULL DEFAULT FALSE;
 ALTER TABLE deliveries ADD COLUMN lease_owner TEXT;
 ALTER TABLE acme_orders ADD COLUMN lease_owner TEXT, ADD COLUMN lease_until BIGINT;
 "#,
+    // renewals' audit records, written with the new version (crate::renewal)
+    crate::renewal::PG_MIGRATION,
 ];

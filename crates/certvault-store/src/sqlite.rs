@@ -10,8 +10,8 @@ use tokio::sync::oneshot;
 
 use crate::records::{decode_chain, encode_chain};
 use crate::{
-    CertRecord, CertificateDump, Conflict, IssuerRecord, NewVersion, OperationRecord, Rewrap,
-    SealedKind, StoreError, Vault, VersionRecord, VersionUpdate,
+    CertRecord, CertificateDump, Conflict, IssuerRecord, NewVersion, OperationRecord, RenewalGuard,
+    Rewrap, SealedKind, StoreError, Vault, VersionRecord, VersionUpdate,
 };
 
 const MIGRATIONS: &[&str] = &[
@@ -108,6 +108,8 @@ ALTER TABLE principals ADD COLUMN metrics INTEGER NOT NULL DEFAULT 0;
 "#,
     crate::ui::MIGRATION,
     crate::ui::SEARCH_MIGRATION,
+    // renewals' audit records, written with the new version (crate::renewal)
+    crate::renewal::MIGRATION,
 ];
 
 type Job = Box<dyn WriteJob>;
@@ -296,6 +298,90 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, epoch: Arc<AtomicU64>)
             j.finish(committed.clone());
         }
     }
+}
+
+/// [`SqliteStore::add_version`] and [`SqliteStore::renew_version`] inside the write.
+fn add_version_tx(
+    c: &Connection,
+    vault_id: i64,
+    name: &str,
+    policy: &str,
+    now: i64,
+    new: NewVersion,
+    guard: Option<&RenewalGuard>,
+) -> Result<(CertRecord, VersionRecord, Option<i64>), StoreError> {
+    let key = name.to_ascii_lowercase();
+    let existing: Option<CertRecord> = now_none(c.query_row(
+        &format!(
+            "SELECT {CERT_COLS} FROM certificates c WHERE c.vault_id = ?1 AND c.name_key = ?2"
+        ),
+        params![vault_id, key],
+        |r| cert_row(r, 0),
+    ))?;
+    let cert_id = match existing {
+        Some(cert) => {
+            if cert.deleted_at.is_some() {
+                return Err(StoreError::Conflict(Conflict::Deleted));
+            }
+            let busy: Option<String> = now_none(c.query_row(
+                "SELECT status FROM operations WHERE cert_id = ?1",
+                [cert.id],
+                |r| r.get(0),
+            ))?;
+            if busy.as_deref() == Some("inProgress") {
+                // A renewal read no operation in progress: one started since is another's.
+                return Err(StoreError::Conflict(match guard {
+                    Some(_) => Conflict::Superseded,
+                    None => Conflict::OperationInProgress,
+                }));
+            }
+            if let Some(g) = guard {
+                let current: Option<String> = now_none(c.query_row(
+                    "SELECT version FROM versions WHERE cert_id = ?1 AND cer IS NOT NULL \
+                     ORDER BY seq DESC LIMIT 1",
+                    [cert.id],
+                    |r| r.get(0),
+                ))?;
+                if current.as_deref() != Some(g.expected.as_str()) {
+                    return Err(StoreError::Conflict(Conflict::Superseded));
+                }
+            }
+            c.execute(
+                "UPDATE certificates SET policy = ?2, policy_updated = ?3, updated = ?3 WHERE id = ?1",
+                params![cert.id, policy, now],
+            )?;
+            cert.id
+        }
+        // A renewal renews an existing certificate.
+        None if guard.is_some() => return Err(StoreError::NotFound),
+        None => {
+            c.execute(
+                "INSERT INTO certificates (vault_id, name, name_key, policy, policy_created, \
+                 policy_updated, created, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, ?5)",
+                params![vault_id, name, key, policy, now],
+            )?;
+            c.last_insert_rowid()
+        }
+    };
+    insert_version(c, cert_id, &new.record)?;
+    match new.operation {
+        Some(mut op) => {
+            op.cert_id = cert_id;
+            replace_operation(c, &op)?;
+        }
+        None => {
+            c.execute("DELETE FROM operations WHERE cert_id = ?1", [cert_id])?;
+        }
+    }
+    let outbox = match guard.and_then(|g| g.audit.as_ref()) {
+        Some(a) => Some(crate::renewal::insert_audit_outbox(c, a, now)?),
+        None => None,
+    };
+    Ok((
+        get_cert_by_id(c, cert_id)?,
+        get_version(c, cert_id, &new.record.version)?,
+        outbox,
+    ))
 }
 
 fn now_none<T>(r: Result<T, rusqlite::Error>) -> Result<Option<T>, StoreError> {
@@ -986,53 +1072,28 @@ impl SqliteStore {
     ) -> Result<(CertRecord, VersionRecord), StoreError> {
         let name = name.to_owned();
         self.write(move |c| {
-            let key = name.to_ascii_lowercase();
-            let existing: Option<CertRecord> = now_none(c.query_row(
-                &format!("SELECT {CERT_COLS} FROM certificates c WHERE c.vault_id = ?1 AND c.name_key = ?2"),
-                params![vault_id, key],
-                |r| cert_row(r, 0),
-            ))?;
-            let cert_id = match existing {
-                Some(cert) => {
-                    if cert.deleted_at.is_some() {
-                        return Err(StoreError::Conflict(Conflict::Deleted));
-                    }
-                    let busy: Option<String> = now_none(c.query_row(
-                        "SELECT status FROM operations WHERE cert_id = ?1",
-                        [cert.id],
-                        |r| r.get(0),
-                    ))?;
-                    if busy.as_deref() == Some("inProgress") {
-                        return Err(StoreError::Conflict(Conflict::OperationInProgress));
-                    }
-                    c.execute(
-                        "UPDATE certificates SET policy = ?2, policy_updated = ?3, updated = ?3 WHERE id = ?1",
-                        params![cert.id, policy, now],
-                    )?;
-                    cert.id
-                }
-                None => {
-                    c.execute(
-                        "INSERT INTO certificates (vault_id, name, name_key, policy, policy_created, \
-                         policy_updated, created, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, ?5)",
-                        params![vault_id, name, key, policy, now],
-                    )?;
-                    c.last_insert_rowid()
-                }
-            };
-            insert_version(c, cert_id, &new.record)?;
-            match new.operation {
-                Some(mut op) => {
-                    op.cert_id = cert_id;
-                    replace_operation(c, &op)?;
-                }
-                None => {
-                    c.execute("DELETE FROM operations WHERE cert_id = ?1", [cert_id])?;
-                }
-            }
-            Ok((get_cert_by_id(c, cert_id)?, get_version(c, cert_id, &new.record.version)?))
+            add_version_tx(c, vault_id, &name, &policy, now, new, None).map(|(c, v, _)| (c, v))
         })
         .await
+    }
+
+    /// Adds a renewal's version to the existing certificate `name` only while its newest
+    /// completed version is still `guard.expected` and no operation is in progress (a
+    /// compare-and-swap in the write's transaction); otherwise writes nothing and fails with
+    /// [`Conflict::Superseded`]. `guard.audit`, if any, goes to `audit_outbox` in the same
+    /// transaction; its row id is returned.
+    pub async fn renew_version(
+        &self,
+        vault_id: i64,
+        name: &str,
+        policy: String,
+        now: i64,
+        new: NewVersion,
+        guard: RenewalGuard,
+    ) -> Result<(CertRecord, VersionRecord, Option<i64>), StoreError> {
+        let name = name.to_owned();
+        self.write(move |c| add_version_tx(c, vault_id, &name, &policy, now, new, Some(&guard)))
+            .await
     }
 
     /// Completes a pending version with its certificate and chain (merge), and marks the

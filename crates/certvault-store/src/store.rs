@@ -7,12 +7,12 @@
 use std::path::Path;
 
 use crate::{
-    AcmeAccountRecord, AcmeOrderRecord, AuditChain, AuditFilter, AuditRecord, AuditVerification,
-    CertRecord, CertificateDump, ChannelRecord, DeliveryFilter, DeliveryJob, DeliveryOutcome,
-    DeliveryRecord, EventFilter, EventRecord, IssuerRecord, Job, JobNext, LifecycleView, Mark,
-    NewAuditRecord, NewEvent, NewVersion, OperationRecord, PgStore, PolicyRecord, PrincipalRecord,
-    Rewrap, Scheduler, SqliteStore, StoreError, TokenRecord, Vault, VersionRecord, VersionUpdate,
-    Which,
+    AcmeAccountRecord, AcmeOrderRecord, AuditChain, AuditFilter, AuditOutboxRow, AuditRecord,
+    AuditVerification, CertRecord, CertificateDump, ChannelRecord, DeliveryFilter, DeliveryJob,
+    DeliveryOutcome, DeliveryRecord, EventFilter, EventRecord, IssuerRecord, Job, JobNext,
+    LifecycleView, Mark, NewAuditRecord, NewEvent, NewVersion, OperationRecord, PgStore,
+    PolicyRecord, PrincipalRecord, RenewalGuard, Rewrap, Scheduler, SqliteStore, StoreError,
+    TokenRecord, Vault, VersionRecord, VersionUpdate, Which,
 };
 use crate::{CertificateStatus, QueueStatus, StoreHealth, UiCertQuery, UiChannelHealth, UiSession};
 
@@ -140,6 +140,15 @@ dispatch! {
     fn dump(&self, cert_id: i64) -> Result<CertificateDump, StoreError>;
     /// Adds a version (creating the certificate if needed).
     fn add_version(&self, vault_id: i64, name: &str, policy: String, now: i64, new: NewVersion) -> Result<(CertRecord, VersionRecord), StoreError>;
+    /// Adds a renewal's version while the certificate is as the renewal read it (else
+    /// `Conflict::Superseded`, nothing written); its audit record goes to the outbox.
+    fn renew_version(&self, vault_id: i64, name: &str, policy: String, now: i64, new: NewVersion, guard: RenewalGuard) -> Result<(CertRecord, VersionRecord, Option<i64>), StoreError>;
+    /// Claims audit outbox rows (own and those whose lease ended; `only`: that row).
+    fn claim_audit_outbox(&self, owner: &str, now: i64, lease: i64, only: Option<i64>, limit: i64) -> Result<Vec<AuditOutboxRow>, StoreError>;
+    /// Deletes an audit outbox row.
+    fn delete_audit_outbox(&self, id: i64) -> Result<(), StoreError>;
+    /// Rows waiting in the audit outbox.
+    fn audit_outbox_depth(&self) -> Result<i64, StoreError>;
     /// Completes a pending version (merge).
     #[allow(clippy::too_many_arguments)]
     fn complete_version(&self, cert_id: i64, version: &str, cer: Vec<u8>, chain: Vec<Vec<u8>>, update: VersionUpdate, status_details: String, now: i64) -> Result<VersionRecord, StoreError>;

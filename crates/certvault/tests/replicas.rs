@@ -476,8 +476,22 @@ async fn three_replicas_renew_a_thousand_certificates_once_each_despite_a_sigkil
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["ok"], true, "{v}");
-    // Every renewal by a survivor is recorded; one the killed replica committed right before
-    // the kill may lack its record (it is appended after the renewal commits).
+    // Every renewal is recorded: its record is committed with the version (audit outbox);
+    // the killed replica's rows are appended by a survivor once their lease ended. At least
+    // once: a row appended but not yet deleted at the kill is appended again under the same
+    // outbox id, so the records name every renewal's outbox row, each renewal once or more.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sql(&pg, &db, "SELECT count(*) FROM audit_outbox") != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "audit outbox not drained: {} rows",
+            sql(&pg, &db, "SELECT count(*) FROM audit_outbox")
+        );
+        for r in &rs[..2] {
+            r.advance(15).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let autorenew: usize = sql(
         &pg,
         &db,
@@ -485,10 +499,31 @@ async fn three_replicas_renew_a_thousand_certificates_once_each_despite_a_sigkil
     )
     .parse()
     .unwrap();
+    let distinct: usize = sql(
+        &pg,
+        &db,
+        "SELECT count(DISTINCT (detail::jsonb)->>'version') FROM audit_log \
+         WHERE operation = 'certificates.autorenew' AND outcome = 'ok' \
+         AND (detail::jsonb)->>'outbox' IS NOT NULL",
+    )
+    .parse()
+    .unwrap();
+    assert_eq!(distinct, N, "{autorenew} autorenew records");
     let victim_max: usize = leased_to_victim.parse().unwrap();
     assert!(
-        autorenew + victim_max >= N && autorenew <= N,
+        autorenew >= N && autorenew <= N + victim_max,
         "{autorenew} autorenew records"
+    );
+    assert_eq!(
+        sql(
+            &pg,
+            &db,
+            "SELECT count(*) FROM (SELECT (detail::jsonb)->>'outbox' o FROM audit_log \
+             WHERE operation = 'certificates.autorenew' \
+             GROUP BY o HAVING count(DISTINCT (detail::jsonb)->>'version') <> 1) x"
+        ),
+        "0",
+        "a duplicate record names the same outbox row and version"
     );
 
     // a graceful stop releases only the stopping replica's own leases

@@ -8,8 +8,8 @@ use certvault_core::policy::{
 use certvault_core::{ObjectName, VersionId};
 use certvault_crypto::{CertParams, KeyAlg, PrivateKey, PublicKey};
 use certvault_store::{
-    CertRecord, CertificateDump, Conflict, NewVersion, OperationRecord, Store, StoreError,
-    VersionRecord, VersionUpdate, Which,
+    AuditIntent, CertRecord, CertificateDump, Conflict, NewVersion, OperationRecord, RenewalGuard,
+    Store, StoreError, VersionRecord, VersionUpdate, Which,
 };
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::Deserialize;
@@ -340,17 +340,48 @@ struct CreateBody {
 
 /// POST /certificates/{n}/create
 pub async fn create(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
-    create_with(ctx, seg, false, None).await
+    create_with(ctx, seg, false, None).await.map(|(r, _)| r)
+}
+
+/// What makes a create a renewal (`crate::lifecycle::renew_with`).
+#[derive(Debug, Clone)]
+pub struct RenewalTerms {
+    /// The version the renewal read as current: the new version (or operation) is stored
+    /// only while it still is, and no operation is in progress; else nothing is written and
+    /// the answer is [`ApiError::superseded`].
+    pub expected: String,
+    /// The ARI certificate id the ACME order replaces.
+    pub replaces: Option<String>,
+    /// The renewal's audit record, committed with the version (the engine's
+    /// `certificates.autorenew`; a request is audited by the HTTP layer instead).
+    pub audit: Option<RenewalAudit>,
+}
+
+/// The audit record of a renewal, stored in the audit outbox with the new version.
+#[derive(Debug, Clone)]
+pub struct RenewalAudit {
+    /// Operation name.
+    pub operation: String,
+    /// Object (`certificates/<name>`).
+    pub object: String,
+    /// Detail; `version` and `status` of the new version are added.
+    pub detail: Value,
+    /// The lease owner of this process (it drains the outbox row first).
+    pub owner: String,
+    /// End of that lease (server clock).
+    pub lease_until: i64,
 }
 
 /// Create (or create again: renew) with the body of `ctx`; `force_new_key` makes a new key
-/// even when the policy says `reuse_key` (renew with rekey).
+/// even when the policy says `reuse_key` (renew with rekey); `renewal` makes the write
+/// conditional on the version the renewal read. Returns the answer and, for a renewal with an
+/// audit record, the id of its audit outbox row.
 pub async fn create_with(
     ctx: &Ctx<'_>,
     seg: &str,
     force_new_key: bool,
-    replaces: Option<String>,
-) -> ApiResult<Response<Body>> {
+    renewal: Option<RenewalTerms>,
+) -> ApiResult<(Response<Body>, Option<i64>)> {
     let n = name(seg)?;
     let body: CreateBody = ctx.json()?;
     let store = &ctx.state.store;
@@ -384,7 +415,7 @@ pub async fn create_with(
         match rec {
             Some(r) if crate::acme::is_acme(&r.provider) => {
                 let mut plan = crate::acme::prepare(ctx, &policy, &r)?;
-                plan.replaces = replaces;
+                plan.replaces = renewal.as_ref().and_then(|t| t.replaces.clone());
                 acme = Some(plan);
             }
             None => {
@@ -403,6 +434,10 @@ pub async fn create_with(
     if let Some(c) = &existing
         && has_pending_op(ctx, c.id).await?
     {
+        // A renewal read no operation in progress: one started since is another renewal's.
+        if renewal.is_some() {
+            return Err(ApiError::superseded());
+        }
         return Err(ApiError::conflict(
             "A certificate operation is already in progress for this certificate.",
         ));
@@ -509,22 +544,46 @@ pub async fn create_with(
         None => None,
     };
     let policy_json = serde_json::to_string(&policy).map_err(|e| ApiError::internal(&e))?;
-    let added = store
-        .add_version(
-            ctx.vault_id(),
-            n.as_str(),
-            policy_json,
-            now,
-            NewVersion {
-                record,
-                operation: Some(op.clone()),
-            },
-        )
-        .await;
+    let new = NewVersion {
+        record,
+        operation: Some(op.clone()),
+    };
+    let added = match renewal {
+        None => store
+            .add_version(ctx.vault_id(), n.as_str(), policy_json, now, new)
+            .await
+            .map(|(c, v)| (c, v, None)),
+        Some(terms) => {
+            let audit = terms.audit.map(|a| {
+                let mut detail = a.detail;
+                detail["version"] = json!(version.as_str());
+                detail["status"] = json!(op.status);
+                AuditIntent {
+                    operation: a.operation,
+                    vault: Some(ctx.vault.vault.name.clone()),
+                    object: Some(a.object),
+                    outcome: crate::audit::Outcome::Ok.as_str().to_owned(),
+                    detail: Some(detail.to_string()),
+                    owner: a.owner,
+                    lease_until: a.lease_until,
+                }
+            });
+            let guard = RenewalGuard {
+                expected: terms.expected,
+                audit,
+            };
+            // Test hook: lets a test put another renewal between this one's reads and its
+            // write (the window the guard closes).
+            let _pass = ctx.state.lifecycle.renewal_gate_pass().await;
+            store
+                .renew_version(ctx.vault_id(), n.as_str(), policy_json, now, new, guard)
+                .await
+        }
+    };
     if let (Err(_), Some(o)) = (&added, &order) {
         crate::acme::discard(ctx.state, o).await;
     }
-    let (cert, _) = added.map_err(map_store(&n))?;
+    let (cert, _, outbox) = added.map_err(map_store(&n))?;
     if let Some(o) = &order {
         crate::acme::start(ctx.state, o.id);
     }
@@ -546,7 +605,7 @@ pub async fn create_with(
     }
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
-    Ok(resp)
+    Ok((resp, outbox))
 }
 
 #[derive(Deserialize)]

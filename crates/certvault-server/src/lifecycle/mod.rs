@@ -20,6 +20,7 @@ use serde_json::json;
 use crate::audit::Outcome;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+pub use crate::kv::certs::{RenewalAudit, RenewalTerms};
 use crate::notify::{DeliverySettings, Notifier, SmtpSettings};
 use crate::state::AppState;
 
@@ -79,6 +80,38 @@ pub struct Lifecycle {
     pub(crate) deliveries_in_flight: Mutex<HashSet<i64>>,
     /// Set to `true` at shutdown: the engine and the delivery worker claim nothing more.
     stop: tokio::sync::watch::Sender<bool>,
+    renewal_gate: Mutex<Option<Arc<RenewalGate>>>,
+}
+
+/// Test hook: holds every renewal right before its conditional write, so a test can line up
+/// two renewals of one version (the race [`certvault_store::RenewalGuard`] decides). Closed,
+/// it lets nobody through; each [`RenewalGate::open`] lets the waiting renewals pass one at a
+/// time, in arrival order, each holding the gate through its write. Not set in production.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct RenewalGate {
+    permits: Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl RenewalGate {
+    /// A closed gate.
+    pub fn closed() -> Arc<Self> {
+        Arc::new(Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(0)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Renewals waiting at the gate.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Lets the waiting (and later) renewals through, one write at a time.
+    pub fn open(&self) {
+        self.permits.add_permits(1);
+    }
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -113,7 +146,27 @@ impl Lifecycle {
             jobs_in_flight: Mutex::new(HashSet::new()),
             deliveries_in_flight: Mutex::new(HashSet::new()),
             stop: tokio::sync::watch::Sender::new(false),
+            renewal_gate: Mutex::new(None),
         }
+    }
+
+    /// Test hook: puts a [`RenewalGate`] in front of every renewal's write (`None`: removes it).
+    #[doc(hidden)]
+    pub fn set_renewal_gate(&self, gate: Option<Arc<RenewalGate>>) {
+        if let Ok(mut g) = self.renewal_gate.lock() {
+            *g = gate;
+        }
+    }
+
+    /// Waits at the renewal gate, if a test set one; hold the result through the write.
+    pub(crate) async fn renewal_gate_pass(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let gate = self.renewal_gate.lock().ok().and_then(|g| g.clone())?;
+        gate.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let permit = gate.permits.clone().acquire_owned().await.ok();
+        gate.waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        permit
     }
 
     /// Stops claiming work (shutdown); what is in flight runs on.
@@ -189,9 +242,18 @@ pub async fn run_engine(state: Arc<AppState>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(
         lc.settings.renew_concurrency.max(1),
     ));
+    // Renewals' audit records left in the outbox by a process that died after committing
+    // (its lease on them over) or by a failed append: drained every lease/3 (1 to 30 s).
+    let drain_every =
+        Duration::from_secs(u64::try_from((lc.settings.lease / 3).clamp(1, 30)).unwrap_or(1));
+    let mut next_drain = tokio::time::Instant::now() + drain_every;
     loop {
         if lc.is_stopping() {
             return;
+        }
+        if tokio::time::Instant::now() >= next_drain {
+            next_drain = tokio::time::Instant::now() + drain_every;
+            drain_logged(&state, None).await;
         }
         let now = state.clock.now();
         let claimed = match state
@@ -330,24 +392,41 @@ async fn run_job(state: &Arc<AppState>, job: &Job) -> Result<(), certvault_store
             }
             let object = format!("certificates/{}", view.name);
             let replaces = ari.as_ref().map(|a| a.cert_id.clone());
-            match renew_with(state, &view.vault, &view.name, false, replaces).await {
+            // The renewal's audit record is committed with its version (audit outbox) and
+            // appended to the chain right after: a crash in between only delays it.
+            let audit = RenewalAudit {
+                operation: "certificates.autorenew".into(),
+                object: object.clone(),
+                detail: json!({"previous": cur.version, "ari": ari}),
+                owner: lc.owner.clone(),
+                lease_until: now + lc.settings.lease,
+            };
+            let renewed = renew_with(
+                state,
+                &view.vault,
+                &view.name,
+                false,
+                replaces,
+                Some(cur.version.clone()),
+                Some(audit),
+            )
+            .await;
+            match renewed {
                 Ok(r) => {
                     tracing::info!(vault = %view.vault, certificate = %view.name, version = %r.version, status = %r.status, "certificate renewed by its lifetime action");
-                    if let Err(e) = state
-                        .auditor
-                        .system(
-                            "certificates.autorenew",
-                            Some(&view.vault),
-                            Some(&object),
-                            Outcome::Ok,
-                            Some(json!({"previous": cur.version, "version": r.version, "status": r.status, "ari": ari})),
-                        )
-                        .await
-                    {
-                        tracing::error!(error = %e, "a background action could not be recorded in the audit trail");
+                    if let Some(id) = r.outbox {
+                        drain_logged(state, Some(id)).await;
                     }
                     // The new version (or operation) replanned the item in its own transaction.
                     store.finish_job(job, replan).await?;
+                }
+                Err(e) if e.is_superseded() => {
+                    // Another worker (a replica that took the job over after this one's lease
+                    // ran out, or a renewal on demand) renewed this version first; its
+                    // transaction replanned the item. Nothing failed here.
+                    tracing::info!(vault = %view.vault, certificate = %view.name, version = %cur.version, "certificate already renewed by another worker; nothing to do");
+                    store.finish_job(job, replan).await?;
+                    return Ok(());
                 }
                 Err(e) => {
                     let n = attempt.saturating_add(1);
@@ -513,6 +592,82 @@ pub struct Renewed {
     pub status: String,
     /// The CSR (base64 DER) to have signed, for issuer Unknown.
     pub csr: Option<String>,
+    /// The audit outbox row of the renewal's audit record, when it has one.
+    pub outbox: Option<i64>,
+}
+
+/// Appends the claimable rows of the audit outbox (`only`: that row) to the audit chain as
+/// `system` records, each with its row id as `outbox` (and its commit time as `committed`) in
+/// the detail, and deletes each row once appended. Claimable: rows this process holds and rows
+/// whose lease ended (their writer died). At least once: a crash between the append and the
+/// delete appends the row again later, under the same `outbox` id. Returns how many.
+pub async fn drain_audit_outbox(
+    state: &AppState,
+    only: Option<i64>,
+) -> Result<usize, certvault_store::StoreError> {
+    const BATCH: i64 = 64;
+    let lc = &state.lifecycle;
+    let mut n = 0;
+    loop {
+        let rows = state
+            .store
+            .claim_audit_outbox(
+                &lc.owner,
+                state.clock.now(),
+                lc.settings.lease.max(1),
+                only,
+                BATCH,
+            )
+            .await?;
+        let full = i64::try_from(rows.len()).unwrap_or(0) >= BATCH;
+        for row in rows {
+            let mut detail = row
+                .detail
+                .as_deref()
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                .filter(serde_json::Value::is_object)
+                .unwrap_or_else(|| json!({}));
+            detail["outbox"] = json!(row.id);
+            detail["committed"] = json!(row.created);
+            let outcome = match row.outcome.as_str() {
+                "ok" => Outcome::Ok,
+                "denied" => Outcome::Denied,
+                _ => Outcome::Error,
+            };
+            state
+                .auditor
+                .system(
+                    &row.operation,
+                    row.vault.as_deref(),
+                    row.object.as_deref(),
+                    outcome,
+                    Some(detail),
+                )
+                .await?;
+            state.store.delete_audit_outbox(row.id).await?;
+            n += 1;
+        }
+        if only.is_some() || !full {
+            return Ok(n);
+        }
+    }
+}
+
+/// [`drain_audit_outbox`], logging instead of failing (what is left is drained later).
+pub async fn drain_logged(state: &AppState, only: Option<i64>) {
+    match drain_audit_outbox(state, only).await {
+        Ok(0) => {}
+        Ok(n) if only.is_none() => {
+            tracing::info!(
+                records = n,
+                "audit records of earlier renewals appended from the outbox"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "the audit record of a renewal could not be appended yet; it stays in the outbox and is retried");
+        }
+    }
 }
 
 /// Renews certificate `name` of vault `vault_key`: creates a new version under the stored
@@ -525,18 +680,26 @@ pub async fn renew(
     name: &str,
     rekey: bool,
 ) -> ApiResult<Renewed> {
-    renew_with(state, vault_key, name, rekey, None).await
+    renew_with(state, vault_key, name, rekey, None, None, None).await
 }
 
 /// [`renew`], with the ARI certificate id the new ACME order replaces. Without one, and when
 /// the policy's issuer is an ACME issuer whose CA offers renewalInfo and knows the current
 /// version, its id is sent (RFC 9773 `replaces`).
+///
+/// Renews once: the new version (or operation) is stored only while the current version is
+/// still `expected` (the engine's read; default: the one read here) and no operation is in
+/// progress — checked in the write's transaction. Otherwise nothing is written and the error
+/// is [`ApiError::superseded`] (409): another renewal came first. `audit` is committed with
+/// the version into the audit outbox ([`Renewed::outbox`]; [`drain_audit_outbox`]).
 pub async fn renew_with(
     state: &Arc<AppState>,
     vault_key: &str,
     name: &str,
     rekey: bool,
     replaces: Option<String>,
+    expected: Option<String>,
+    audit: Option<RenewalAudit>,
 ) -> ApiResult<Renewed> {
     let vault = state.vault(&vault_key.to_ascii_lowercase()).await?;
     let n = ObjectName::parse(name)?;
@@ -552,6 +715,9 @@ pub async fn renew_with(
         .await?
         .ok_or_else(|| ApiError::cert_not_found(n.as_str()))?;
     if view.op_in_progress {
+        if expected.is_some() {
+            return Err(ApiError::superseded());
+        }
         return Err(ApiError::conflict(
             "A certificate operation is already in progress for this certificate; merge or cancel it first.",
         ));
@@ -571,6 +737,13 @@ pub async fn renew_with(
         }
         Some(_) => {}
     }
+    let read = view.current.as_ref().map(|c| c.version.clone());
+    if expected.is_some() && expected != read {
+        return Err(ApiError::superseded());
+    }
+    let expected = expected
+        .or(read)
+        .ok_or_else(|| ApiError::internal(&"the renewal read no current version"))?;
     let replaces = match (replaces, &view.current) {
         (Some(r), _) => Some(r),
         (None, Some(cur)) => {
@@ -600,7 +773,12 @@ pub async fn renew_with(
         caller: &caller,
         resolved_version: std::sync::OnceLock::new(),
     };
-    crate::kv::certs::create_with(&ctx, n.as_str(), rekey, replaces).await?;
+    let terms = RenewalTerms {
+        expected,
+        replaces,
+        audit,
+    };
+    let (_, outbox) = crate::kv::certs::create_with(&ctx, n.as_str(), rekey, Some(terms)).await?;
     let op = state
         .store
         .operation(cert.id)
@@ -613,6 +791,7 @@ pub async fn renew_with(
         csr: op
             .csr
             .map(|c| base64::engine::general_purpose::STANDARD.encode(c)),
+        outbox,
     })
 }
 
