@@ -120,25 +120,20 @@ async fn check_secret(target: &Target, name: &str) -> Result<usize> {
     Ok(r.body.len())
 }
 
-/// Lifecycle items due or being worked on, from the server's `/metrics`.
-async fn scheduler_backlog(target: &Target) -> Result<u64> {
-    let mut c = target.connect().await?;
-    let r = c.get_ok("/metrics").await?;
-    let text = String::from_utf8_lossy(&r.body);
-    let mut total = 0u64;
-    let mut seen = 0;
-    for line in text.lines() {
-        for name in ["certvault_scheduler_due_jobs ", "certvault_scheduler_leased_jobs "] {
-            if let Some(v) = line.strip_prefix(name) {
-                total += v.trim().parse::<f64>().unwrap_or(0.0) as u64;
-                seen += 1;
-            }
-        }
-    }
-    if seen != 2 {
-        bail!("/metrics has no scheduler gauges");
-    }
-    Ok(total)
+/// Lifecycle items not planned yet (due at 0, the mark of a new version) or being worked on,
+/// read from the server's database file (a read-only WAL reader; `/metrics` would render a
+/// series per certificate on every poll, a million of them here).
+fn scheduler_backlog(data_dir: &std::path::Path) -> Result<u64> {
+    let c = rusqlite::Connection::open_with_flags(
+        data_dir.join("certvault.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let n: i64 = c.query_row(
+        "SELECT COUNT(*) FROM jobs WHERE due = 0 OR lease_owner IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 fn secret_op(n: usize) -> Arc<dyn Op> {
@@ -855,7 +850,7 @@ impl Phase {
         // planned them all; how long that took is a figure of its own (a bulk import).
         let t0 = Instant::now();
         loop {
-            let due = scheduler_backlog(&server.target).await?;
+            let due = scheduler_backlog(&dir.join("data"))?;
             if due == 0 {
                 break;
             }
