@@ -1186,7 +1186,11 @@ mod tests {
         .await
         .expect("a later append is answered")
         .unwrap();
-        assert_eq!(seqs, vec![2], "the cancelled request's record was written first");
+        assert_eq!(
+            seqs,
+            vec![2],
+            "the cancelled request's record was written first"
+        );
         j.flush().await.unwrap();
         assert_eq!(all(&s).await.len(), 2);
         j.close().await;
