@@ -242,21 +242,25 @@ impl PublicKey {
 /// `PartialEq` or `Display`.
 ///
 /// The parsed aws-lc key pair is kept after first use, so a key held for many operations is
-/// parsed (and, for RSA, checked) once.
+/// parsed (and, for RSA, checked) once. Clones share one copy (reference-counted): a key
+/// handed to each request from a cache is not copied, and its PKCS#8 bytes are zeroed once,
+/// when the last holder drops it.
 #[derive(Clone)]
 pub struct PrivateKey {
+    inner: Arc<KeyInner>,
+}
+
+struct KeyInner {
     pkcs8: Zeroizing<Vec<u8>>,
     public: PublicKey,
-    parsed: Arc<Parsed>,
+    parsed: Parsed,
 }
 
 /// Key pairs parsed on first use.
 #[derive(Default)]
 struct Parsed {
     rsa: OnceLock<RsaKeyPair>,
-    /// ECDSA with fixed-width `r‖s` signatures (Key Vault `sign`).
-    ec_fixed: OnceLock<EcdsaKeyPair>,
-    /// ECDSA with DER signatures (X.509).
+    /// ECDSA, DER signatures (X.509; Key Vault `sign` converts them to `r‖s`).
     ec_asn1: OnceLock<EcdsaKeyPair>,
 }
 
@@ -352,9 +356,11 @@ impl PrivateKey {
             .map_err(|_| CryptoError::internal("could not encode the RSA key"))?;
         let public = PublicKey::rsa_from_pkcs1(kp.public_key().as_ref())?;
         Ok(Self {
-            pkcs8: Zeroizing::new(pkcs8.as_ref().to_vec()),
-            public,
-            parsed: Arc::default(),
+            inner: Arc::new(KeyInner {
+                pkcs8: Zeroizing::new(pkcs8.as_ref().to_vec()),
+                public,
+                parsed: Parsed::default(),
+            }),
         })
     }
 
@@ -364,55 +370,53 @@ impl PrivateKey {
             .map_err(|_| CryptoError::internal("could not encode the EC key"))?;
         let public = PublicKey::ec_from_point(curve, kp.public_key().as_ref())?;
         Ok(Self {
-            pkcs8: Zeroizing::new(pkcs8.as_ref().to_vec()),
-            public,
-            parsed: Arc::default(),
+            inner: Arc::new(KeyInner {
+                pkcs8: Zeroizing::new(pkcs8.as_ref().to_vec()),
+                public,
+                parsed: Parsed::default(),
+            }),
         })
     }
 
     /// The unencrypted PKCS#8 DER. Handle with care.
     pub fn pkcs8_der(&self) -> &[u8] {
-        &self.pkcs8
+        &self.inner.pkcs8
     }
 
     /// The key algorithm.
     pub fn alg(&self) -> KeyAlg {
-        self.public.alg
+        self.inner.public.alg
     }
 
     /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
-        self.public.clone()
+        self.inner.public.clone()
     }
 
     /// Borrowing variant of [`Self::public_key`].
     pub(crate) fn public_key_ref(&self) -> &PublicKey {
-        &self.public
+        &self.inner.public
     }
 
     pub(crate) fn rsa_key_pair(&self) -> Result<&RsaKeyPair, CryptoError> {
-        if let Some(kp) = self.parsed.rsa.get() {
+        if let Some(kp) = self.inner.parsed.rsa.get() {
             return Ok(kp);
         }
-        let kp = RsaKeyPair::from_pkcs8(&self.pkcs8)
+        let kp = RsaKeyPair::from_pkcs8(&self.inner.pkcs8)
             .map_err(|_| CryptoError::internal("RSA key unusable"))?;
-        Ok(self.parsed.rsa.get_or_init(|| kp))
+        Ok(self.inner.parsed.rsa.get_or_init(|| kp))
     }
 
-    /// The ECDSA key pair that signs with fixed-width `r‖s` (Key Vault `sign`).
-    pub(crate) fn ecdsa_fixed_key_pair(&self) -> Result<&EcdsaKeyPair, CryptoError> {
-        let KeyAlg::Ec(curve) = self.alg() else {
-            return Err(CryptoError::internal("not an EC key"));
-        };
-        Self::cached_ec(&self.parsed.ec_fixed, ecdsa_fixed_alg(curve)?, &self.pkcs8)
-    }
-
-    /// The ECDSA key pair that signs with DER signatures (X.509).
+    /// The ECDSA key pair (DER signatures: X.509, and Key Vault `sign` after conversion).
     pub(crate) fn ecdsa_asn1_key_pair(&self) -> Result<&EcdsaKeyPair, CryptoError> {
         let KeyAlg::Ec(curve) = self.alg() else {
             return Err(CryptoError::internal("not an EC key"));
         };
-        Self::cached_ec(&self.parsed.ec_asn1, ecdsa_signing_alg(curve)?, &self.pkcs8)
+        Self::cached_ec(
+            &self.inner.parsed.ec_asn1,
+            ecdsa_signing_alg(curve)?,
+            &self.inner.pkcs8,
+        )
     }
 
     fn cached_ec<'a>(
@@ -541,15 +545,6 @@ pub(crate) fn coord_len(curve: Curve) -> Result<usize, CryptoError> {
         Curve::P256 => Ok(32),
         Curve::P384 => Ok(48),
         Curve::P521 => Ok(66),
-        Curve::P256K => Err(p256k_refused()),
-    }
-}
-
-fn ecdsa_fixed_alg(curve: Curve) -> Result<&'static EcdsaSigningAlgorithm, CryptoError> {
-    match curve {
-        Curve::P256 => Ok(&signature::ECDSA_P256_SHA256_FIXED_SIGNING),
-        Curve::P384 => Ok(&signature::ECDSA_P384_SHA384_FIXED_SIGNING),
-        Curve::P521 => Ok(&signature::ECDSA_P521_SHA512_FIXED_SIGNING),
         Curve::P256K => Err(p256k_refused()),
     }
 }

@@ -276,15 +276,44 @@ pub fn sign(key: &PrivateKey, alg: SignAlg, digest: &[u8]) -> Result<Vec<u8>, Cr
                 .map_err(|_| CryptoError::internal("RSA signing failed"))?;
             Ok(sig)
         }
-        KeyAlg::Ec(_) => {
-            // `prepare` checked that the algorithm fits the key's curve.
-            let kp = key.ecdsa_fixed_key_pair()?;
+        KeyAlg::Ec(curve) => {
+            // `prepare` checked that the algorithm fits the key's curve. aws-lc signs in DER;
+            // its fixed-width form goes through two BIGNUMs per signature, so the DER
+            // `SEQUENCE { r, s }` is turned into `r‖s` here instead.
+            let kp = key.ecdsa_asn1_key_pair()?;
             let sig = kp
                 .sign_digest(&d)
                 .map_err(|_| CryptoError::internal("ECDSA signing failed"))?;
-            Ok(sig.as_ref().to_vec())
+            der_signature_to_fixed(sig.as_ref(), crate::keys::coord_len(curve)?)
+                .ok_or_else(|| CryptoError::internal("ECDSA signing gave a malformed signature"))
         }
     }
+}
+
+/// An ECDSA signature `SEQUENCE { INTEGER r, INTEGER s }` as `r‖s`, each left-padded to
+/// `width` bytes (JWS / Key Vault form). `None` when the DER is not that shape or a value is
+/// wider than `width`.
+fn der_signature_to_fixed(der: &[u8], width: usize) -> Option<Vec<u8>> {
+    let (seq, rest) = crate::asn1::expect(der, crate::asn1::SEQUENCE)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let (r, rest) = crate::asn1::expect(seq.content, crate::asn1::INTEGER)?;
+    let (s, rest) = crate::asn1::expect(rest, crate::asn1::INTEGER)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let mut out = vec![0u8; 2 * width];
+    for (i, int) in [r.content, s.content].into_iter().enumerate() {
+        let first = int.iter().position(|&b| b != 0).unwrap_or(int.len());
+        let value = int.get(first..)?;
+        if value.len() > width || int.first().is_some_and(|&b| b & 0x80 != 0) {
+            return None;
+        }
+        out.get_mut(i * width + width - value.len()..(i + 1) * width)?
+            .copy_from_slice(value);
+    }
+    Some(out)
 }
 
 /// Verifies a signature over a precomputed digest. `Ok(false)` for a wrong or malformed
@@ -381,4 +410,30 @@ pub fn decrypt(
     };
     out.truncate(len);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::der_signature_to_fixed;
+
+    #[test]
+    fn der_signatures_become_fixed_width_or_are_refused() {
+        // r = 0x01, s = 0x00ff (positive, high bit set, so DER adds a zero byte)
+        let der = [0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x02, 0x00, 0xff];
+        let fixed = der_signature_to_fixed(&der, 4).unwrap();
+        assert_eq!(fixed, [0, 0, 0, 1, 0, 0, 0, 0xff]);
+        // a value wider than the field, a negative value, trailing bytes, wrong tags
+        let wide = [0x30, 0x08, 0x02, 0x01, 0x01, 0x02, 0x03, 0x01, 0x02, 0x03];
+        assert!(der_signature_to_fixed(&wide, 2).is_none());
+        let negative = [0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x80];
+        assert!(der_signature_to_fixed(&negative, 4).is_none());
+        let trailing = [0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x00];
+        assert!(der_signature_to_fixed(&trailing, 4).is_none());
+        let inner_trailing = [0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x05];
+        assert!(der_signature_to_fixed(&inner_trailing, 4).is_none());
+        let not_seq = [0x31, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01];
+        assert!(der_signature_to_fixed(&not_seq, 4).is_none());
+        assert!(der_signature_to_fixed(&[], 4).is_none());
+    }
 }

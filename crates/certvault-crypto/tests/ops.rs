@@ -304,3 +304,41 @@ for ct, p in zip(lines[1:], pads):
         vec!["RSA1_5", "RSA-OAEP", "RSA-OAEP-256"]
     );
 }
+
+/// ECDSA `r‖s` is built from aws-lc's DER signature: every width and every leading-zero case
+/// (a value one or more bytes shorter than the field, about 1 in 128 signatures per value)
+/// must come out right. aws-lc-rs's own fixed-width verifier over the message checks it.
+#[test]
+fn ecdsa_fixed_signatures_verify_across_many_nonces() {
+    use aws_lc_rs::signature as s;
+    let k = keys();
+    for (alg, rounds, verifier) in [
+        (
+            SignAlg::ES256,
+            1500,
+            &s::ECDSA_P256_SHA256_FIXED as &dyn s::VerificationAlgorithm,
+        ),
+        (SignAlg::ES384, 400, &s::ECDSA_P384_SHA384_FIXED),
+        (SignAlg::ES512, 300, &s::ECDSA_P521_SHA512_FIXED),
+    ] {
+        let key = key_for(&k, alg);
+        let pk = key.public_key();
+        let mut short = 0;
+        for i in 0..rounds {
+            let msg = format!("message {i}");
+            let d = digest_for(alg, msg.as_bytes());
+            let sig = sign(key, alg, &d).unwrap();
+            let half = sig.len() / 2;
+            if sig[0] == 0 || sig[half] == 0 {
+                short += 1;
+            }
+            s::UnparsedPublicKey::new(verifier, pk.spki_der())
+                .verify(msg.as_bytes(), &sig)
+                .unwrap_or_else(|_| panic!("{alg} signature {i} does not verify"));
+        }
+        assert!(
+            short > 0,
+            "{alg}: no signature with a leading zero byte in {rounds}"
+        );
+    }
+}

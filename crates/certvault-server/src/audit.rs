@@ -413,10 +413,10 @@ fn seg_name(s: &str) -> String {
     certvault_core::names::truncate(s, 127)
 }
 
-fn kv_target(method: &Method, segs: &[&str]) -> (String, Option<String>, bool) {
+fn kv_target(method: &Method, path: &str) -> (String, Option<String>, bool) {
     use Method as M;
-    let lower: Vec<String> = segs.iter().map(|s| s.to_ascii_lowercase()).collect();
-    let l: Vec<&str> = lower.iter().map(String::as_str).collect();
+    let lower = path.to_ascii_lowercase();
+    let l: Vec<&str> = lower.trim_start_matches('/').split('/').collect();
     // Key Vault names are case-insensitive: objects are named in lower case.
     let n = |i: usize| seg_name(l.get(i).copied().unwrap_or(""));
     let obj = |kind: &str, i: usize| Some(format!("{kind}/{}", n(i)));
@@ -759,8 +759,7 @@ pub fn target(method: &Method, uri: &Uri, headers: &HeaderMap, base_domain: &str
         .map(|a| a.as_str())
         .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("");
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let (operation, object, versioned) = kv_target(method, &segs);
+    let (operation, object, versioned) = kv_target(method, path);
     Target {
         unknown: unknown_request(&operation, method, path),
         changes_state: changes_state(method, &operation),

@@ -1,6 +1,8 @@
 //! The managed key of each certificate version: JWK (public members only) and the key
 //! operations sign, verify, encrypt, decrypt, wrapkey and unwrapkey.
 
+use std::borrow::Cow;
+
 use certvault_crypto::{EncAlg, Jwk, PublicKey, SignAlg};
 use certvault_store::{CertRecord, VersionRecord};
 use http::{Response, StatusCode};
@@ -13,7 +15,7 @@ use super::key_version_cache::CachedKeyVersion;
 use super::model::{self, b64url, from_b64url, stored_policy};
 use super::secrets::{check_usable, list_object_versions, list_objects, version_for};
 use crate::error::{ApiError, ApiResult};
-use crate::http::{Body, json as json_response};
+use crate::http::{Body, json as json_response, json_bytes, push_json_str};
 
 fn key_not_found(what: &str) -> ApiError {
     ApiError::not_found(
@@ -109,10 +111,81 @@ pub async fn versions(ctx: &Ctx<'_>, seg: &str) -> ApiResult<Response<Body>> {
 }
 
 #[derive(Deserialize)]
-struct OpBody {
-    alg: String,
-    value: String,
-    digest: Option<String>,
+struct OpBody<'a> {
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(borrow)]
+    value: Cow<'a, str>,
+    #[serde(borrow, default)]
+    digest: Option<Cow<'a, str>>,
+}
+
+/// A key operation named in the path (matched case-insensitively).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyOp {
+    Sign,
+    Verify,
+    Encrypt,
+    Decrypt,
+    WrapKey,
+    UnwrapKey,
+}
+
+impl KeyOp {
+    const ALL: [Self; 6] = [
+        Self::Sign,
+        Self::Verify,
+        Self::Encrypt,
+        Self::Decrypt,
+        Self::WrapKey,
+        Self::UnwrapKey,
+    ];
+
+    fn parse(op: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.wire().eq_ignore_ascii_case(op))
+    }
+
+    /// The name in `key_ops` and in the Key Vault API.
+    fn wire(self) -> &'static str {
+        match self {
+            Self::Sign => "sign",
+            Self::Verify => "verify",
+            Self::Encrypt => "encrypt",
+            Self::Decrypt => "decrypt",
+            Self::WrapKey => "wrapKey",
+            Self::UnwrapKey => "unwrapKey",
+        }
+    }
+
+    /// The name as the route spells it (lower case), used in messages.
+    fn route(self) -> &'static str {
+        match self {
+            Self::WrapKey => "wrapkey",
+            Self::UnwrapKey => "unwrapkey",
+            other => other.wire(),
+        }
+    }
+}
+
+/// The body of a key operation's answer: `{"kid": …, "value": base64url}` (`kid` left out
+/// when `None`), written directly rather than through a `serde_json::Value` tree.
+fn op_answer(kid: Option<&str>, value: &[u8]) -> Response<Body> {
+    use base64::Engine as _;
+    let mut out = Vec::with_capacity(32 + kid.map_or(0, str::len) + value.len() * 4 / 3);
+    out.push(b'{');
+    if let Some(kid) = kid {
+        out.extend_from_slice(b"\"kid\":");
+        push_json_str(&mut out, kid);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"value\":\"");
+    let mut b64 = String::with_capacity(value.len() * 4 / 3 + 4);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(value, &mut b64);
+    out.extend_from_slice(b64.as_bytes());
+    out.extend_from_slice(b"\"}");
+    json_bytes(StatusCode::OK, out)
 }
 
 /// POST /keys/{n}/{version}/{op}
@@ -122,32 +195,18 @@ pub async fn operation(
     version: &str,
     op: &str,
 ) -> ApiResult<Response<Body>> {
-    let op = op.to_ascii_lowercase();
-    if ![
-        "sign",
-        "verify",
-        "encrypt",
-        "decrypt",
-        "wrapkey",
-        "unwrapkey",
-    ]
-    .contains(&op.as_str())
-    {
+    let Some(op) = KeyOp::parse(op) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "NotFound",
             "No such key operation.",
         ));
-    }
-    let body: OpBody = ctx.json()?;
+    };
+    let body: OpBody<'_> = ctx.json_ref()?;
     let resolved = resolve_for_op(ctx, seg, version).await?;
     let (cert, v) = (&resolved.cert, &resolved.version);
-    check_usable(ctx, v, "key", &op)?;
-    let wire_op = match op.as_str() {
-        "wrapkey" => "wrapKey",
-        "unwrapkey" => "unwrapKey",
-        other => other,
-    };
+    check_usable(ctx, v, "key", op.route())?;
+    let wire_op = op.wire();
     if !resolved.key_ops.iter().any(|o| o == wire_op) {
         return Err(ApiError::forbidden(format!(
             "Operation {wire_op} is not permitted on this key: its key_ops follow the certificate \
@@ -158,14 +217,14 @@ pub async fn operation(
     let kid = format!("{}/keys/{}/{}", ctx.base, cert.name, v.version);
     let value = from_b64url(&body.value, "value")?;
     let public = &resolved.public;
-    let out = match op.as_str() {
-        "sign" => {
+    let out = match op {
+        KeyOp::Sign => {
             let alg: SignAlg = body.alg.parse().map_err(|_| unknown_alg(&body.alg))?;
             let key = KeyMaterial::of_version(ctx, v)?;
             let sig = run_key_op(key, move |k| k.sign(alg, &value)).await?;
-            json!({"kid": kid, "value": b64url(&sig)})
+            op_answer(Some(&kid), &sig)
         }
-        "verify" => {
+        KeyOp::Verify => {
             let alg: SignAlg = body.alg.parse().map_err(|_| unknown_alg(&body.alg))?;
             let digest = from_b64url(
                 body.digest
@@ -174,21 +233,21 @@ pub async fn operation(
                 "digest",
             )?;
             let ok = certvault_crypto::verify(public, alg, &digest, &value)?;
-            json!({"value": ok})
+            json_response(StatusCode::OK, &json!({"value": ok}))
         }
-        "encrypt" | "wrapkey" => {
+        KeyOp::Encrypt | KeyOp::WrapKey => {
             let alg: EncAlg = body.alg.parse().map_err(|_| unknown_alg(&body.alg))?;
             let ct = certvault_crypto::encrypt(public, alg, &value)?;
-            json!({"kid": kid, "value": b64url(&ct)})
+            op_answer(Some(&kid), &ct)
         }
-        _ => {
+        KeyOp::Decrypt | KeyOp::UnwrapKey => {
             let alg: EncAlg = body.alg.parse().map_err(|_| unknown_alg(&body.alg))?;
             let key = KeyMaterial::of_version(ctx, v)?;
             let pt = run_key_op(key, move |k| k.decrypt(alg, &value)).await?;
-            json!({"kid": kid, "value": b64url(&pt)})
+            op_answer(Some(&kid), &pt)
         }
     };
-    Ok(json_response(StatusCode::OK, &out))
+    Ok(out)
 }
 
 /// The key version a key operation uses: from the epoch cache when it was resolved since the

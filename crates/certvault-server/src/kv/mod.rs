@@ -60,6 +60,11 @@ impl Ctx<'_> {
 
     /// Parses the JSON body.
     pub fn json<T: DeserializeOwned>(&self) -> ApiResult<T> {
+        self.json_ref()
+    }
+
+    /// Like [`Self::json`], for a type that may borrow strings from the body.
+    pub fn json_ref<'de, T: serde::Deserialize<'de>>(&'de self) -> ApiResult<T> {
         if self.body.is_empty() {
             return Err(ApiError::bad(
                 "The request body is empty; a JSON object is required.",
@@ -162,6 +167,9 @@ fn percent_encode(s: &str) -> String {
 
 pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
+    if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
+        return s.to_owned();
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
@@ -235,7 +243,8 @@ pub(crate) fn vault_from_host(host: &str, base_domain: &str) -> String {
     let suffix_len = base_domain.len() + 1;
     if name.len() > suffix_len
         && name.is_char_boundary(name.len() - suffix_len)
-        && name[name.len() - suffix_len..].eq_ignore_ascii_case(&format!(".{base_domain}"))
+        && name.as_bytes().get(name.len() - suffix_len) == Some(&b'.')
+        && name[name.len() - base_domain.len()..].eq_ignore_ascii_case(base_domain)
     {
         let label = &name[..name.len() - suffix_len];
         if !label.contains('.') {
@@ -266,16 +275,15 @@ pub async fn dispatch(
     let host = parts
         .uri
         .authority()
-        .map(|a| a.as_str().to_owned())
+        .map(|a| a.as_str())
         .or_else(|| {
             parts
                 .headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
         })
         .ok_or_else(|| ApiError::bad("The request has no Host header."))?;
-    let host = host.strip_suffix(":443").unwrap_or(&host).to_owned();
+    let host = host.strip_suffix(":443").unwrap_or(host);
     if host.is_empty() || host.contains(['/', ' ', '@']) {
         return Err(ApiError::bad("The Host header is not valid."));
     }
@@ -291,7 +299,7 @@ pub async fn dispatch(
             certvault_core::names::truncate(&api_version, 40)
         )));
     }
-    let vault_name = vault_from_host(&host, &state.http.base_domain);
+    let vault_name = vault_from_host(host, &state.http.base_domain);
     // Only administrators learn whether a vault exists; anyone else gets the same 403 for a
     // missing vault as for one they hold no permission in.
     let vault = match state.vault(&vault_name).await {
@@ -319,8 +327,10 @@ pub async fn dispatch(
     };
     let path = parts.uri.path();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let lower: Vec<String> = segs.iter().map(|s| s.to_ascii_lowercase()).collect();
-    let l: Vec<&str> = lower.iter().map(String::as_str).collect();
+    // Route words match case-insensitively: one lower-cased copy of the path, split the same
+    // way (ASCII lower-casing keeps every byte offset).
+    let lower = path.to_ascii_lowercase();
+    let l: Vec<&str> = lower.trim_start_matches('/').split('/').collect();
     let m = &parts.method;
     let seg = |i: usize| segs.get(i).copied().unwrap_or("");
 

@@ -23,6 +23,12 @@ pub fn b64url(data: &[u8]) -> String {
 
 /// Decodes base64url, tolerating padding and the standard alphabet.
 pub fn from_b64url(s: &str, field: &str) -> ApiResult<Vec<u8>> {
+    let trimmed = s.trim().trim_end_matches('=');
+    if !trimmed.bytes().any(|b| b == b'+' || b == b'/') {
+        return URL_SAFE_NO_PAD
+            .decode(trimmed.as_bytes())
+            .map_err(|_| ApiError::bad(format!("'{field}' is not valid base64url.")));
+    }
     let cleaned: String = s
         .trim()
         .trim_end_matches('=')
