@@ -5,22 +5,8 @@ use crate::pg_schema::PG_MIGRATIONS;
 use crate::status::horizons;
 use crate::{CertificateCounts, CertificateStatus, PgStore, QueueStatus, StoreError, StoreHealth};
 
-impl PgStore {
-    /// The `limit` live certificates whose current version expires soonest (see
-    /// `SqliteStore::certificate_statuses`): per live vault a `LATERAL` top-`limit` on the
-    /// `(vault_id, sort_exp, name_key)` index, the first `limit` of those, then their details.
-    pub async fn certificate_statuses(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<CertificateStatus>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        if limit <= 0 {
-            return Ok(Vec::new());
-        }
-        let c = self.conn().await?;
-        all(
-            &c,
-            "WITH top AS (\
+/// The soonest-expiring live certificates (`$1` = the limit; see `status.rs`).
+pub(crate) const PG_CERTIFICATE_STATUSES_SQL: &str = "WITH top AS (\
                SELECT c.id AS cid, va.name AS vname, va.name_key AS vkey, c.sort_exp AS sexp, \
                  c.name_key AS nkey \
                FROM vaults va CROSS JOIN LATERAL (\
@@ -41,27 +27,39 @@ impl PgStore {
              JOIN certificates ce ON ce.id = t.cid \
              JOIN versions v ON v.id = (SELECT x.id FROM versions x \
                 WHERE x.cert_id = ce.id AND x.cer IS NOT NULL ORDER BY x.seq DESC LIMIT 1) \
-             ORDER BY t.sexp, t.vkey, t.nkey",
-            &[&limit],
-            |r| {
-                let marks: Vec<String> = col(r, 8)?;
-                Ok(CertificateStatus {
-                    vault: col(r, 0)?,
-                    name: col(r, 1)?,
-                    policy: col(r, 2)?,
-                    version: col(r, 3)?,
-                    seq: col(r, 4)?,
-                    created: col(r, 5)?,
-                    nbf: col(r, 6)?,
-                    exp: col(r, 7)?,
-                    made: marks.iter().any(|m| m == "made"),
-                    marks,
-                    op_in_progress: col(r, 9)?,
-                    last_failure_at: col(r, 10)?,
-                    job_payload: col(r, 11)?,
-                })
-            },
-        )
+             ORDER BY t.sexp, t.vkey, t.nkey";
+
+impl PgStore {
+    /// The `limit` live certificates whose current version expires soonest (see
+    /// `SqliteStore::certificate_statuses`): per live vault a `LATERAL` top-`limit` on the
+    /// `(vault_id, sort_exp, name_key)` index, the first `limit` of those, then their details.
+    pub async fn certificate_statuses(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<CertificateStatus>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        if limit <= 0 {
+            return Ok(Vec::new());
+        }
+        let c = self.conn().await?;
+        all(&c, PG_CERTIFICATE_STATUSES_SQL, &[&limit], |r| {
+            let marks: Vec<String> = col(r, 8)?;
+            Ok(CertificateStatus {
+                vault: col(r, 0)?,
+                name: col(r, 1)?,
+                policy: col(r, 2)?,
+                version: col(r, 3)?,
+                seq: col(r, 4)?,
+                created: col(r, 5)?,
+                nbf: col(r, 6)?,
+                exp: col(r, 7)?,
+                made: marks.iter().any(|m| m == "made"),
+                marks,
+                op_in_progress: col(r, 9)?,
+                last_failure_at: col(r, 10)?,
+                job_payload: col(r, 11)?,
+            })
+        })
         .await
     }
 

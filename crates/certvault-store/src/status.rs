@@ -441,3 +441,56 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod pg_plan {
+    use crate::Store;
+    use crate::pg::{all, col};
+    use crate::pg_status::PG_CERTIFICATE_STATUSES_SQL;
+
+    /// With 5,000 analyzed certificates PostgreSQL reads each vault's top `limit` from the
+    /// `(vault_id, sort_exp, name_key)` index (no sort of the vault's certificates), and the
+    /// soonest come back.
+    #[tokio::test]
+    async fn the_postgres_query_reads_the_expiry_index_in_order() {
+        let t = crate::store::testing::postgres().await;
+        let v = t.store.create_vault("bulk", vec![0], 90, 1).await.unwrap();
+        t.raw(&format!(
+            "INSERT INTO certificates (vault_id, name, name_key, policy, policy_created, \
+               policy_updated, created, updated) \
+             SELECT {vid}, 'c' || g, 'c' || g, '{{}}', 1, 1, 1, 1 FROM generate_series(1, 5000) g;
+             INSERT INTO versions (cert_id, version, seq, created, updated, enabled, nbf, exp, \
+               cer, chain, spki, content_type, exportable) \
+             SELECT id, 'v' || id, 1, 1, 1, true, 1, 3000000 - id, '\\x01'::bytea, ''::bytea, \
+               '\\x01'::bytea, 'application/x-pkcs12', true FROM certificates WHERE vault_id = {vid};
+             ANALYZE;",
+            vid = v.id
+        ))
+        .await
+        .unwrap();
+        let Store::Postgres(p) = &t.store else {
+            panic!("not PostgreSQL");
+        };
+        let c = p.conn().await.unwrap();
+        let plan: Vec<String> = all(
+            &c,
+            &format!("EXPLAIN {PG_CERTIFICATE_STATUSES_SQL}"),
+            &[&10i64],
+            |r| col::<String>(r, 0),
+        )
+        .await
+        .unwrap();
+        let text = plan.join("\n");
+        assert!(
+            text.contains("certificates_exp on certificates c"),
+            "{text}"
+        );
+        drop(c);
+        let rows = t.store.certificate_statuses(3).await.unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["c5000", "c4999", "c4998"]);
+        let counts = t.store.certificate_counts(0).await.unwrap();
+        assert_eq!(counts.total, 5000);
+    }
+}
