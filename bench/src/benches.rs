@@ -815,6 +815,93 @@ pub struct ScaleArgs {
     /// Alternating rounds (store A, then store B).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Scrape `GET /metrics` (admin token) of both servers every 500 ms during the measured
+    /// rounds; prints each server's scrape latency p50/p99, body size and series counts.
+    #[arg(long)]
+    scrape_metrics: bool,
+    /// Passed to both servers as `--metrics-certificate-series` (default: the server's).
+    #[arg(long)]
+    metrics_certificate_series: Option<usize>,
+}
+
+/// `GET /metrics` every 500 ms on one server until stopped: latencies and the last body.
+struct Scraper {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<ScrapeOut>>,
+}
+
+#[derive(Default)]
+struct ScrapeOut {
+    /// Microseconds per scrape.
+    lat: Vec<u32>,
+    /// Body bytes per scrape.
+    sizes: Vec<usize>,
+    /// The last exposition.
+    last: Bytes,
+}
+
+impl Scraper {
+    fn start(target: &Target) -> Self {
+        let target = target.clone();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut out = ScrapeOut::default();
+            let mut conn = target.connect().await?;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                let t = Instant::now();
+                let r = conn.get_ok("/metrics").await?;
+                out.lat
+                    .push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                out.sizes.push(r.body.len());
+                out.last = r.body;
+            }
+            Ok(out)
+        });
+        Self { stop, task }
+    }
+
+    /// Stops it and prints its figures under `label`.
+    async fn finish(self, label: &str) -> Result<()> {
+        let _ = self.stop.send(true);
+        let mut out = self.task.await.map_err(|e| anyhow!("scraper: {e}"))??;
+        out.lat.sort_unstable();
+        let pct = |p: f64| -> u32 {
+            let i = ((out.lat.len() as f64) * p).ceil() as usize;
+            out.lat
+                .get(i.clamp(1, out.lat.len().max(1)) - 1)
+                .copied()
+                .unwrap_or(0)
+        };
+        let text = String::from_utf8_lossy(&out.last);
+        let value = |metric: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(metric)?.strip_prefix(' '))
+                .unwrap_or("-")
+                .to_owned()
+        };
+        let expiry_series = text
+            .lines()
+            .filter(|l| l.starts_with("certvault_certificate_expiry_timestamp_seconds{"))
+            .count();
+        println!(
+            "  /metrics [{label}]: {} scrapes every 500 ms, latency p50 {} p99 {} max {}; body max {:.1} KiB (last {:.1} KiB); certvault_certificates {}, expiry series {expiry_series}, certvault_certificate_series_omitted {}",
+            out.lat.len(),
+            ms(pct(0.5)),
+            ms(pct(0.99)),
+            ms(out.lat.last().copied().unwrap_or(0)),
+            out.sizes.iter().copied().max().unwrap_or(0) as f64 / 1024.0,
+            out.last.len() as f64 / 1024.0,
+            value("certvault_certificates"),
+            value("certvault_certificate_series_omitted"),
+        );
+        Ok(())
+    }
 }
 
 /// One store under test: its server and its measurements.
@@ -833,11 +920,19 @@ impl Phase {
         dir: &std::path::Path,
         live: usize,
         label: String,
+        series: Option<usize>,
     ) -> Result<Self> {
-        let server = Server::start(
+        let series = series.map(|n| n.to_string());
+        let mut args = Vec::new();
+        if let Some(n) = &series {
+            args.extend(["--metrics-certificate-series", n.as_str()]);
+        }
+        let server = Server::start_with(
             &common.server_bin,
             &dir.join("data"),
             &dir.join("server.log"),
+            &args,
+            &[],
         )
         .await?;
         let (rss_idle, _) = server.memory_kib()?;
@@ -967,12 +1062,23 @@ pub async fn scale(common: &Common, a: &ScaleArgs) -> Result<bool> {
         plan.certs.len() * plan.versions
     );
     seed_dir(dir_b.path(), a, &[base_plan, plan], "store B").await?;
-    let mut pa = Phase::start(common, dir_a.path(), base, format!("A: {base}")).await?;
-    let mut pb = Phase::start(common, dir_b.path(), live, format!("B: {total}")).await?;
+    let series = a.metrics_certificate_series;
+    let mut pa = Phase::start(common, dir_a.path(), base, format!("A: {base}"), series).await?;
+    let mut pb = Phase::start(common, dir_b.path(), live, format!("B: {total}"), series).await?;
+    let scrapers = a.scrape_metrics.then(|| {
+        (
+            Scraper::start(&pa.server.target),
+            Scraper::start(&pb.server.target),
+        )
+    });
     for round in 0..a.rounds.max(1) {
         println!("  round {}", round + 1);
         pa.round(common, a.connections).await?;
         pb.round(common, a.connections).await?;
+    }
+    if let Some((sa, sb)) = scrapers {
+        sa.finish(&pa.label).await?;
+        sb.finish(&pb.label).await?;
     }
     let (rss_b, hwm_b) = pb.server.memory_kib()?;
     let (rss_a, hwm_a) = pa.server.memory_kib()?;

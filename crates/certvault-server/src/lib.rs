@@ -103,6 +103,9 @@ pub struct ServeOptions {
     pub audit_sync: certvault_store::SyncPolicy,
     /// A separate plain-HTTP listener for `GET /metrics`, when enabled.
     pub metrics_listen: Option<metrics::MetricsListen>,
+    /// Per-certificate `/metrics` series for at most this many certificates, those expiring
+    /// soonest (`--metrics-certificate-series`; 0: none).
+    pub metrics_certificate_series: usize,
     /// How long a shutdown waits for requests in flight and claimed lifecycle work.
     pub shutdown_grace: std::time::Duration,
 }
@@ -126,6 +129,7 @@ impl ServeOptions {
             lifecycle: lifecycle::LifecycleSettings::default(),
             audit_sync: certvault_store::SyncPolicy::default(),
             metrics_listen: None,
+            metrics_certificate_series: metrics::DEFAULT_CERTIFICATE_SERIES,
             shutdown_grace: std::time::Duration::from_secs(30),
         }
     }
@@ -279,7 +283,8 @@ pub async fn start(opts: &ServeOptions, clock: SharedClock) -> Result<Started, S
         )
         .with_jwt(jwt)
         .with_lifecycle(lifecycle)
-        .with_audit_sync(opts.audit_sync),
+        .with_audit_sync(opts.audit_sync)
+        .with_metrics_certificate_series(opts.metrics_certificate_series),
     );
     let store_err = |e: certvault_store::StoreError| ServerError::Store(e.to_string());
     if let Err(e) = state.auditor.start().await {

@@ -4,9 +4,11 @@
 //! lock-free and allocation-free: the operation names are a fixed sorted table (the audit
 //! trail's operation names, `audit.rs`), found by binary search; each (operation, status)
 //! counter and each (operation, status class) histogram is a preallocated atomic. The rest is
-//! computed when scraped: per-certificate gauges from one store query (cached for a few
-//! seconds), queue depths from a second one, and process-wide counters (deliveries, ACME
-//! requests) read from atomics. Names and labels are documented in `docs/metrics.md`.
+//! computed when scraped: per-certificate gauges of the soonest-expiring certificates (at
+//! most `--metrics-certificate-series`) from one bounded store query and counts of all of
+//! them from another (cached for a few seconds), queue depths from a third, and process-wide
+//! counters (deliveries, ACME requests) read from atomics. Names and labels are documented in
+//! `docs/metrics.md`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -137,8 +139,17 @@ const BUCKETS: &[(&str, u64)] = &[
     ("10", 10_000_000_000),
 ];
 
-/// How long the per-certificate section of a scrape is reused.
+/// How long the per-certificate section of a scrape is reused, at least.
 pub const CERTIFICATE_CACHE: Duration = Duration::from_secs(5);
+
+/// The per-certificate section is reused for at least this many times as long as computing it
+/// took, so its queries (the counts scan every live certificate) take at most about a tenth of
+/// the time however often Prometheus scrapes a large store.
+pub const CERTIFICATE_CACHE_FACTOR: u32 = 10;
+
+/// The default of `--metrics-certificate-series`: per-certificate series are exported for at
+/// most this many certificates (those expiring soonest).
+pub const DEFAULT_CERTIFICATE_SERIES: usize = 10_000;
 
 #[derive(Debug)]
 struct Histogram {
@@ -213,7 +224,10 @@ pub struct Metrics {
     ops: Vec<OpSlot>,
     deliveries: [[AtomicU64; 4]; 4],
     started: Instant,
+    /// The per-certificate section and until when it is reused.
     certificates: tokio::sync::Mutex<Option<(Instant, Arc<String>)>>,
+    /// Per-certificate series for at most this many certificates (0: none).
+    certificate_series: usize,
 }
 
 impl Default for Metrics {
@@ -230,7 +244,15 @@ impl Metrics {
             deliveries: [const { [const { AtomicU64::new(0) }; 4] }; 4],
             started: Instant::now(),
             certificates: tokio::sync::Mutex::new(None),
+            certificate_series: DEFAULT_CERTIFICATE_SERIES,
         }
+    }
+
+    /// Exports per-certificate series for at most `n` certificates, those whose current
+    /// version expires soonest (`--metrics-certificate-series`; 0: none). The aggregates
+    /// (`certvault_certificates`, `certvault_certificates_expiring`) still count every one.
+    pub fn set_certificate_series(&mut self, n: usize) {
+        self.certificate_series = n;
     }
 
     /// Counts one answered request (lock-free, no allocation).
@@ -382,23 +404,33 @@ impl Metrics {
         }
     }
 
-    /// The per-certificate section, from the store at most every [`CERTIFICATE_CACHE`]
-    /// (concurrent scrapes wait for one query).
+    /// The per-certificate section, from the store at most every [`CERTIFICATE_CACHE`], or
+    /// [`CERTIFICATE_CACHE_FACTOR`] times as long as the last computation took when that is
+    /// longer (concurrent scrapes wait for one computation): the counts of every live
+    /// certificate, and the series of at most [`Self::set_certificate_series`] of them (never
+    /// more rows loaded).
     async fn certificates(&self, state: &AppState) -> Arc<String> {
         let mut cache = self.certificates.lock().await;
-        if let Some((at, text)) = cache.as_ref()
-            && at.elapsed() < CERTIFICATE_CACHE
+        if let Some((until, text)) = cache.as_ref()
+            && Instant::now() < *until
         {
             return text.clone();
         }
-        let text = match state.store.certificate_statuses().await {
-            Ok(rows) => Arc::new(render_certificates(&rows)),
-            Err(e) => {
+        let started = Instant::now();
+        let counts = state.store.certificate_counts(state.clock.now()).await;
+        let rows = state
+            .store
+            .certificate_statuses(self.certificate_series)
+            .await;
+        let text = match (counts, rows) {
+            (Ok(counts), Ok(rows)) => Arc::new(render_certificates(&rows, &counts)),
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %e, "metrics: reading the certificates failed");
                 return Arc::new(String::new());
             }
         };
-        *cache = Some((Instant::now(), text.clone()));
+        let reuse = CERTIFICATE_CACHE.max(started.elapsed() * CERTIFICATE_CACHE_FACTOR);
+        *cache = Some((Instant::now() + reuse, text.clone()));
         text
     }
 }
@@ -461,8 +493,12 @@ fn label(s: &str) -> String {
     o
 }
 
-/// The per-certificate gauges.
-pub fn render_certificates(rows: &[certvault_store::CertificateStatus]) -> String {
+/// The certificate aggregates (`counts`, of every live certificate) and the per-certificate
+/// gauges of `rows` (the soonest-expiring ones, in that order).
+pub fn render_certificates(
+    rows: &[certvault_store::CertificateStatus],
+    counts: &certvault_store::CertificateCounts,
+) -> String {
     struct Row {
         labels: String,
         nbf: Option<i64>,
@@ -523,12 +559,23 @@ pub fn render_certificates(rows: &[certvault_store::CertificateStatus]) -> Strin
         })
         .collect();
     let mut out = String::with_capacity(rows.len() * 600 + 2048);
+    let shown = i64::try_from(rows.len()).unwrap_or(i64::MAX);
     let _ = writeln!(
         out,
         "# HELP certvault_certificates Live certificates with a completed version.\n\
          # TYPE certvault_certificates gauge\n\
-         certvault_certificates {}",
-        rows.len()
+         certvault_certificates {}\n\
+         # HELP certvault_certificate_series_omitted Live certificates with a completed version that have no per-certificate series (beyond --metrics-certificate-series; the series kept are those expiring soonest).\n\
+         # TYPE certvault_certificate_series_omitted gauge\n\
+         certvault_certificate_series_omitted {}\n\
+         # HELP certvault_certificates_expiring Live certificates whose current version expires within the horizon from now (expired ones included).\n\
+         # TYPE certvault_certificates_expiring gauge\n\
+         certvault_certificates_expiring{{within=\"7d\"}} {}\n\
+         certvault_certificates_expiring{{within=\"30d\"}} {}",
+        counts.total,
+        (counts.total - shown).max(0),
+        counts.expiring_7d,
+        counts.expiring_30d,
     );
     let mut family = |name: &str, help: &str, value: &dyn Fn(&Row) -> Option<String>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -660,11 +707,26 @@ mod tests {
                         "renew_at": 400_000, "recheck_at": 2_000}})
             .to_string()
         };
-        let out = render_certificates(&[
-            row("ari", Some(payload("aa11"))),
-            row("stale", Some(payload("bb22"))),
-            row("none", None),
-        ]);
+        let out = render_certificates(
+            &[
+                row("ari", Some(payload("aa11"))),
+                row("stale", Some(payload("bb22"))),
+                row("none", None),
+            ],
+            &certvault_store::CertificateCounts {
+                total: 5,
+                expiring_7d: 1,
+                expiring_30d: 2,
+            },
+        );
+        for line in [
+            "certvault_certificates 5\n",
+            "certvault_certificate_series_omitted 2\n",
+            "certvault_certificates_expiring{within=\"7d\"} 1\n",
+            "certvault_certificates_expiring{within=\"30d\"} 2\n",
+        ] {
+            assert!(out.contains(line), "{line}: {out}");
+        }
         let value = |name: &str| -> i64 {
             let prefix = format!(
                 "certvault_certificate_next_renewal_timestamp_seconds{{vault=\"v\",name=\"{name}\","

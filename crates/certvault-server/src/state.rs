@@ -178,6 +178,12 @@ impl AppState {
         self
     }
 
+    /// Exports per-certificate metrics series for at most `n` certificates (0: none).
+    pub fn with_metrics_certificate_series(mut self, n: usize) -> Self {
+        self.metrics.set_certificate_series(n);
+        self
+    }
+
     /// Uses `lifecycle` (settings, SMTP transport) for the lifecycle engine.
     pub fn with_lifecycle(mut self, lifecycle: crate::lifecycle::Lifecycle) -> Self {
         self.lifecycle = lifecycle;

@@ -51,7 +51,7 @@ pub use pg::PgStore;
 pub use records::*;
 pub use renewal::{AuditIntent, AuditOutboxRow, RenewalGuard};
 pub use sqlite::{SqliteStore, StoreHealth, Which};
-pub use status::{CertificateStatus, QueueStatus};
+pub use status::{CertificateCounts, CertificateStatus, QueueStatus};
 pub use store::{Store, is_postgres_url};
 pub use ui::{
     FAILURE_KINDS, NO_EXPIRY, SEARCH_INDEX_LIMIT, SearchPlan, UiCertQuery, UiChannelHealth,

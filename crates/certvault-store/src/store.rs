@@ -14,7 +14,10 @@ use crate::{
     PolicyRecord, PrincipalRecord, RenewalGuard, Rewrap, Scheduler, SqliteStore, StoreError,
     TokenRecord, Vault, VersionRecord, VersionUpdate, Which,
 };
-use crate::{CertificateStatus, QueueStatus, StoreHealth, UiCertQuery, UiChannelHealth, UiSession};
+use crate::{
+    CertificateCounts, CertificateStatus, QueueStatus, StoreHealth, UiCertQuery, UiChannelHealth,
+    UiSession,
+};
 
 /// A certvault store on one of the two backends.
 #[derive(Clone, Debug)]
@@ -209,8 +212,11 @@ dispatch! {
     fn list_principals(&self) -> Result<Vec<PrincipalRecord>, StoreError>;
     /// Grants or withdraws the `metrics` role.
     fn set_principal_metrics(&self, name_key: &str, metrics: bool, now: i64) -> Result<PrincipalRecord, StoreError>;
-    /// Every live certificate's newest completed version with its marks (for `/metrics`).
-    fn certificate_statuses(&self) -> Result<Vec<CertificateStatus>, StoreError>;
+    /// The `limit` soonest-expiring live certificates' newest completed versions with their
+    /// marks (for `/metrics`).
+    fn certificate_statuses(&self, limit: usize) -> Result<Vec<CertificateStatus>, StoreError>;
+    /// Live certificates with a completed version: in all, and expiring within 7 / 30 days.
+    fn certificate_counts(&self, now: i64) -> Result<CertificateCounts, StoreError>;
     /// The depth of the delivery outbox and the job queue.
     fn queue_status(&self, now: i64) -> Result<QueueStatus, StoreError>;
     /// The readiness probe's look at the database.

@@ -216,6 +216,11 @@ struct ServeArgs {
     /// metrics, vault and certificate names included).
     #[arg(long, env = "CERTVAULT_METRICS_LISTEN_PUBLIC")]
     metrics_listen_public: bool,
+    /// Per-certificate series in /metrics for at most this many certificates, those whose
+    /// current version expires soonest (0: none). The counts of all certificates
+    /// (certvault_certificates, certvault_certificates_expiring) stay complete. Default 10000.
+    #[arg(long, env = "CERTVAULT_METRICS_CERTIFICATE_SERIES")]
+    metrics_certificate_series: Option<usize>,
     /// Seconds a shutdown (SIGTERM, SIGINT) waits for requests in flight and claimed
     /// lifecycle work before closing connections and releasing leases. Default 30.
     #[arg(long, env = "CERTVAULT_SHUTDOWN_GRACE")]
@@ -278,6 +283,7 @@ struct FileConfig {
     lease_seconds: Option<i64>,
     metrics_listen: Option<SocketAddr>,
     metrics_listen_public: Option<bool>,
+    metrics_certificate_series: Option<usize>,
     shutdown_grace: Option<u64>,
     log_format: Option<String>,
 }
@@ -597,6 +603,10 @@ async fn serve(mut args: ServeArgs) -> Result<()> {
         lifecycle,
         audit_sync,
         metrics_listen,
+        metrics_certificate_series: args
+            .metrics_certificate_series
+            .or(file.metrics_certificate_series)
+            .unwrap_or(certvault_server::metrics::DEFAULT_CERTIFICATE_SERIES),
         shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
     };
     let clock: certvault_core::clock::SharedClock = if args.test_clock {

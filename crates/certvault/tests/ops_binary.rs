@@ -651,6 +651,69 @@ async fn metrics_for_scrapers_and_on_the_loopback_listener() {
     assert_eq!(r.status(), 404);
 }
 
+/// `--metrics-certificate-series 2` with three certificates: series for the two expiring
+/// soonest (the first two issued: same validity), the third counted in the aggregates and in
+/// `certvault_certificate_series_omitted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_certificate_series_are_bounded_and_the_aggregates_count_every_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = data_dir(&tmp, "data");
+    let srv = start(&dir, &["--metrics-certificate-series", "2"], Db::Default);
+    let mut exps = Vec::new();
+    for name in ["c1", "c2", "c3"] {
+        let cert = srv.create_cert(name, "EC").await;
+        exps.push(cert["attributes"]["exp"].as_f64().unwrap());
+    }
+    let r = srv.call(reqwest::Method::GET, "/metrics", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text = r.body.as_str().unwrap().to_owned();
+    let expiry = samples(&text, "certvault_certificate_expiry_timestamp_seconds");
+    assert_eq!(expiry.len(), 2, "{text}");
+    for (name, exp) in [("c1", exps[0]), ("c2", exps[1])] {
+        assert_eq!(
+            cert_sample(
+                &text,
+                "certvault_certificate_expiry_timestamp_seconds",
+                name
+            ),
+            Some(exp),
+            "{name}: {text}"
+        );
+    }
+    assert_eq!(
+        cert_sample(
+            &text,
+            "certvault_certificate_expiry_timestamp_seconds",
+            "c3"
+        ),
+        None
+    );
+    // every per-certificate family is bounded the same way
+    for family in [
+        "certvault_certificate_not_before_timestamp_seconds",
+        "certvault_certificate_renewal_consecutive_failures",
+    ] {
+        assert_eq!(samples(&text, family).len(), 2, "{family}: {text}");
+    }
+    let single = |metric: &str| {
+        let s = samples(&text, metric);
+        assert_eq!(s.len(), 1, "{metric}: {text}");
+        s[0].1
+    };
+    assert_eq!(single("certvault_certificates"), 3.0);
+    assert_eq!(single("certvault_certificate_series_omitted"), 1.0);
+    let expiring = samples(&text, "certvault_certificates_expiring");
+    let within = |h: &str| {
+        expiring
+            .iter()
+            .find(|(l, _)| l.get("within").map(String::as_str) == Some(h))
+            .map(|(_, v)| *v)
+    };
+    // twelve months' validity: none expires within 30 days
+    assert_eq!(within("7d"), Some(0.0), "{text}");
+    assert_eq!(within("30d"), Some(0.0), "{text}");
+}
+
 // ------------------------------------------------------------------------------- backups
 
 fn copy_0600(from: &Path, to: &Path) {
