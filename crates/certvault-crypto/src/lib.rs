@@ -28,8 +28,8 @@ mod x509;
 
 pub use certvault_core::policy::{Curve, KeyUsage};
 pub use envelope::{
-    SymKey, hmac_sha256, open, open_object, random_bytes, rewrap_object, seal, seal_object, sha1,
-    sha256,
+    HmacSha256Key, SymKey, hmac_sha256, open, open_object, random_bytes, rewrap_object, seal,
+    seal_object, sha1, sha256,
 };
 pub use error::CryptoError;
 pub use keys::{Jwk, KeyAlg, PrivateKey, PublicKey};

@@ -156,3 +156,32 @@ fn hmac_sha256_matches_a_reference_and_parts_concatenate() {
     let other = SymKey::from_bytes([1; 32]);
     assert_ne!(hmac_sha256(&other, &[b"what do ya want for nothing?"]), one);
 }
+
+/// The set-up key gives the same MAC as the one-shot function (the audit chain switched from
+/// one to the other: existing chains must still verify), and depends on every part.
+#[test]
+fn prepared_hmac_key_matches_the_one_shot_mac() {
+    let key = SymKey::generate().unwrap();
+    let other = SymKey::generate().unwrap();
+    let prepared = HmacSha256Key::new(&key);
+    for parts in [
+        vec![],
+        vec![&b""[..]],
+        vec![&b"prev"[..], &b"{\"seq\":1}"[..]],
+        vec![
+            &[0u8; 200][..],
+            &b"certvault/audit-head/v1\0"[..],
+            &7i64.to_be_bytes()[..],
+        ],
+    ] {
+        assert_eq!(prepared.sign(&parts), hmac_sha256(&key, &parts));
+        assert_ne!(prepared.sign(&parts), hmac_sha256(&other, &parts));
+    }
+    assert_ne!(prepared.sign(&[b"a"]), prepared.sign(&[b"b"]));
+    // reused many times, the key keeps giving the same answer
+    let first = prepared.sign(&[b"x", b"y"]);
+    for _ in 0..100 {
+        assert_eq!(prepared.sign(&[b"x", b"y"]), first);
+    }
+    assert_eq!(format!("{prepared:?}"), "HmacSha256Key([redacted])");
+}

@@ -34,18 +34,17 @@ use crate::state::AppState;
 pub const SYSTEM: &str = "system";
 
 /// Computes the chain's MACs with the audit key.
-struct HmacChain(SymKey);
+/// The chain's MAC key, set up once (not per record).
+struct HmacChain(certvault_crypto::HmacSha256Key);
 
 impl AuditMac for HmacChain {
     fn record(&self, prev: &[u8], rec: &AuditRecord) -> [u8; 32] {
-        certvault_crypto::hmac_sha256(&self.0, &[prev, &rec.canonical()])
+        self.0.sign(&[prev, &rec.canonical()])
     }
 
     fn head(&self, seq: i64, mac: &[u8]) -> [u8; 32] {
-        certvault_crypto::hmac_sha256(
-            &self.0,
-            &[mac, b"certvault/audit-head/v1\0", &seq.to_be_bytes()],
-        )
+        self.0
+            .sign(&[mac, b"certvault/audit-head/v1\0", &seq.to_be_bytes()])
     }
 }
 
@@ -201,7 +200,7 @@ impl Auditor {
     pub fn new(store: Store, key: SymKey, clock: SharedClock) -> Self {
         Self {
             store,
-            chain: Arc::new(HmacChain(key)),
+            chain: Arc::new(HmacChain(certvault_crypto::HmacSha256Key::new(&key))),
             clock,
             journal: std::sync::OnceLock::new(),
             appender: std::sync::OnceLock::new(),
