@@ -12,7 +12,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use certvault_core::lifecycle as planner;
@@ -147,6 +147,15 @@ pub const CERTIFICATE_CACHE: Duration = Duration::from_secs(5);
 /// the time however often Prometheus scrapes a large store.
 pub const CERTIFICATE_CACHE_FACTOR: u32 = 10;
 
+/// Clears the refreshing flag when a background refresh ends (also if it is cancelled).
+struct Refreshing<'a>(&'a AtomicBool);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// The default of `--metrics-certificate-series`: per-certificate series are exported for at
 /// most this many certificates (those expiring soonest).
 pub const DEFAULT_CERTIFICATE_SERIES: usize = 10_000;
@@ -224,8 +233,10 @@ pub struct Metrics {
     ops: Vec<OpSlot>,
     deliveries: [[AtomicU64; 4]; 4],
     started: Instant,
-    /// The per-certificate section and until when it is reused.
+    /// The per-certificate section and until when it is fresh.
     certificates: tokio::sync::Mutex<Option<(Instant, Arc<String>)>>,
+    /// A refresh of a stale section is running in the background.
+    refreshing: AtomicBool,
     /// Per-certificate series for at most this many certificates (0: none).
     certificate_series: usize,
 }
@@ -244,6 +255,7 @@ impl Metrics {
             deliveries: [const { [const { AtomicU64::new(0) }; 4] }; 4],
             started: Instant::now(),
             certificates: tokio::sync::Mutex::new(None),
+            refreshing: AtomicBool::new(false),
             certificate_series: DEFAULT_CERTIFICATE_SERIES,
         }
     }
@@ -299,7 +311,7 @@ impl Metrics {
 
     /// The whole exposition: request and process counters, queue depths and scheduler lag,
     /// and the per-certificate gauges.
-    pub async fn render(&self, state: &AppState) -> String {
+    pub async fn render(&self, state: &Arc<AppState>) -> String {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
         self.render_deliveries(&mut out);
@@ -406,16 +418,41 @@ impl Metrics {
 
     /// The per-certificate section, from the store at most every [`CERTIFICATE_CACHE`], or
     /// [`CERTIFICATE_CACHE_FACTOR`] times as long as the last computation took when that is
-    /// longer (concurrent scrapes wait for one computation): the counts of every live
-    /// certificate, and the series of at most [`Self::set_certificate_series`] of them (never
-    /// more rows loaded).
-    async fn certificates(&self, state: &AppState) -> Arc<String> {
+    /// longer. Only the first scrape waits for the store (concurrent first scrapes wait for one
+    /// computation): once a section exists, a scrape that finds it stale is answered with it
+    /// and starts one refresh in the background, so a large store's counts (seconds at
+    /// millions of certificates) never hold a scrape past Prometheus's timeout.
+    async fn certificates(&self, state: &Arc<AppState>) -> Arc<String> {
         let mut cache = self.certificates.lock().await;
-        if let Some((until, text)) = cache.as_ref()
-            && Instant::now() < *until
-        {
-            return text.clone();
+        match cache.as_ref() {
+            Some((until, text)) if Instant::now() < *until => return text.clone(),
+            Some((_, stale)) => {
+                if !self.refreshing.swap(true, Ordering::AcqRel) {
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        let m = &state.metrics;
+                        let _done = Refreshing(&m.refreshing);
+                        if let Some(fresh) = m.compute_certificates(&state).await {
+                            *m.certificates.lock().await = Some(fresh);
+                        }
+                    });
+                }
+                return stale.clone();
+            }
+            None => {}
         }
+        match self.compute_certificates(state).await {
+            Some((until, text)) => {
+                *cache = Some((until, text.clone()));
+                text
+            }
+            None => Arc::new(String::new()),
+        }
+    }
+
+    /// Reads the counts and the soonest-expiring certificates and renders the section; with
+    /// until when it is fresh. `None` (logged) when the store fails.
+    async fn compute_certificates(&self, state: &AppState) -> Option<(Instant, Arc<String>)> {
         let started = Instant::now();
         let counts = state.store.certificate_counts(state.clock.now()).await;
         let rows = state
@@ -426,12 +463,11 @@ impl Metrics {
             (Ok(counts), Ok(rows)) => Arc::new(render_certificates(&rows, &counts)),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %e, "metrics: reading the certificates failed");
-                return Arc::new(String::new());
+                return None;
             }
         };
         let reuse = CERTIFICATE_CACHE.max(started.elapsed() * CERTIFICATE_CACHE_FACTOR);
-        *cache = Some((Instant::now() + reuse, text.clone()));
-        text
+        Some((Instant::now() + reuse, text))
     }
 }
 

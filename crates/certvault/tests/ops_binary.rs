@@ -714,6 +714,53 @@ async fn metrics_certificate_series_are_bounded_and_the_aggregates_count_every_c
     assert_eq!(within("30d"), Some(0.0), "{text}");
 }
 
+/// Only the first scrape waits for the store: once the per-certificate section exists, a
+/// scrape that finds it stale (older than the 5 s reuse) is answered with it at once while a
+/// fresh one is computed in the background, and a later scrape has the fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_certificate_section_is_served_while_it_is_refreshed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = data_dir(&tmp, "data");
+    let srv = start(&dir, &[], Db::Default);
+    srv.create_cert("first", "EC").await;
+    let count = |r: &Resp| {
+        assert_eq!(r.status, 200, "{}", r.body);
+        let text = r.body.as_str().unwrap().to_owned();
+        let s = samples(&text, "certvault_certificates");
+        assert_eq!(s.len(), 1, "{text}");
+        s[0].1
+    };
+    assert_eq!(
+        count(&srv.call(reqwest::Method::GET, "/metrics", None).await),
+        1.0
+    );
+    srv.create_cert("second", "EC").await;
+    // within the reuse time: the cached section
+    assert_eq!(
+        count(&srv.call(reqwest::Method::GET, "/metrics", None).await),
+        1.0
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5_500)).await;
+    // stale: served as it is, and the refresh starts
+    assert_eq!(
+        count(&srv.call(reqwest::Method::GET, "/metrics", None).await),
+        1.0
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let n = count(&srv.call(reqwest::Method::GET, "/metrics", None).await);
+        if n == 2.0 {
+            break;
+        }
+        assert_eq!(n, 1.0);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refreshed section never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 // ------------------------------------------------------------------------------- backups
 
 fn copy_0600(from: &Path, to: &Path) {
