@@ -740,13 +740,13 @@ async fn a_stale_certificate_section_is_served_while_it_is_refreshed() {
         count(&srv.call(reqwest::Method::GET, "/metrics", None).await),
         1.0
     );
-    tokio::time::sleep(std::time::Duration::from_millis(5_500)).await;
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
     // stale: served as it is, and the refresh starts
     assert_eq!(
         count(&srv.call(reqwest::Method::GET, "/metrics", None).await),
         1.0
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let n = count(&srv.call(reqwest::Method::GET, "/metrics", None).await);
         if n == 2.0 {
@@ -754,10 +754,10 @@ async fn a_stale_certificate_section_is_served_while_it_is_refreshed() {
         }
         assert_eq!(n, 1.0);
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "the refreshed section never arrived"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
