@@ -348,4 +348,5 @@ ALTER TABLE acme_orders ADD COLUMN lease_owner TEXT, ADD COLUMN lease_until BIGI
 "#,
     // renewals' audit records, written with the new version (crate::renewal)
     crate::renewal::PG_MIGRATION,
+    crate::status::LEASED_JOBS_MIGRATION,
 ];

@@ -110,6 +110,7 @@ ALTER TABLE principals ADD COLUMN metrics INTEGER NOT NULL DEFAULT 0;
     crate::ui::SEARCH_MIGRATION,
     // renewals' audit records, written with the new version (crate::renewal)
     crate::renewal::MIGRATION,
+    crate::status::LEASED_JOBS_MIGRATION,
 ];
 
 type Job = Box<dyn WriteJob>;

@@ -57,6 +57,16 @@ pub struct QueueStatus {
 
 const MARK_SEP: char = '\u{1f}';
 
+/// The `/metrics` count of leased lifecycle items reads only the leased ones (one migration, the
+/// same text on SQLite and PostgreSQL): without it the count scanned every certificate's job
+/// on each scrape (~100 ms at 1,000,000 certificates).
+pub(crate) const LEASED_JOBS_MIGRATION: &str =
+    "CREATE INDEX jobs_leased ON jobs (lease_until) WHERE lease_until IS NOT NULL;\n";
+
+/// The leased lifecycle items at `?1` (the partial index [`LEASED_JOBS_MIGRATION`]).
+pub(crate) const LEASED_JOBS_SQL: &str =
+    "SELECT COUNT(*) FROM jobs WHERE lease_until IS NOT NULL AND lease_until > ?1";
+
 /// The live certificates with a completed version, counted by expiry
 /// ([`SqliteStore::certificate_counts`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -230,11 +240,7 @@ impl SqliteStore {
                 params![now],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            let jobs_leased: i64 = c.query_row(
-                "SELECT COUNT(*) FROM jobs WHERE lease_until IS NOT NULL AND lease_until > ?1",
-                params![now],
-                |r| r.get(0),
-            )?;
+            let jobs_leased: i64 = c.query_row(LEASED_JOBS_SQL, params![now], |r| r.get(0))?;
             Ok(QueueStatus {
                 deliveries_pending,
                 deliveries_dead,
@@ -409,6 +415,26 @@ mod tests {
 
     async fn vault_id(store: &crate::Store, name: &str) -> i64 {
         store.vault(name).await.unwrap().unwrap().id
+    }
+
+    /// The leased-items count of `/metrics` reads the partial index of leased jobs, not the
+    /// whole `jobs` table (one row per certificate).
+    #[tokio::test]
+    async fn the_leased_jobs_count_reads_the_partial_index() {
+        let t = crate::store::testing::sqlite().await;
+        seed(&t.store).await;
+        let c = rusqlite::Connection::open(&t.database).unwrap();
+        let mut st = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {LEASED_JOBS_SQL}"))
+            .unwrap();
+        let plan: Vec<String> = st
+            .query_map(params![0], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let text = plan.join("\n");
+        assert!(text.contains("USING COVERING INDEX jobs_leased"), "{text}");
+        assert!(!text.contains("SCAN jobs"), "{text}");
     }
 
     /// The per-vault top-N reads the `(vault_id, sort_exp, name_key)` index in order (no sort of
